@@ -1,0 +1,115 @@
+"""Settings, read from ``SESSIONIZER_*`` environment variables (pydantic-settings).
+
+SPEC section 7 names the contract's variables; every other setting here has an
+environment variable too: the field name upper-cased with the prefix, e.g.
+``max_events_per_session`` is ``SESSIONIZER_MAX_EVENTS_PER_SESSION``.
+Durations are seconds (float) in the environment, as the SPEC says; the code
+reads them as integer milliseconds through the ``*_ms`` properties.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.core.rules import SessionRules
+from pipeline.exceptions import ConfigError
+
+
+def _ms(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SESSIONIZER_", extra="ignore", frozen=True)
+
+    # -- connections -------------------------------------------------------
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated")
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (redis:// or rediss://)")
+
+    # -- topics ------------------------------------------------------------
+    events_topic: str = Field("events", description="input topic")
+    sessions_topic: str = Field("sessions", description="closed sessions (sink)")
+    dlq_topic: str = Field("events-dlq", description="rejected input")
+    updates_topic: str = Field("session-updates", description="live view of open sessions")
+    repartition_topic: str = Field(
+        "sessionizer-repartition",
+        description="internal: events whose record key does not route them to their session's partition",
+    )
+    topic_partitions: int = Field(8, ge=1, description="partitions when the worker creates a topic")
+    topic_replication: int = Field(1, ge=1, description="replication factor when the worker creates a topic")
+
+    # -- session rules (seconds) -------------------------------------------
+    inactivity_timeout: float = Field(300.0, gt=0)
+    max_session_duration: float = Field(86400.0, gt=0)
+    reopen_grace: float = Field(900.0, ge=0)
+    max_future_skew: float = Field(300.0, ge=0)
+    max_event_age: float = Field(259200.0, gt=0)
+    max_events_per_session: int = Field(1000, ge=0)
+    max_event_bytes: int = Field(65536, ge=64)
+
+    # -- worker --------------------------------------------------------------
+    consumer_group: str = Field("sessionizer", description="Kafka consumer group of the workers")
+    web_host: str = Field("127.0.0.1", description="worker web/metrics bind address")
+    web_port: int = Field(0, ge=0, le=65535, description="worker web/metrics port; 0 = any free port")
+    kafka_session_timeout: float = Field(10.0, gt=0, description="consumer group session timeout (s)")
+    batch_max_records: int = Field(5000, ge=1, description="records taken per partition per batch")
+    tick_interval: float = Field(0.25, gt=0, description="how often idle sessions are checked (s)")
+    redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
+    log_level: str = Field("info")
+
+    # -- gateway -------------------------------------------------------------
+    gateway_host: str = Field("0.0.0.0")
+    gateway_port: int = Field(8080, ge=0, le=65535)
+    api_keys: str = Field("", description="comma-separated key:project pairs")
+
+    @field_validator("kafka_bootstrap", "redis_url")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @cached_property
+    def rules(self) -> SessionRules:
+        """The session rules in integer milliseconds, for the pure core."""
+        return SessionRules(
+            inactivity_timeout_ms=_ms(self.inactivity_timeout),
+            max_session_duration_ms=_ms(self.max_session_duration),
+            reopen_grace_ms=_ms(self.reopen_grace),
+            max_future_skew_ms=_ms(self.max_future_skew),
+            max_event_age_ms=_ms(self.max_event_age),
+            max_events_per_session=self.max_events_per_session,
+            max_event_bytes=self.max_event_bytes,
+        )
+
+    @property
+    def api_key_map(self) -> dict[str, str]:
+        """``SESSIONIZER_API_KEYS`` parsed into ``{key: project}``."""
+        pairs: dict[str, str] = {}
+        for item in self.api_keys.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, sep, project = item.partition(":")
+            if not sep or not key or not project:
+                raise ConfigError(
+                    f"SESSIONIZER_API_KEYS: {item!r} is not a key:project pair; "
+                    "write e.g. SESSIONIZER_API_KEYS=abc123:shop,def456:blog"
+                )
+            pairs[key] = project
+        return pairs
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a bad value raises :class:`ConfigError` naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SESSIONIZER_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

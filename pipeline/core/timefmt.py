@@ -1,0 +1,50 @@
+"""Timestamps: RFC 3339 or epoch milliseconds in, integer epoch milliseconds inside,
+RFC 3339 UTC with millisecond precision out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class TimestampError(ValueError):
+    """A timestamp is not RFC 3339 with an offset nor integer epoch milliseconds."""
+
+
+def parse_timestamp_ms(value: object) -> int:
+    """Parse an event timestamp into epoch milliseconds.
+
+    Accepts an integer (epoch ms; ``bool`` is refused) or an RFC 3339 string
+    that carries an offset (``Z`` or ``+hh:mm``).
+    """
+    if isinstance(value, bool):
+        raise TimestampError("a timestamp must be an RFC 3339 string or integer epoch ms, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, str):
+        raise TimestampError(
+            f"a timestamp must be an RFC 3339 string or integer epoch ms, not {type(value).__name__}"
+        )
+    text = value.strip()
+    if len(text) < 20 or text[10] not in "Tt ":
+        raise TimestampError(f"{value!r} is not an RFC 3339 date-time (e.g. 2026-11-27T10:00:00Z)")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise TimestampError(
+            f"{value!r} is not an RFC 3339 date-time (e.g. 2026-11-27T10:00:00Z)"
+        ) from None
+    if parsed.tzinfo is None:
+        raise TimestampError(f"{value!r} has no UTC offset; add Z or +hh:mm")
+    delta = parsed - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def format_ms(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC with millisecond precision."""
+    seconds, millis = divmod(ms, 1000)
+    dt = datetime.fromtimestamp(seconds, UTC)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
