@@ -49,5 +49,40 @@ def worker() -> None:
     run_worker()
 
 
+@main.command()
+@click.option("--users", default=200, show_default=True, help="simulated users")
+@click.option("--rate", default=200.0, show_default=True, help="events per second (0 = as fast as possible)")
+@click.option("--duration", default=60.0, show_default=True, help="seconds to run (0 = until Ctrl-C)")
+@click.option("--seed", default=1, show_default=True, help="random seed (same seed, same traffic)")
+@click.option("--bad-ratio", default=0.005, show_default=True, help="share of deliberately bad records")
+@click.option("--quiet", is_flag=True, help="no progress display")
+@_clean_errors
+def produce(users: int, rate: float, duration: float, seed: int, bad_ratio: float, quiet: bool) -> None:
+    """Publish realistic synthetic user traffic to the events topic."""
+    from pipeline.produce import run_produce
+
+    run_produce(users=users, rate=rate, duration=duration, seed=seed, bad_ratio=bad_ratio, quiet=quiet)
+
+
+@main.command()
+@click.option("--from-beginning", is_flag=True, help="print the topic's whole history first")
+@click.option("--json", "as_json", is_flag=True, help="print raw JSON records, one per line")
+@_clean_errors
+def tail(from_beginning: bool, as_json: bool) -> None:
+    """Follow the sessions topic and print closed sessions readably."""
+    from pipeline.tail import run_tail
+
+    run_tail(from_beginning=from_beginning, as_json=as_json)
+
+
+@main.command()
+@_clean_errors
+def gateway() -> None:
+    """Run the HTTP gateway (Exceptionless-compatible API and /v1/events)."""
+    from pipeline.gateway.server import run_gateway
+
+    run_gateway()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
