@@ -19,7 +19,7 @@ from pipeline.exceptions import ConfigError
 
 
 def _ms(seconds: float) -> int:
-    return int(round(seconds * 1000))
+    return round(seconds * 1000)
 
 
 class Settings(BaseSettings):

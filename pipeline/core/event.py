@@ -35,7 +35,8 @@ class Event:
     ``arrival_ms - sent_at`` and clamped to ``arrival_ms`` when too far ahead);
     ``arrival_ms`` is the Kafka record timestamp. ``partition``/``offset`` are
     the coordinates of the input record that carried it (a batch record carries
-    several events at one offset; ``index`` tells them apart).
+    several events at one offset; ``index``, their position in the batch, tells
+    them apart; it is None for a record holding one event).
     """
 
     type: str
@@ -53,7 +54,7 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
     partition: int = 0
     offset: int = 0
-    index: int = 0
+    index: int | None = None
     clamped: bool = False
 
     @property

@@ -1,0 +1,255 @@
+"""The sessionizer: SPEC section 3 as a plain object.
+
+One :class:`Sessionizer` serves one input partition: it holds the stream clock
+and the key states it was given (all of them in tests and offline replays; in
+the worker, those the current batch touches or that fall due during it).
+
+    engine.advance(clock_ms)  -> closed-session records due by that clock
+    engine.apply(event)       -> Applied(records, rejection)
+    engine.take_changes()     -> keys whose state changed since the last call
+
+Records are SPEC section 4 dicts, ready to serialize. Nothing here reads a
+clock, a socket or a random number: the same calls give the same results.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Any
+
+from pipeline.core.event import END, START, Event, RejectCode, Rejection, SessionKey
+from pipeline.core.rules import SessionRules
+from pipeline.core.session import ENDED, MAX_DURATION, TIMEOUT, KeyState, Session
+
+Record = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Applied:
+    """What applying one event produced."""
+
+    records: list[Record] = field(default_factory=list)
+    rejection: Rejection | None = None
+
+
+def auto_session_id(key: SessionKey, ev: Event) -> str:
+    """A session id derived from the key and the session's first event (32 hex chars)."""
+    project, kind, ident = key
+    text = f"{project}\x1f{kind}\x1f{ident}\x1f{ev.time_ms}\x1f{ev.type}\x1f{ev.id or ''}"
+    return blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class Sessionizer:
+    """Sessions of one partition. See the module docstring."""
+
+    def __init__(self, rules: SessionRules, clock_ms: int = 0) -> None:
+        self.rules = rules
+        self.clock_ms = clock_ms
+        self.states: dict[SessionKey, KeyState] = {}
+        self.counters: Counter[str] = Counter()
+        self._heap: list[tuple[int, SessionKey]] = []
+        self._due: dict[SessionKey, int] = {}
+        self._changed: set[SessionKey] = set()
+
+    # -- state in and out --------------------------------------------------------
+    def load(self, state: KeyState) -> None:
+        """Hand the engine a key's stored state (replacing what it held)."""
+        self.states[state.key] = state
+        self._schedule(state)
+
+    def forget(self, key: SessionKey) -> None:
+        """Drop a key from memory (its state is safe in the store)."""
+        self.states.pop(key, None)
+        self._due.pop(key, None)
+
+    def take_changes(self) -> dict[SessionKey, KeyState | None]:
+        """Keys changed since the last call: their state, or None once nothing is left."""
+        changes: dict[SessionKey, KeyState | None] = {}
+        for key in self._changed:
+            changes[key] = self.states.get(key)
+        self._changed.clear()
+        return changes
+
+    def due_ms(self, key: SessionKey) -> int | None:
+        return self._due.get(key)
+
+    def next_due_ms(self) -> int | None:
+        heap = self._heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    # -- the clock -----------------------------------------------------------------
+    def advance(self, clock_ms: int) -> list[Record]:
+        """Move the stream clock forward (never back); close what falls due."""
+        if clock_ms > self.clock_ms:
+            self.clock_ms = clock_ms
+        records: list[Record] = []
+        heap, due_of = self._heap, self._due
+        while heap and heap[0][0] <= self.clock_ms:
+            due, key = heapq.heappop(heap)
+            if due_of.get(key) != due:
+                continue  # superseded
+            state = self.states[key]
+            self._on_due(state, due, records)
+        return records
+
+    def _on_due(self, state: KeyState, due: int, records: list[Record]) -> None:
+        rules, clock = self.rules, self.clock_ms
+        opened = state.open
+        if opened is not None and clock > opened.idle_deadline_ms(rules):
+            # end = last activity, not the moment it was noticed; the close is
+            # dated at its deadline so a replay expires the grace identically
+            state.open = None
+            opened.close(TIMEOUT, opened.idle_deadline_ms(rules) + 1)
+            state.closed.append(opened)
+            records.append(opened.to_record())
+            self.counters["closed_timeout"] += 1
+        self._expire_closed(state)
+        self._touch(state)
+
+    def _expire_closed(self, state: KeyState) -> None:
+        grace, clock = self.rules.reopen_grace_ms, self.clock_ms
+        if state.closed:
+            state.closed = [
+                c for c in state.closed if c.closed_at_ms is not None and clock - c.closed_at_ms < grace
+            ]
+
+    # -- events --------------------------------------------------------------------
+    def apply(self, ev: Event) -> Applied:
+        """Place one event (SPEC section 3, rules 1-5), after advancing to its arrival."""
+        out = Applied(self.advance(ev.arrival_ms))
+        key = ev.key
+        state = self.states.get(key)
+        if state is None:
+            state = KeyState(key)
+            self.states[key] = state
+        else:
+            self._expire_closed(state)
+        self._place(state, ev, out)
+        self._touch(state)
+        return out
+
+    def _place(self, state: KeyState, ev: Event, out: Applied) -> None:
+        rules, t = self.rules, ev.time_ms
+        opened = state.open
+
+        if ev.id is not None:
+            if opened is not None and ev.id in opened.ids:
+                opened.duplicate_events += 1
+                self.counters["duplicate_events"] += 1
+                return
+            if any(ev.id in c.ids for c in state.closed):
+                self.counters["duplicate_events_closed"] += 1
+                return
+
+        # rule 1: inside the open session's span
+        if opened is not None and opened.holds(t, rules):
+            start, last = min(opened.start_ms, t), max(opened.last_activity_ms, t)
+            if last - start > rules.max_session_duration_ms:
+                self._close(state, opened, MAX_DURATION, out)
+                self._open(state, ev, out)
+                return
+            opened.add(ev, rules)
+            if ev.ends_session:
+                self._close(state, opened, ENDED, out)
+            return
+
+        # rule 2: into a recently closed session whose span holds the event
+        if ev.manual or ev.type != START:
+            holding = [c for c in state.closed if c.holds(t, rules)]
+            if holding:
+                amended = max(holding, key=lambda c: c.start_ms)
+                amended.add(ev, rules)
+                amended.revision += 1
+                self.counters["amended"] += 1
+                if amended.close_reason == TIMEOUT and state.open is None:
+                    state.closed.remove(amended)
+                    amended.reopen()
+                    state.open = amended
+                    self.counters["reopened"] += 1
+                    if ev.ends_session:
+                        self._close(state, amended, ENDED, out)
+                else:
+                    out.records.append(amended.to_record())
+                return
+
+        if opened is not None:
+            if t > opened.reach_ms(rules):  # rule 3: a gap
+                self._close(state, opened, TIMEOUT, out)
+            else:  # rule 4: before the floor, a session of its own
+                if ev.type == END:
+                    self._reject(ev, out, "a sessionend before the start of the user's open session")
+                    return
+                own = Session.begin(self._new_id(state, ev), ev)
+                own.add(ev, rules)
+                own.close(TIMEOUT, self.clock_ms)
+                state.closed.append(own)
+                out.records.append(own.to_record())
+                self.counters["closed_timeout"] += 1
+                return
+        self._open(state, ev, out)
+
+    def _open(self, state: KeyState, ev: Event, out: Applied) -> None:
+        """Rule 5: the event opens a new session."""
+        if ev.type == END:
+            self._reject(ev, out, "a sessionend with no open session to end")
+            return
+        session = Session.begin(self._new_id(state, ev), ev)
+        session.add(ev, self.rules)
+        state.open = session
+        self.counters["opened"] += 1
+        if ev.ends_session:
+            self._close(state, session, ENDED, out)
+
+    def _close(self, state: KeyState, session: Session, reason: str, out: Applied) -> None:
+        session.close(reason, self.clock_ms)
+        if state.open is session:
+            state.open = None
+        state.closed.append(session)
+        out.records.append(session.to_record())
+        self.counters[f"closed_{reason}"] += 1
+
+    def _reject(self, ev: Event, out: Applied, detail: str) -> None:
+        out.rejection = Rejection(
+            RejectCode.END_WITHOUT_SESSION, detail, partition=ev.partition, offset=ev.offset,
+            index=ev.index,
+        )
+        self.counters["rejected_end_without_session"] += 1
+
+    def _new_id(self, state: KeyState, ev: Event) -> str:
+        """The client's session id, or one derived from the key and this first event;
+        a suffix keeps it unique among the sessions the key still remembers."""
+        taken = {s.session_id for s in state.sessions()}
+        if ev.session_id is not None:
+            base = ev.session_id
+            if base not in taken:
+                return base
+            base = f"{base[:91]}-{auto_session_id(state.key, ev)[:8]}"
+        else:
+            base = auto_session_id(state.key, ev)
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def _touch(self, state: KeyState) -> None:
+        self._changed.add(state.key)
+        if state.is_empty():
+            del self.states[state.key]
+            self._due.pop(state.key, None)
+            return
+        self._schedule(state)
+
+    def _schedule(self, state: KeyState) -> None:
+        due = state.next_due_ms(self.rules)
+        if due is None:
+            self._due.pop(state.key, None)
+        elif self._due.get(state.key) != due:
+            self._due[state.key] = due
+            heapq.heappush(self._heap, (due, state.key))

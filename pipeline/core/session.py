@@ -1,0 +1,268 @@
+"""Session state: what the core keeps per session and per key, and the records it emits.
+
+State round-trips through plain JSON-able dicts (:meth:`Session.to_state` /
+:meth:`Session.from_state`) so any store can keep it; :meth:`Session.to_record`
+is the SPEC section 4 record.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.core.event import END, ERROR, HEARTBEAT, START, Event, SessionKey
+from pipeline.core.rules import SessionRules
+from pipeline.core.timefmt import format_ms
+
+OPEN = "open"
+CLOSED = "closed"
+ENDED = "ended"
+TIMEOUT = "timeout"
+MAX_DURATION = "max_duration"
+
+# index of each field in a stored event entry (a list, compact in Redis)
+_E_TIME, _E_ID, _E_TYPE, _E_SOURCE, _E_MESSAGE, _E_VALUE, _E_PARTITION, _E_OFFSET, _E_SEQ = range(9)
+
+
+@dataclass(slots=True)
+class Session:
+    """One session, open or closed, with everything its record needs."""
+
+    session_id: str
+    project: str
+    manual: bool
+    start_ms: int
+    last_activity_ms: int
+    last_arrival_ms: int
+    user_id: str | None = None
+    user_id_ms: int = 0
+    user_name: str | None = None
+    user_name_ms: int = 0
+    has_start: bool = False
+    status: str = OPEN
+    close_reason: str | None = None
+    end_ms: int | None = None
+    closed_at_ms: int | None = None
+    revision: int = 1
+    event_count: int = 0
+    heartbeat_count: int = 0
+    duplicate_events: int = 0
+    type_counts: dict[str, int] = field(default_factory=dict)
+    has_error: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
+    data_ms: dict[str, int] = field(default_factory=dict)
+    # entries: [time_ms, id, type, source, message, value, partition, offset, seq]
+    events: list[list[Any]] = field(default_factory=list)
+    events_truncated: bool = False
+    ids: set[str] = field(default_factory=set)
+    seq: int = 0
+
+    # -- the span of SPEC section 3 -----------------------------------------
+    def floor_ms(self, rules: SessionRules) -> int:
+        return self.start_ms if self.has_start else self.start_ms - rules.inactivity_timeout_ms
+
+    def reach_ms(self, rules: SessionRules) -> int:
+        if self.status == OPEN or self.end_ms is None:
+            return self.last_activity_ms + rules.inactivity_timeout_ms
+        if self.close_reason == TIMEOUT:
+            return self.end_ms + rules.inactivity_timeout_ms
+        return self.end_ms
+
+    def holds(self, time_ms: int, rules: SessionRules) -> bool:
+        return self.floor_ms(rules) <= time_ms <= self.reach_ms(rules)
+
+    def idle_deadline_ms(self, rules: SessionRules) -> int:
+        """The stream-clock instant after which this open session closes by timeout."""
+        return self.last_arrival_ms + rules.inactivity_timeout_ms
+
+    # -- changes ----------------------------------------------------------------
+    @classmethod
+    def begin(cls, session_id: str, ev: Event) -> Session:
+        return cls(
+            session_id=session_id,
+            project=ev.project,
+            manual=ev.manual,
+            start_ms=ev.time_ms,
+            last_activity_ms=ev.time_ms,
+            last_arrival_ms=ev.arrival_ms,
+            user_id=ev.user_id,
+            user_id_ms=ev.time_ms,
+        )
+
+    def add(self, ev: Event, rules: SessionRules) -> None:
+        """Put an event into this session (the caller decided it belongs here)."""
+        t = ev.time_ms
+        if t < self.start_ms:
+            self.start_ms = t
+        if t > self.last_activity_ms:
+            self.last_activity_ms = t
+        if ev.arrival_ms > self.last_arrival_ms:
+            self.last_arrival_ms = ev.arrival_ms
+        kind = ev.type
+        if kind == START:
+            self.has_start = True
+        if ev.id is not None:
+            self.ids.add(ev.id)
+        self.type_counts[kind] = self.type_counts.get(kind, 0) + 1
+        if ev.user_name and (self.user_name is None or t >= self.user_name_ms):
+            self.user_name, self.user_name_ms = ev.user_name, t
+        if ev.user_id and (self.user_id is None or t < self.user_id_ms):
+            self.user_id, self.user_id_ms = ev.user_id, t
+        if ev.data:
+            data, data_ms = self.data, self.data_ms
+            for name, value in ev.data.items():
+                seen = data_ms.get(name)
+                if seen is None or t < seen:
+                    data[name] = value
+                    data_ms[name] = t
+        if kind == HEARTBEAT:
+            self.heartbeat_count += 1
+            return
+        self.event_count += 1
+        if kind == ERROR:
+            self.has_error = True
+        self._list_event(ev, rules.max_events_per_session)
+
+    def _list_event(self, ev: Event, cap: int) -> None:
+        self.seq += 1
+        entry = [ev.time_ms, ev.id, ev.type, ev.source, ev.message, ev.value,
+                 ev.partition, ev.offset, self.seq]
+        events = self.events
+        if len(events) >= cap:
+            self.events_truncated = True
+            if not events or (entry[_E_TIME], entry[_E_SEQ]) >= (events[-1][_E_TIME], events[-1][_E_SEQ]):
+                return
+            events.pop()
+        if not events or events[-1][_E_TIME] <= ev.time_ms:
+            events.append(entry)
+        else:
+            insort(events, entry, key=lambda e: (e[_E_TIME], e[_E_SEQ]))
+
+    def close(self, reason: str, closed_at_ms: int) -> None:
+        self.status = CLOSED
+        self.close_reason = reason
+        self.end_ms = self.last_activity_ms
+        self.closed_at_ms = closed_at_ms
+
+    def reopen(self) -> None:
+        self.status = OPEN
+        self.close_reason = None
+        self.end_ms = None
+        self.closed_at_ms = None
+
+    # -- output -----------------------------------------------------------------
+    def to_record(self) -> dict[str, Any]:
+        """The SPEC section 4 session record."""
+        end_ms = self.last_activity_ms if self.end_ms is None else self.end_ms
+        record: dict[str, Any] = {
+            "session_id": self.session_id,
+            "project": self.project,
+            "user_id": self.user_id,
+            "user_name": self.user_name,
+            "status": self.status,
+            "start": format_ms(self.start_ms),
+            "end": format_ms(end_ms),
+            "duration_ms": max(0, end_ms - self.start_ms),
+        }
+        if self.close_reason is not None:
+            record["close_reason"] = self.close_reason
+        record.update(
+            revision=self.revision,
+            event_count=self.event_count,
+            heartbeat_count=self.heartbeat_count,
+            duplicate_events=self.duplicate_events,
+            type_counts=dict(self.type_counts),
+            has_error=self.has_error,
+            data=dict(self.data),
+            events=[
+                {
+                    "id": e[_E_ID],
+                    "type": e[_E_TYPE],
+                    "timestamp": format_ms(e[_E_TIME]),
+                    "source": e[_E_SOURCE],
+                    "message": e[_E_MESSAGE],
+                    "value": e[_E_VALUE],
+                    "partition": e[_E_PARTITION],
+                    "offset": e[_E_OFFSET],
+                }
+                for e in self.events
+            ],
+            events_truncated=self.events_truncated,
+        )
+        return record
+
+    # -- storage ---------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "sid": self.session_id, "p": self.project, "m": self.manual,
+            "s": self.start_ms, "la": self.last_activity_ms, "ar": self.last_arrival_ms,
+            "u": self.user_id, "ut": self.user_id_ms, "n": self.user_name, "nt": self.user_name_ms,
+            "hs": self.has_start, "st": self.status, "cr": self.close_reason, "e": self.end_ms,
+            "ca": self.closed_at_ms, "r": self.revision, "ec": self.event_count,
+            "hc": self.heartbeat_count, "dc": self.duplicate_events, "tc": self.type_counts,
+            "he": self.has_error, "d": self.data, "dt": self.data_ms, "ev": self.events,
+            "tr": self.events_truncated, "ids": sorted(self.ids), "q": self.seq,
+        }
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> Session:
+        return cls(
+            session_id=s["sid"], project=s["p"], manual=s["m"], start_ms=s["s"],
+            last_activity_ms=s["la"], last_arrival_ms=s["ar"], user_id=s["u"], user_id_ms=s["ut"],
+            user_name=s["n"], user_name_ms=s["nt"], has_start=s["hs"], status=s["st"],
+            close_reason=s["cr"], end_ms=s["e"], closed_at_ms=s["ca"], revision=s["r"],
+            event_count=s["ec"], heartbeat_count=s["hc"], duplicate_events=s["dc"],
+            type_counts=s["tc"], has_error=s["he"], data=s["d"], data_ms=s["dt"],
+            events=s["ev"], events_truncated=s["tr"], ids=set(s["ids"]), seq=s["q"],
+        )
+
+
+@dataclass(slots=True)
+class KeyState:
+    """Everything the core remembers for one session key: the open session (at
+    most one) and the sessions closed less than ``reopen_grace`` ago."""
+
+    key: SessionKey
+    open: Session | None = None
+    closed: list[Session] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return self.open is None and not self.closed
+
+    def sessions(self) -> list[Session]:
+        return ([self.open] if self.open is not None else []) + self.closed
+
+    def next_due_ms(self, rules: SessionRules) -> int | None:
+        """The earliest stream-clock instant at which this key needs attention:
+        its open session's idle close, or a closed session leaving the grace."""
+        due: int | None = None
+        if self.open is not None:
+            due = self.open.idle_deadline_ms(rules) + 1
+        for c in self.closed:
+            assert c.closed_at_ms is not None
+            expiry = c.closed_at_ms + rules.reopen_grace_ms
+            if due is None or expiry < due:
+                due = expiry
+        return due
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "k": list(self.key),
+            "o": self.open.to_state() if self.open is not None else None,
+            "c": [c.to_state() for c in self.closed],
+        }
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> KeyState:
+        project, kind, ident = s["k"]
+        return cls(
+            key=(project, kind, ident),
+            open=Session.from_state(s["o"]) if s["o"] is not None else None,
+            closed=[Session.from_state(c) for c in s["c"]],
+        )
+
+
+__all__ = [
+    "CLOSED", "ENDED", "END", "MAX_DURATION", "OPEN", "TIMEOUT", "KeyState", "Session",
+]
