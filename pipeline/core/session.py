@@ -264,5 +264,12 @@ class KeyState:
 
 
 __all__ = [
-    "CLOSED", "ENDED", "END", "MAX_DURATION", "OPEN", "TIMEOUT", "KeyState", "Session",
+    "CLOSED",
+    "END",
+    "ENDED",
+    "MAX_DURATION",
+    "OPEN",
+    "TIMEOUT",
+    "KeyState",
+    "Session",
 ]
