@@ -1,0 +1,69 @@
+"""The store contract: what the worker needs from wherever live state is kept.
+
+Two backends implement it: :class:`pipeline.store.redis.RedisStore` (the real
+one) and :class:`pipeline.store.memory.MemoryStore` (its in-memory twin, for
+unit tests and offline replays). Both are driven through the same tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pipeline.core.event import SessionKey
+from pipeline.core.session import KeyState
+
+
+@dataclass(slots=True)
+class Claim:
+    """A worker's hold on a partition: its fencing epoch and where to resume."""
+
+    partition: int
+    epoch: int
+    offsets: dict[str, int]  # topic -> last applied offset (resume at +1)
+    clock_ms: int
+
+
+@dataclass(slots=True)
+class Commit:
+    """Everything one batch changes, written in one atomic step."""
+
+    states: Mapping[SessionKey, KeyState | None]  # None: the key has nothing left
+    due_ms: Mapping[SessionKey, int | None]
+    offsets: Mapping[str, int]  # topic -> last offset this batch applied
+    clock_ms: int
+    closed: list[tuple[str, bytes]] = field(default_factory=list)  # outbox entries
+    acked: list[str] = field(default_factory=list)  # outbox entries the broker acknowledged
+
+
+class SessionStore(Protocol):
+    async def claim(self, partition: int) -> Claim:
+        """Take a partition: bump its epoch (fencing out the previous owner)."""
+        ...
+
+    async def load(
+        self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int
+    ) -> list[KeyState]:
+        """States of ``keys`` plus of up to ``due_limit`` keys due by ``due_until_ms``."""
+        ...
+
+    async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
+        """Apply atomically. False: the offsets were already applied (nothing done).
+        Raises :class:`~pipeline.exceptions.FencedError` when the epoch is stale."""
+        ...
+
+    async def outbox(self, partition: int) -> list[tuple[str, bytes]]:
+        """Closed records written but not yet acknowledged by the broker."""
+        ...
+
+    async def open_sessions(
+        self, project: str | None = None, user_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        ...
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        ...
+
+    async def close(self) -> None:
+        ...

@@ -1,0 +1,79 @@
+"""Every Redis key of the sessionizer, in one place.
+
+All state of input partition P lives under one hash tag, ``{prefix}:{pP}:...``,
+so that one atomic script can touch all of it, on a single Redis or on
+Redis Cluster (the tag keeps a partition's keys in one slot).
+
+=====================================  =======  ============================================
+key                                    type     holds (TTL: none unless said)
+=====================================  =======  ============================================
+``sz:shards``                          set      partition numbers that hold state (for queries)
+``sz:{pP}:meta``                       hash     ``epoch`` (fencing), ``clock_ms`` (stream clock),
+                                                ``off:<topic>`` (last applied input offset)
+``sz:{pP}:k:<keyid>``                  string   one session key's state (orjson): its open
+                                                session with its events, and the sessions
+                                                closed less than ``reopen_grace`` ago
+``sz:{pP}:due``                        zset     keyid -> stream-clock ms when the key needs
+                                                attention (idle close or grace expiry)
+``sz:{pP}:open``                       hash     open session id -> keyid
+``sz:{pP}:proj:<project>``             set      open session ids of a project
+``sz:{pP}:user:<project>:<user_id>``   set      open session ids of a user
+``sz:{pP}:outbox``                     hash     ``<session_id>:<revision>`` -> closed session
+                                                record not yet acknowledged by the broker
+=====================================  =======  ============================================
+
+A *keyid* names a session key unambiguously: ``<kind><len(project)>:<project>:<identity>``
+with kind ``u`` (user identity) or ``s`` (client session id).
+"""
+
+from __future__ import annotations
+
+from pipeline.core.event import SessionKey
+
+DEFAULT_PREFIX = "sz"
+
+
+def keyid(key: SessionKey) -> str:
+    project, kind, ident = key
+    return f"{kind}{len(project)}:{project}:{ident}"
+
+
+def parse_keyid(value: str) -> SessionKey:
+    kind = value[0]
+    length_text, _, rest = value[1:].partition(":")
+    length = int(length_text)
+    project, ident = rest[:length], rest[length + 1 :]
+    return (project, kind, ident)
+
+
+class Keys:
+    """Key names for one prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+        self.shards = f"{prefix}:shards"
+
+    def shard(self, partition: int) -> str:
+        """The common prefix (with hash tag) of a partition's keys."""
+        return f"{self.prefix}:{{p{partition}}}:"
+
+    def meta(self, partition: int) -> str:
+        return self.shard(partition) + "meta"
+
+    def due(self, partition: int) -> str:
+        return self.shard(partition) + "due"
+
+    def open(self, partition: int) -> str:
+        return self.shard(partition) + "open"
+
+    def outbox(self, partition: int) -> str:
+        return self.shard(partition) + "outbox"
+
+    def state(self, partition: int, kid: str) -> str:
+        return self.shard(partition) + "k:" + kid
+
+    def project(self, partition: int, project: str) -> str:
+        return f"{self.shard(partition)}proj:{project}"
+
+    def user(self, partition: int, project: str, user_id: str) -> str:
+        return f"{self.shard(partition)}user:{len(project)}:{project}:{user_id}"

@@ -1,0 +1,111 @@
+"""The in-memory twin of the Redis store: same contract, plain dicts.
+
+Used by unit tests and offline replays. States are kept serialized, as in
+Redis, so a test through this store also proves the state round-trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline.core.event import SessionKey
+from pipeline.core.session import KeyState
+from pipeline.exceptions import FencedError
+from pipeline.store.base import Claim, Commit
+from pipeline.store.keys import keyid
+
+
+@dataclass
+class _Shard:
+    epoch: int = 0
+    clock_ms: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)
+    states: dict[str, bytes] = field(default_factory=dict)
+    due: dict[str, int] = field(default_factory=dict)
+    outbox: dict[str, bytes] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """:class:`~pipeline.store.base.SessionStore` in memory."""
+
+    def __init__(self) -> None:
+        self.shards: dict[int, _Shard] = {}
+
+    async def claim(self, partition: int) -> Claim:
+        shard = self.shards.setdefault(partition, _Shard())
+        shard.epoch += 1
+        return Claim(partition, shard.epoch, dict(shard.offsets), shard.clock_ms)
+
+    def release(self, partition: int) -> None:
+        pass
+
+    async def load(
+        self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int
+    ) -> list[KeyState]:
+        shard = self.shards.setdefault(partition, _Shard())
+        wanted = [keyid(k) for k in keys]
+        if due_until_ms is not None and due_limit > 0:
+            due = sorted((d, kid) for kid, d in shard.due.items() if d <= due_until_ms)
+            seen = set(wanted)
+            wanted += [kid for _, kid in due[:due_limit] if kid not in seen]
+        return [
+            KeyState.from_state(orjson.loads(shard.states[kid])) for kid in wanted if kid in shard.states
+        ]
+
+    async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
+        shard = self.shards.setdefault(partition, _Shard())
+        if shard.epoch != epoch:
+            raise FencedError(f"partition {partition}: epoch {epoch} is stale (now {shard.epoch})")
+        for topic, offset in commit.offsets.items():
+            if shard.offsets.get(topic, -1) >= offset:
+                return False
+        shard.offsets.update(commit.offsets)
+        for key, state in commit.states.items():
+            kid = keyid(key)
+            if state is None:
+                shard.states.pop(kid, None)
+            else:
+                shard.states[kid] = orjson.dumps(state.to_state())
+            due = commit.due_ms.get(key)
+            if due is None:
+                shard.due.pop(kid, None)
+            else:
+                shard.due[kid] = due
+        shard.outbox.update(commit.closed)
+        for name in commit.acked:
+            shard.outbox.pop(name, None)
+        shard.clock_ms = commit.clock_ms
+        return True
+
+    async def outbox(self, partition: int) -> list[tuple[str, bytes]]:
+        return sorted(self.shards.get(partition, _Shard()).outbox.items())
+
+    def _open_records(self) -> list[dict[str, Any]]:
+        records = []
+        for shard in self.shards.values():
+            for blob in shard.states.values():
+                state = KeyState.from_state(orjson.loads(blob))
+                if state.open is not None:
+                    records.append(state.open.to_record())
+        return records
+
+    async def open_sessions(
+        self, project: str | None = None, user_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        records = [
+            r
+            for r in self._open_records()
+            if (project is None or r["project"] == project) and (user_id is None or r["user_id"] == user_id)
+        ]
+        records.sort(key=lambda r: r["start"], reverse=True)
+        return records[:limit]
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        return next((r for r in self._open_records() if r["session_id"] == session_id), None)
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,283 @@
+"""The Redis store: live session state, deadline index, offsets, fencing, outbox.
+
+The key layout is in :mod:`pipeline.store.keys`. Each batch costs one read
+round trip (a pipeline: the batch's key states plus the keys falling due) and
+one write round trip (the ``COMMIT`` script below, atomic: it checks the epoch
+and the applied offsets, then writes states, deadlines, indexes, outbox and
+offsets together, or nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline.core.event import SessionKey
+from pipeline.core.session import KeyState, Session
+from pipeline.exceptions import FencedError, RedisUnavailable
+from pipeline.store.base import Claim, Commit
+from pipeline.store.keys import Keys, keyid
+
+# KEYS: meta, due, open, outbox
+# ARGV: epoch, clock_ms, shard prefix,
+#       n_offsets, (topic, offset)*,
+#       n_states, (keyid, blob|"", due|"", old_sid, old_project, old_user, new_sid, new_project, new_user)*,
+#       n_closed, (field, record)*,
+#       n_acked, field*
+COMMIT_LUA = """
+local meta, due, open, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local epoch = redis.call('HGET', meta, 'epoch')
+if epoch ~= ARGV[1] then
+  return redis.error_reply('FENCED epoch ' .. tostring(epoch) .. ' ~= ' .. ARGV[1])
+end
+local shard = ARGV[3]
+local i = 4
+local n = tonumber(ARGV[i]); i = i + 1
+for j = 1, n do
+  local stored = redis.call('HGET', meta, 'off:' .. ARGV[i])
+  if stored and tonumber(stored) >= tonumber(ARGV[i + 1]) then
+    return 0
+  end
+  i = i + 2
+end
+i = 4 + 1
+for j = 1, n do
+  redis.call('HSET', meta, 'off:' .. ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local function user_key(project, user)
+  return shard .. 'user:' .. string.len(project) .. ':' .. project .. ':' .. user
+end
+n = tonumber(ARGV[i]); i = i + 1
+for j = 1, n do
+  local kid, blob, d = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local osid, oproj, ouser = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local nsid, nproj, nuser = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  i = i + 9
+  if blob == '' then
+    redis.call('DEL', shard .. 'k:' .. kid)
+  else
+    redis.call('SET', shard .. 'k:' .. kid, blob)
+  end
+  if d == '' then
+    redis.call('ZREM', due, kid)
+  else
+    redis.call('ZADD', due, d, kid)
+  end
+  if osid ~= nsid or oproj ~= nproj or ouser ~= nuser then
+    if osid ~= '' then
+      redis.call('HDEL', open, osid)
+      redis.call('SREM', shard .. 'proj:' .. oproj, osid)
+      if ouser ~= '' then redis.call('SREM', user_key(oproj, ouser), osid) end
+    end
+    if nsid ~= '' then
+      redis.call('HSET', open, nsid, kid)
+      redis.call('SADD', shard .. 'proj:' .. nproj, nsid)
+      if nuser ~= '' then redis.call('SADD', user_key(nproj, nuser), nsid) end
+    end
+  end
+end
+n = tonumber(ARGV[i]); i = i + 1
+for j = 1, n do
+  redis.call('HSET', outbox, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for j = 1, n do
+  redis.call('HDEL', outbox, ARGV[i])
+  i = i + 1
+end
+redis.call('HSET', meta, 'clock_ms', ARGV[2])
+return 1
+"""
+
+# KEYS: meta; ARGV: shards set name, partition
+CLAIM_LUA = """
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('SADD', ARGV[1], ARGV[2])
+return {epoch, redis.call('HGETALL', KEYS[1])}
+"""
+
+_Index = tuple[str, str, str]  # open session id, project, user id ("" when none)
+_NO_INDEX: _Index = ("", "", "")
+
+
+def _index_of(state: KeyState | None) -> _Index:
+    if state is None or state.open is None:
+        return _NO_INDEX
+    s = state.open
+    return (s.session_id, s.project, s.user_id or "")
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client for ``url``; nothing is sent until first use."""
+    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+
+
+class RedisStore:
+    """:class:`~pipeline.store.base.SessionStore` on Redis."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "sz") -> None:
+        # decode_responses=False: every reply is bytes (typed loosely by redis-py)
+        self.client: Any = client
+        self.keys = Keys(prefix)
+        self._commit = client.register_script(COMMIT_LUA)
+        self._claim = client.register_script(CLAIM_LUA)
+        # what the indexes hold for each key we loaded, per partition
+        self._indexed: dict[int, dict[str, _Index]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "sz") -> RedisStore:
+        return cls(connect(url), prefix)
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis ({exc}); check SESSIONIZER_REDIS_URL and that Redis is running"
+            ) from None
+
+    async def claim(self, partition: int) -> Claim:
+        epoch, flat = await self._claim(
+            keys=[self.keys.meta(partition)], args=[self.keys.shards, partition]
+        )
+        fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        offsets = {k[4:]: int(v) for k, v in fields.items() if k.startswith("off:")}
+        self._indexed[partition] = {}
+        return Claim(partition, int(epoch), offsets, int(fields.get("clock_ms", 0)))
+
+    def release(self, partition: int) -> None:
+        self._indexed.pop(partition, None)
+
+    async def load(
+        self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int
+    ) -> list[KeyState]:
+        wanted = [keyid(k) for k in keys]
+        pipe = self.client.pipeline(transaction=False)
+        if wanted:
+            pipe.mget([self.keys.state(partition, kid) for kid in wanted])
+        if due_until_ms is not None and due_limit > 0:
+            pipe.zrangebyscore(self.keys.due(partition), "-inf", due_until_ms, start=0, num=due_limit)
+        replies = await pipe.execute()
+        blobs: list[bytes | None] = list(replies.pop(0)) if wanted else []
+        if due_until_ms is not None and due_limit > 0:
+            seen = set(wanted)
+            extra = [d.decode() for d in replies.pop(0) if d.decode() not in seen]
+            if extra:
+                wanted.extend(extra)
+                blobs.extend(await self.client.mget([self.keys.state(partition, kid) for kid in extra]))
+        indexed = self._indexed.setdefault(partition, {})
+        states = []
+        for kid, blob in zip(wanted, blobs, strict=True):
+            if blob is None:
+                indexed[kid] = _NO_INDEX
+                continue
+            state = KeyState.from_state(orjson.loads(blob))
+            indexed[kid] = _index_of(state)
+            states.append(state)
+        return states
+
+    async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
+        k = self.keys
+        args: list[Any] = [epoch, commit.clock_ms, k.shard(partition), len(commit.offsets)]
+        for topic, offset in commit.offsets.items():
+            args += [topic, offset]
+        indexed = self._indexed.setdefault(partition, {})
+        new_index: dict[str, _Index] = {}
+        args.append(len(commit.states))
+        for key, state in commit.states.items():
+            kid = keyid(key)
+            due = commit.due_ms.get(key)
+            old, new = indexed.get(kid, _NO_INDEX), _index_of(state)
+            new_index[kid] = new
+            blob = b"" if state is None else orjson.dumps(state.to_state())
+            args += [kid, blob, "" if due is None else due, *old, *new]
+        args.append(len(commit.closed))
+        for name, record in commit.closed:
+            args += [name, record]
+        args.append(len(commit.acked))
+        args += commit.acked
+        keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition)]
+        try:
+            applied = await self._commit(keys=keys, args=args)
+        except ResponseError as exc:
+            if "FENCED" in str(exc):
+                raise FencedError(
+                    f"partition {partition}: another worker took it over ({exc}); "
+                    "this worker's writes for it are refused"
+                ) from None
+            raise
+        if applied:
+            indexed.update(new_index)
+        return bool(applied)
+
+    async def outbox(self, partition: int) -> list[tuple[str, bytes]]:
+        entries = await self.client.hgetall(self.keys.outbox(partition))
+        return sorted((name.decode(), value) for name, value in entries.items())
+
+    # -- queries ------------------------------------------------------------------
+    async def partitions(self) -> list[int]:
+        return sorted(int(p) for p in await self.client.smembers(self.keys.shards))
+
+    async def _records_for(self, partition: int, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Records of open sessions given (session_id, keyid) pairs."""
+        if not pairs:
+            return []
+        blobs = await self.client.mget([self.keys.state(partition, kid) for _, kid in pairs])
+        records = []
+        for (sid, _), blob in zip(pairs, blobs, strict=True):
+            if blob is None:
+                continue
+            state = KeyState.from_state(orjson.loads(blob))
+            if state.open is not None and state.open.session_id == sid:
+                records.append(state.open.to_record())
+        return records
+
+    async def open_sessions(
+        self, project: str | None = None, user_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for partition in await self.partitions():
+            if project is not None and user_id is not None:
+                sids = [s.decode() for s in await self.client.smembers(self.keys.user(partition, project, user_id))]
+            elif project is not None:
+                sids = [s.decode() for s in await self.client.smembers(self.keys.project(partition, project))]
+            else:
+                sids = None
+            open_key = self.keys.open(partition)
+            if sids is None:
+                pairs = [(s.decode(), kid.decode()) for s, kid in (await self.client.hgetall(open_key)).items()]
+            else:
+                kids = await self.client.hmget(open_key, sids) if sids else []
+                pairs = [(s, kid.decode()) for s, kid in zip(sids, kids, strict=True) if kid is not None]
+            found = await self._records_for(partition, sorted(pairs)[: max(0, limit - len(records))])
+            if user_id is not None and project is None:
+                found = [r for r in found if r["user_id"] == user_id]
+            records.extend(found)
+            if len(records) >= limit:
+                break
+        records.sort(key=lambda r: r["start"], reverse=True)
+        return records[:limit]
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        for partition in await self.partitions():
+            kid = await self.client.hget(self.keys.open(partition), session_id)
+            if kid is not None:
+                found = await self._records_for(partition, [(session_id, kid.decode())])
+                if found:
+                    return found[0]
+        return None
+
+    async def recent_closed(self, partition: int, kid: str) -> list[Session]:
+        blob = await self.client.get(self.keys.state(partition, kid))
+        return [] if blob is None else KeyState.from_state(orjson.loads(blob)).closed
+
+    async def close(self) -> None:
+        await self.client.aclose()
