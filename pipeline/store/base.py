@@ -33,8 +33,8 @@ class Commit:
     due_ms: Mapping[SessionKey, int | None]
     offsets: Mapping[str, int]  # topic -> last offset this batch applied
     clock_ms: int
-    closed: list[tuple[str, bytes]] = field(default_factory=list)  # outbox entries
-    acked: list[str] = field(default_factory=list)  # outbox entries the broker acknowledged
+    outgoing: list[bytes] = field(default_factory=list)  # appended to the outbox, in order
+    acked: int = 0  # messages at the outbox head the broker has acknowledged (trimmed)
 
 
 class SessionStore(Protocol):
@@ -53,7 +53,7 @@ class SessionStore(Protocol):
         Raises :class:`~pipeline.exceptions.FencedError` when the epoch is stale."""
         ...
 
-    async def outbox(self, partition: int) -> list[tuple[str, bytes]]:
+    async def outbox(self, partition: int) -> list[bytes]:
         """Closed records written but not yet acknowledged by the broker."""
         ...
 

@@ -18,8 +18,9 @@ key                                    type     holds (TTL: none unless said)
 ``sz:{pP}:open``                       hash     open session id -> keyid
 ``sz:{pP}:proj:<project>``             set      open session ids of a project
 ``sz:{pP}:user:<project>:<user_id>``   set      open session ids of a user
-``sz:{pP}:outbox``                     hash     ``<session_id>:<revision>`` -> closed session
-                                                record not yet acknowledged by the broker
+``sz:{pP}:outbox``                     list     messages (closed sessions, dead letters,
+                                                re-routed events) written but not yet
+                                                acknowledged by the broker, in send order
 =====================================  =======  ============================================
 
 A *keyid* names a session key unambiguously: ``<kind><len(project)>:<project>:<identity>``

@@ -26,7 +26,7 @@ class _Shard:
     offsets: dict[str, int] = field(default_factory=dict)
     states: dict[str, bytes] = field(default_factory=dict)
     due: dict[str, int] = field(default_factory=dict)
-    outbox: dict[str, bytes] = field(default_factory=dict)
+    outbox: list[bytes] = field(default_factory=list)
 
 
 class MemoryStore:
@@ -75,14 +75,13 @@ class MemoryStore:
                 shard.due.pop(kid, None)
             else:
                 shard.due[kid] = due
-        shard.outbox.update(commit.closed)
-        for name in commit.acked:
-            shard.outbox.pop(name, None)
+        del shard.outbox[: commit.acked]
+        shard.outbox.extend(commit.outgoing)
         shard.clock_ms = commit.clock_ms
         return True
 
-    async def outbox(self, partition: int) -> list[tuple[str, bytes]]:
-        return sorted(self.shards.get(partition, _Shard()).outbox.items())
+    async def outbox(self, partition: int) -> list[bytes]:
+        return list(self.shards.get(partition, _Shard()).outbox)
 
     def _open_records(self) -> list[dict[str, Any]]:
         records = []

@@ -28,8 +28,8 @@ from pipeline.store.keys import Keys, keyid
 # ARGV: epoch, clock_ms, shard prefix,
 #       n_offsets, (topic, offset)*,
 #       n_states, (keyid, blob|"", due|"", old_sid, old_project, old_user, new_sid, new_project, new_user)*,
-#       n_closed, (field, record)*,
-#       n_acked, field*
+#       n_out, message*   (appended to the outbox list, in order)
+#       n_acked           (messages trimmed from the outbox head: sent and acknowledged)
 COMMIT_LUA = """
 local meta, due, open, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -83,15 +83,13 @@ for j = 1, n do
     end
   end
 end
-n = tonumber(ARGV[i]); i = i + 1
-for j = 1, n do
-  redis.call('HSET', outbox, ARGV[i], ARGV[i + 1])
-  i = i + 2
+n = tonumber(ARGV[i])
+local acked = tonumber(ARGV[i + 1 + n])
+if acked > 0 then
+  redis.call('LTRIM', outbox, acked, -1)
 end
-n = tonumber(ARGV[i]); i = i + 1
-for j = 1, n do
-  redis.call('HDEL', outbox, ARGV[i])
-  i = i + 1
+for j = i + 1, i + n, 500 do
+  redis.call('RPUSH', outbox, unpack(ARGV, j, math.min(j + 499, i + n)))
 end
 redis.call('HSET', meta, 'clock_ms', ARGV[2])
 return 1
@@ -199,11 +197,9 @@ class RedisStore:
             new_index[kid] = new
             blob = b"" if state is None else orjson.dumps(state.to_state())
             args += [kid, blob, "" if due is None else due, *old, *new]
-        args.append(len(commit.closed))
-        for name, record in commit.closed:
-            args += [name, record]
-        args.append(len(commit.acked))
-        args += commit.acked
+        args.append(len(commit.outgoing))
+        args += commit.outgoing
+        args.append(commit.acked)
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition)]
         try:
             applied = await self._commit(keys=keys, args=args)
@@ -218,9 +214,8 @@ class RedisStore:
             indexed.update(new_index)
         return bool(applied)
 
-    async def outbox(self, partition: int) -> list[tuple[str, bytes]]:
-        entries = await self.client.hgetall(self.keys.outbox(partition))
-        return sorted((name.decode(), value) for name, value in entries.items())
+    async def outbox(self, partition: int) -> list[bytes]:
+        return list(await self.client.lrange(self.keys.outbox(partition), 0, -1))
 
     # -- queries ------------------------------------------------------------------
     async def partitions(self) -> list[int]:
