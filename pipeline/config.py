@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     kafka_session_timeout: float = Field(10.0, gt=0, description="consumer group session timeout (s)")
     batch_max_records: int = Field(5000, ge=1, description="records taken per partition per batch")
     tick_interval: float = Field(0.25, gt=0, description="how often idle sessions are checked (s)")
+    kafka_idempotence: str = Field(
+        "auto", pattern="^(auto|on|off)$",
+        description="idempotent sink producer: auto (use it where the broker supports it), on, off",
+    )
     redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
     log_level: str = Field("info")
 

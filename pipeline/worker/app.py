@@ -1,0 +1,291 @@
+"""The faust side of the worker: group membership, assignment, topics, web.
+
+Faust stays the framework; its per-record stream machinery is bypassed. The
+consumer's fetch loop (``_drain_messages``) hands each fetched batch to
+:class:`Runtime`, which owns offsets and commits itself: the applied offset per
+partition lives in Redis (written atomically with the state it covers), and
+Kafka's committed offset follows it for lag monitoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline.config import Settings
+from pipeline.exceptions import FencedError
+from pipeline.store.redis import RedisStore
+from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
+from pipeline.worker.routing import Router
+from pipeline.worker.sink import KafkaSink
+
+log = logging.getLogger("pipeline.worker")
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+class Runtime:
+    """The worker's state: one :class:`PartitionProcessor` per assigned partition."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.topics = Topics(
+            events=settings.events_topic,
+            repartition=settings.repartition_topic,
+            dlq=settings.dlq_topic,
+            sessions=settings.sessions_topic,
+        )
+        self.store = RedisStore.from_url(settings.redis_url, settings.redis_key_prefix)
+        self.sink = KafkaSink(settings.kafka_bootstrap, self.topics, settings.kafka_idempotence)
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.router: Router | None = None
+        self.lock = asyncio.Lock()
+        self.started = False
+        self.tick_interval = settings.tick_interval
+        self._last_tick = 0.0
+        self._last_commit = 0.0
+        self._expect: dict[TP, int] = {}  # first offset due after a claim (gap check)
+        self.totals: defaultdict[str, int] = defaultdict(int)
+        self.on_batch_hooks: list[Any] = []
+
+    async def start(self) -> None:
+        if not self.started:
+            await self.store.ping()
+            await self.sink.start()
+            self.started = True
+
+    async def stop(self) -> None:
+        await self.sink.stop()
+        await self.store.close()
+
+    # -- assignment ---------------------------------------------------------------
+    def _partitions_of(self, tps: set[TP]) -> set[int]:
+        ours = (self.topics.events, self.topics.repartition)
+        return {tp.partition for tp in tps if tp.topic in ours}
+
+    async def on_assigned(self, assigned: set[TP]) -> None:
+        await self.start()
+        consumer = self.app.consumer
+        if self.router is None:
+            count = consumer.topic_partitions(self.topics.events) or self.settings.topic_partitions
+            self.router = Router(count)
+        wanted = self._partitions_of(assigned)
+        async with self.lock:
+            for partition in list(self.processors):
+                if partition not in wanted:
+                    self._drop(partition)
+            for partition in sorted(wanted - set(self.processors)):
+                await self._take(partition)
+        log.info("assigned partitions %s", sorted(self.processors))
+
+    async def _take(self, partition: int) -> None:
+        assert self.router is not None
+        claim = await self.store.claim(partition)
+        processor = PartitionProcessor(
+            claim, rules=self.settings.rules, store=self.store, sink=self.sink,
+            topics=self.topics, router=self.router, on_batch=self._on_batch,
+        )
+        consumer = self.app.consumer
+        for topic in (self.topics.events, self.topics.repartition):
+            tp = TP(topic, partition)
+            resume = processor.resume_offset(topic)
+            if resume is None:
+                earliest = await consumer.earliest_offsets(tp)
+                resume = earliest.get(tp) or 0
+            await consumer.seek(tp, resume)
+            self._expect[tp] = resume
+        await processor.recover_outbox()
+        self.processors[partition] = processor
+        log.info("partition %d: epoch %d, resuming at %s", partition, claim.epoch, claim.offsets)
+
+    async def on_revoked(self, revoked: set[TP]) -> None:
+        async with self.lock:
+            for partition in self._partitions_of(revoked):
+                self._drop(partition)
+
+    def _drop(self, partition: int) -> None:
+        if self.processors.pop(partition, None) is not None:
+            self.store.release(partition)
+            for topic in (self.topics.events, self.topics.repartition):
+                self._expect.pop(TP(topic, partition), None)
+            log.info("partition %d: released", partition)
+
+    # -- batches -------------------------------------------------------------------
+    async def handle(self, records: Mapping[Any, list[Any]]) -> None:
+        by_partition: dict[int, list[Any]] = defaultdict(list)
+        async with self.lock:
+            for tp, batch in sorted(records.items(), key=lambda item: (item[0].partition, item[0].topic != self.topics.events)):
+                if not batch or tp.partition not in self.processors:
+                    continue
+                key = TP(tp.topic, tp.partition)
+                expect = self._expect.pop(key, None)
+                if expect is not None and batch[0].offset > expect:
+                    # fetched from a position past the one we resume at: read again from there
+                    log.info("%s: fetched from %d, resuming at %d", key, batch[0].offset, expect)
+                    await self.app.consumer.seek(key, expect)
+                    continue
+                by_partition[tp.partition].extend(batch)
+            if by_partition:
+                await asyncio.gather(*(self._guarded(p, self.processors[p].process, rs) for p, rs in by_partition.items()))
+            now = time.monotonic()
+            if now - self._last_tick >= self.tick_interval:
+                self._last_tick = now
+                await self._tick()
+            if now - self._last_commit >= 1.0:
+                self._last_commit = now
+                await self._commit_kafka()
+
+    async def _tick(self) -> None:
+        consumer = self.app.consumer
+        jobs = []
+        for partition, processor in self.processors.items():
+            caught_up = True
+            for topic in (self.topics.events, self.topics.repartition):
+                tp = TP(topic, partition)
+                try:
+                    high = consumer.highwater(tp)
+                except Exception:
+                    high = None
+                resume = processor.resume_offset(topic) or 0
+                if high is not None and high > resume:
+                    caught_up = False
+            jobs.append(self._guarded(partition, processor.tick, caught_up))
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    async def _guarded(self, partition: int, func: Any, arg: Any) -> None:
+        """Run one partition's step; retry transient failures; never lose a batch."""
+        delay = 0.1
+        while partition in self.processors:
+            try:
+                await func(arg)
+                return
+            except FencedError as exc:
+                log.warning("%s", exc)
+                self._drop(partition)
+                return
+            except TRANSIENT as exc:
+                log.warning("partition %d: transient failure (%s); retrying in %.1fs", partition, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception as exc:
+                # the broker refused a send, or anything unexpected: state in Redis
+                # is consistent (the outbox holds what was not acknowledged), so
+                # re-claim the partition, which resends the outbox, and go on
+                log.exception("partition %d: %s; re-claiming it", partition, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._drop(partition)
+                try:
+                    await self._take(partition)
+                except Exception:
+                    log.exception("partition %d: re-claim failed", partition)
+                return
+
+    async def _commit_kafka(self) -> None:
+        offsets = {}
+        for partition, processor in self.processors.items():
+            for topic in (self.topics.events, self.topics.repartition):
+                resume = processor.resume_offset(topic)
+                if resume is not None:
+                    offsets[TP(topic, partition)] = resume
+        if offsets:
+            try:
+                await self.app.consumer._commit(offsets)  # type: ignore[attr-defined]
+            except Exception as exc:  # monitoring only: Redis holds the truth
+                log.debug("kafka offset commit failed: %s", exc)
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        totals = self.totals
+        totals["records"] += stats.records
+        totals["events"] += stats.events
+        totals["forwarded"] += stats.forwarded
+        for code, n in stats.rejected.items():
+            totals[f"rejected:{code}"] += n
+        for reason, n in stats.closed.items():
+            totals[f"closed:{reason}"] += n
+        for hook in self.on_batch_hooks:
+            hook(stats)
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """Hands every fetched batch to the runtime in one call (no per-record task)."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        runtime: Runtime = self.app.sessionizer  # type: ignore[attr-defined]
+        stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        try:
+            while not (stopped() or fetcher_stopped()):
+                records, _ = await self._wait_next_records(runtime.tick_interval)
+                if self.should_stop:
+                    break
+                await runtime.handle(records or {})
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            raise
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    Consumer = BatchConsumer
+
+
+class SessionizerApp(faust.App):
+    def _new_transport(self) -> Any:
+        return BatchTransport(self.conf.broker_consumer, self)
+
+
+def build_app(settings: Settings) -> SessionizerApp:
+    app = SessionizerApp(
+        settings.consumer_group,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        autodiscover=False,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout / 6),
+        broker_max_poll_records=settings.batch_max_records,
+        broker_commit_interval=3600.0,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        producer_acks=-1,
+        store="memory://",
+    )
+    runtime = Runtime(app, settings)
+    app.sessionizer = runtime  # type: ignore[attr-defined]
+    for name in (settings.events_topic, settings.repartition_topic):
+        app.topics.add(app.topic(name, key_serializer="raw", value_serializer="raw"))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
+        await runtime.on_assigned(assigned)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
+        await runtime.on_revoked(revoked)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"ok": True, "partitions": sorted(runtime.processors)})
+
+    @app.page("/stats")
+    async def stats(web: Any, request: Any) -> Any:
+        return web.json({"partitions": sorted(runtime.processors), "totals": dict(runtime.totals)})
+
+    return app

@@ -1,0 +1,279 @@
+"""One input partition's processing: records in, one store commit and one send per batch.
+
+:class:`PartitionProcessor` knows nothing of faust: it is given raw Kafka
+records (anything with ``topic, partition, offset, key, value, timestamp,
+headers``), a store and a sink, so the integration tests drive it directly.
+
+Per batch::
+
+    parse every record (orjson + compiled schema)        -> events, dead letters
+    re-route events whose routing key hashes elsewhere   -> forwards
+    load the touched keys' states and the keys falling due (1 read round trip)
+    run the pure core over the events in record order
+    commit states, deadlines, offsets, clock and the outgoing messages
+        to the outbox, atomically, fenced by the epoch   (1 write round trip)
+    send the outgoing messages, await the broker's acknowledgement
+    (the next commit trims them from the outbox)
+
+The stream clock of SPEC section 3: the latest arrival time seen, plus the
+wall time elapsed since that record was read, the latter counted only while
+the partition is caught up (nothing left to read): live it is wall time, and a
+replay of a backlog follows the recorded arrival times exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from pipeline.core.deadletter import dead_letter_record
+from pipeline.core.engine import Sessionizer
+from pipeline.core.event import Event, Rejection
+from pipeline.core.parse import parse_record
+from pipeline.core.rules import SessionRules
+from pipeline.store.base import Claim, Commit, SessionStore
+from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, Outgoing
+from pipeline.worker.routing import Router
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        """Send, in order, and return once the broker acknowledged every one."""
+        ...
+
+
+class RecordLike(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass
+class Topics:
+    events: str
+    repartition: str
+    dlq: str
+    sessions: str
+
+
+@dataclass
+class BatchStats:
+    records: int = 0
+    events: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    forwarded: int = 0
+    closed: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def _origin_of(record: RecordLike) -> tuple[int, int, int | None] | None:
+    for name, value in record.headers or ():
+        if name == ORIGIN_HEADER:
+            _topic, partition, offset, index = value.decode().rsplit(":", 3)
+            return int(partition), int(offset), (None if index == "" else int(index))
+    return None
+
+
+class PartitionProcessor:
+    """The sessions of one partition (events topic P and repartition topic P)."""
+
+    def __init__(
+        self,
+        claim: Claim,
+        *,
+        rules: SessionRules,
+        store: SessionStore,
+        sink: Sink,
+        topics: Topics,
+        router: Router,
+        due_limit: int = 10_000,
+        wall: Callable[[], float] = time.time,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.partition = claim.partition
+        self.epoch = claim.epoch
+        self.applied: dict[str, int] = dict(claim.offsets)
+        self.clock_ms = claim.clock_ms
+        self.rules = rules
+        self.store = store
+        self.sink = sink
+        self.topics = topics
+        self.router = router
+        self.due_limit = due_limit
+        self.wall = wall
+        self.on_batch = on_batch
+        self.max_arrival_ms = claim.clock_ms
+        self.read_at = wall()
+        self.sent_unacked = 0  # outbox head entries sent and acknowledged, not yet trimmed
+
+    def resume_offset(self, topic: str) -> int | None:
+        """Where to resume reading ``topic`` (None: nothing applied yet)."""
+        applied = self.applied.get(topic)
+        return None if applied is None else applied + 1
+
+    async def recover_outbox(self) -> int:
+        """Send what a previous owner committed but may not have sent."""
+        pending = [Outgoing.decode(blob) for blob in await self.store.outbox(self.partition)]
+        if pending:
+            log.info("partition %d: resending %d outbox messages", self.partition, len(pending))
+            await self.sink.send(pending)
+        self.sent_unacked = len(pending)
+        return len(pending)
+
+    def stream_clock_ms(self, caught_up: bool) -> int:
+        if not caught_up:
+            return self.max_arrival_ms
+        return self.max_arrival_ms + max(0, int((self.wall() - self.read_at) * 1000))
+
+    # -- records -----------------------------------------------------------------
+    async def process(self, records: Iterable[RecordLike]) -> BatchStats:
+        stats = BatchStats()
+        events: list[Event] = []
+        outgoing: list[Outgoing] = []
+        offsets: dict[str, int] = {}
+        raw_of: dict[tuple[int, int | None], tuple[bytes | None, bytes | None, int]] = {}
+        rules, router, me = self.rules, self.router, self.partition
+        events_topic = self.topics.events
+        for record in records:
+            topic, offset = record.topic, record.offset
+            if offset <= self.applied.get(topic, -1) or offset <= offsets.get(topic, -1):
+                continue  # applied already (a replay after a crash or a rebalance)
+            offsets[topic] = offset
+            stats.records += 1
+            now = self.wall()
+            arrival = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else int(now * 1000)
+            if arrival >= self.max_arrival_ms:
+                self.max_arrival_ms, self.read_at = arrival, now
+            origin = _origin_of(record) if topic != events_topic else None
+            src_partition, src_offset = (origin[0], origin[1]) if origin else (record.partition, offset)
+            items = parse_record(
+                record.value, arrival_ms=arrival, partition=src_partition, offset=src_offset, rules=rules
+            )
+            batch_record = len(items) > 1 or (record.value or b"").lstrip()[:1] == b"["
+            for item in items:
+                if isinstance(item, Rejection):
+                    outgoing.append(self._dead_letter(item, record, arrival))
+                    stats.rejected[item.code] = stats.rejected.get(item.code, 0) + 1
+                    continue
+                if origin is not None:
+                    item.index = origin[2]
+                elif not batch_record:
+                    item.index = None
+                if topic == events_topic and router.partition_of(item.routing_key) != me:
+                    outgoing.append(self._forward(item, record, arrival, batch_record))
+                    stats.forwarded += 1
+                    continue
+                raw_of[(item.offset, item.index)] = (record.key, record.value, arrival)
+                events.append(item)
+        if not offsets:
+            return stats
+        stats.events = len(events)
+        await self._run(events, self.max_arrival_ms, offsets, outgoing, stats, raw_of)
+        return stats
+
+    async def tick(self, caught_up: bool) -> BatchStats | None:
+        """Close what fell due by the stream clock, with no new input."""
+        clock = self.stream_clock_ms(caught_up)
+        if clock <= self.clock_ms and not self.sent_unacked:
+            return None
+        states = await self.store.load(self.partition, (), clock, self.due_limit)
+        if not states and not self.sent_unacked:
+            self.clock_ms = max(self.clock_ms, clock)  # nothing to write; the next commit records it
+            return None
+        stats = BatchStats()
+        await self._run([], clock, {}, [], stats, {}, preloaded=states)
+        return stats
+
+    async def _run(
+        self,
+        events: list[Event],
+        clock_ms: int,
+        offsets: dict[str, int],
+        outgoing: list[Outgoing],
+        stats: BatchStats,
+        raw_of: dict[tuple[int, int | None], tuple[bytes | None, bytes | None, int]],
+        preloaded: list[Any] | None = None,
+    ) -> None:
+        engine = Sessionizer(self.rules, clock_ms=self.clock_ms)
+        if preloaded is None:
+            preloaded = await self.store.load(
+                self.partition, {ev.key for ev in events}, clock_ms, self.due_limit
+            )
+        for state in preloaded:
+            engine.load(state)
+        sessions_out: list[Outgoing] = []
+        for ev in events:
+            applied = engine.apply(ev)
+            for rec in applied.records:
+                sessions_out.append(self._session(rec, engine.clock_ms, stats))
+            if applied.rejection is not None:
+                key, value, arrival = raw_of[(ev.offset, ev.index)]
+                rej = applied.rejection
+                rej.raw = value if ev.index is None else _element(value, ev.index)
+                stats.rejected[rej.code] = stats.rejected.get(rej.code, 0) + 1
+                outgoing.append(self._dead_letter_raw(rej, key, arrival))
+        for rec in engine.advance(clock_ms):
+            sessions_out.append(self._session(rec, engine.clock_ms, stats))
+        outgoing.extend(sessions_out)
+        changes = engine.take_changes()
+        commit = Commit(
+            states=changes,
+            due_ms={key: engine.due_ms(key) for key in changes},
+            offsets=offsets,
+            clock_ms=engine.clock_ms,
+            outgoing=[message.encode() for message in outgoing],
+            acked=self.sent_unacked,
+        )
+        applied_ok = await self.store.commit(self.partition, self.epoch, commit)
+        self.sent_unacked = 0
+        if not applied_ok:
+            log.warning("partition %d: batch at %s was applied already; skipped", self.partition, offsets)
+            return
+        self.applied.update(offsets)
+        self.clock_ms = engine.clock_ms
+        stats.counters = dict(engine.counters)
+        if outgoing:
+            await self.sink.send(outgoing)
+            self.sent_unacked = len(outgoing)
+        if self.on_batch is not None:
+            self.on_batch(stats)
+
+    # -- outgoing messages ------------------------------------------------------------
+    def _session(self, record: dict[str, Any], clock_ms: int, stats: BatchStats) -> Outgoing:
+        reason = record.get("close_reason", "open")
+        stats.closed[reason] = stats.closed.get(reason, 0) + 1
+        return Outgoing(SESSION, record["session_id"].encode(), orjson.dumps(record), clock_ms)
+
+    def _dead_letter(self, rej: Rejection, record: RecordLike, arrival: int) -> Outgoing:
+        rej.partition, rej.offset = record.partition, record.offset
+        origin = _origin_of(record) if record.topic != self.topics.events else None
+        if origin is not None:
+            rej.partition, rej.offset, rej.index = origin
+        return self._dead_letter_raw(rej, record.key, arrival)
+
+    def _dead_letter_raw(self, rej: Rejection, key: bytes | None, arrival: int) -> Outgoing:
+        letter = dead_letter_record(rej, topic=self.topics.events, timestamp_ms=arrival, key=key)
+        return Outgoing(DEAD_LETTER, key, orjson.dumps(letter), arrival)
+
+    def _forward(self, ev: Event, record: RecordLike, arrival: int, batch_record: bool) -> Outgoing:
+        value = _element(record.value, ev.index) if batch_record and ev.index is not None else record.value
+        origin = f"{record.topic}:{record.partition}:{record.offset}:{'' if ev.index is None else ev.index}"
+        return Outgoing(
+            FORWARD, ev.routing_key.encode(), value or b"", arrival,
+            partition=self.router.partition_of(ev.routing_key), origin=origin,
+        )
+
+
+def _element(value: bytes | None, index: int) -> bytes:
+    return orjson.dumps(orjson.loads(value or b"[]")[index])

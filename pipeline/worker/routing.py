@@ -1,0 +1,32 @@
+"""Which partition a session key belongs to: Kafka's default partitioner (murmur2).
+
+An event is processed on the partition its *routing key* hashes to (its
+``session_id`` when it has one, else its ``user_id``), whatever partition the
+producer wrote it to; a worker re-routes misplaced events through the internal
+repartition topic. Producers that key records by the routing key (the gateway
+and the Python client do) never pay that extra hop.
+"""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import murmur2
+
+
+class Router:
+    """Routing key -> partition, with a bounded memo (murmur2 is pure Python)."""
+
+    def __init__(self, partitions: int, memo_size: int = 200_000) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        self.partitions = partitions
+        self._memo: dict[str, int] = {}
+        self._memo_size = memo_size
+
+    def partition_of(self, routing_key: str) -> int:
+        found = self._memo.get(routing_key)
+        if found is None:
+            found = (murmur2(routing_key.encode("utf-8")) & 0x7FFFFFFF) % self.partitions
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            self._memo[routing_key] = found
+        return found
