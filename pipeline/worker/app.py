@@ -248,14 +248,24 @@ class SessionizerApp(faust.App):
         return BatchTransport(self.conf.broker_consumer, self)
 
 
+def free_port(host: str) -> int:
+    """A port the OS says is free now (faust refuses port 0)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def build_app(settings: Settings) -> SessionizerApp:
+    web_port = settings.web_port or free_port(settings.web_host)
     app = SessionizerApp(
         settings.consumer_group,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         autodiscover=False,
         web_enabled=True,
         web_host=settings.web_host,
-        web_port=settings.web_port,
+        web_port=web_port,
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout / 6),
         broker_max_poll_records=settings.batch_max_records,

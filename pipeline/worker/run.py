@@ -16,7 +16,7 @@ def preflight(settings: Settings) -> dict[str, int]:
     The events and repartition topics must have the same partition count (a
     session key routes to the same partition number in both).
     """
-    from kafka.errors import KafkaError, NoBrokersAvailable
+    from kafka.errors import KafkaError
 
     from pipeline.services import create_topics
 
@@ -38,7 +38,7 @@ def preflight(settings: Settings) -> dict[str, int]:
              settings.dlq_topic: partitions},
             replication=settings.topic_replication, timeout=15,
         ))
-    except (NoBrokersAvailable, KafkaError, OSError, TimeoutError) as exc:
+    except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerUnavailable(
             f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc.__class__.__name__}); "
             "check SESSIONIZER_KAFKA_BOOTSTRAP and that the broker is running"
@@ -62,5 +62,5 @@ def run_worker(settings: Settings | None = None) -> None:
     app = build_app(settings)
     level = settings.log_level.upper()
     logging.getLogger("pipeline").setLevel(level)
-    worker = faust.Worker(app, loglevel=level, web_port=settings.web_port, web_host=settings.web_host)
+    worker = faust.Worker(app, loglevel=level)
     worker.execute_from_commandline()
