@@ -49,6 +49,36 @@ def worker() -> None:
     run_worker()
 
 
+@main.group()
+def sessions() -> None:
+    """Query live sessions in Redis."""
+
+
+@sessions.command("live")
+@click.option("--project", help="only this project")
+@click.option("--user", help="only this user identity")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON record per line")
+@_clean_errors
+def sessions_live(project: str | None, user: str | None, limit: int, as_json: bool) -> None:
+    """List open sessions (all, of a project, or of a user)."""
+    from pipeline.query import live
+
+    live(project, user, limit, as_json)
+
+
+@sessions.command("show")
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True, help="the session record as JSON")
+@_clean_errors
+def sessions_show(session_id: str, as_json: bool) -> None:
+    """Show one open session with its events."""
+    from pipeline.query import show
+
+    if not show(session_id, as_json):
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--users", default=200, show_default=True, help="simulated users")
 @click.option("--rate", default=200.0, show_default=True, help="events per second (0 = as fast as possible)")
