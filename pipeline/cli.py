@@ -106,6 +106,20 @@ def tail(from_beginning: bool, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--users", default=300, show_default=True, help="simulated users")
+@click.option("--rate", default=300.0, show_default=True, help="events per second")
+@click.option("--inactivity-timeout", default=20.0, show_default=True,
+              help="seconds of inactivity that close a session (short, so the demo shows closes)")
+@click.option("--partitions", default=4, show_default=True)
+@_clean_errors
+def dev(users: int, rate: float, inactivity_timeout: float, partitions: int) -> None:
+    """Run everything locally: broker, Redis, a worker, the producer, and a live view."""
+    from pipeline.dev import run_dev
+
+    run_dev(users, rate, inactivity_timeout, partitions)
+
+
+@main.command()
 @_clean_errors
 def gateway() -> None:
     """Run the HTTP gateway (Exceptionless-compatible API and /v1/events)."""
