@@ -1,0 +1,66 @@
+"""Gateway-only settings: request limits, read from ``SESSIONIZER_GATEWAY_*``.
+
+The connection, topic, listen address and API-key settings are shared with the
+rest of the pipeline (:class:`pipeline.config.Settings`); these are the
+gateway's own:
+
+==========================================  =========  ==========================================
+variable                                    default    meaning
+==========================================  =========  ==========================================
+``SESSIONIZER_GATEWAY_MAX_BODY_BYTES``      1048576    largest request body accepted (413 above)
+``SESSIONIZER_GATEWAY_MAX_EVENTS_PER_BATCH``  1000     most events in one POST (413 above)
+``SESSIONIZER_GATEWAY_RATE_LIMIT``          100        requests per second per API key (0 = off)
+``SESSIONIZER_GATEWAY_RATE_BURST``          200        requests a key may make at once
+``SESSIONIZER_GATEWAY_PUBLISH_TIMEOUT``     10         seconds to wait for the broker (503 after)
+``SESSIONIZER_GATEWAY_ID_MEMORY``           100000     session ids / identities remembered per kind
+==========================================  =========  ==========================================
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.exceptions import ConfigError
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_EVENTS_PER_BATCH = 1000
+RATE_LIMIT = 100.0
+RATE_BURST = 200
+PUBLISH_TIMEOUT = 10.0
+ID_MEMORY = 100_000
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SESSIONIZER_GATEWAY_", extra="ignore", frozen=True
+    )
+
+    max_body_bytes: int = Field(
+        default=MAX_BODY_BYTES, ge=1024, description="largest request body (bytes)"
+    )
+    max_events_per_batch: int = Field(
+        default=MAX_EVENTS_PER_BATCH, ge=1, description="most events per POST"
+    )
+    rate_limit: float = Field(
+        default=RATE_LIMIT, ge=0, description="requests per second per API key; 0 = off"
+    )
+    rate_burst: int = Field(default=RATE_BURST, ge=1, description="token bucket size per API key")
+    publish_timeout: float = Field(
+        default=PUBLISH_TIMEOUT, gt=0, description="seconds to wait for broker acks"
+    )
+    id_memory: int = Field(
+        default=ID_MEMORY, ge=100, description="ids remembered for heartbeat resolution"
+    )
+
+
+def load_gateway_settings(**overrides: object) -> GatewaySettings:
+    """Read the gateway settings; a bad value raises :class:`ConfigError` naming the variable."""
+    try:
+        return GatewaySettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SESSIONIZER_GATEWAY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid gateway settings: {problems}") from None
