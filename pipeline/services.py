@@ -443,6 +443,8 @@ class _Service:
             self.workdir = Path(tempfile.mkdtemp(prefix=f"sessionizer-{self.name}-"))
             with _LIVE_LOCK:
                 _OWN_DIRS[self.workdir] = os.getpid()
+        else:
+            self.workdir.mkdir(parents=True, exist_ok=True)
         return self.workdir
 
     def _require_running(self) -> subprocess.Popen[bytes]:
