@@ -108,8 +108,9 @@ def tail(from_beginning: bool, as_json: bool) -> None:
 @main.command()
 @click.option("--users", default=300, show_default=True, help="simulated users")
 @click.option("--rate", default=300.0, show_default=True, help="events per second")
-@click.option("--inactivity-timeout", default=20.0, show_default=True,
-              help="seconds of inactivity that close a session (short, so the demo shows closes)")
+@click.option("--inactivity-timeout", default=300.0, show_default=True,
+              help="seconds of inactivity that close a session, in the traffic's simulated time "
+                   "(the producer runs its clock faster than wall time to reach --rate)")
 @click.option("--partitions", default=4, show_default=True)
 @_clean_errors
 def dev(users: int, rate: float, inactivity_timeout: float, partitions: int) -> None:

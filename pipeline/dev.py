@@ -108,12 +108,12 @@ def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int)
     from kafka import KafkaConsumer
 
     logdir = Path(tempfile.mkdtemp(prefix="sessionizer-dev-"))
+    (logdir / "broker").mkdir()
+    (logdir / "redis").mkdir()
     broker = EmbeddedBroker(workdir=logdir / "broker")
     store = EmbeddedRedis(workdir=logdir / "redis")
     children: list[subprocess.Popen[bytes]] = []
     with broker, store:
-        broker.start()
-        store.start()
         web_port = free_port()
         env = dict(
             os.environ,
@@ -144,7 +144,7 @@ def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int)
                 while True:
                     for worker in children:
                         if worker.poll() is not None:
-                            raise SystemExit(f"a child process exited ({worker.args}); see {logdir}")
+                            raise SystemExit(f"a child process exited ({worker.args!r}); see {logdir}")
                     for batch in consumer.poll(timeout_ms=250).values():
                         for message in batch:
                             view.on_session(orjson.loads(message.value))
