@@ -202,7 +202,7 @@ class Session:
             "ca": self.closed_at_ms, "r": self.revision, "ec": self.event_count,
             "hc": self.heartbeat_count, "dc": self.duplicate_events, "tc": self.type_counts,
             "he": self.has_error, "d": self.data, "dt": self.data_ms, "ev": self.events,
-            "tr": self.events_truncated, "ids": sorted(self.ids), "q": self.seq,
+            "tr": self.events_truncated, "ids": list(self.ids), "q": self.seq,
         }
 
     @classmethod

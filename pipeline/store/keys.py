@@ -16,6 +16,8 @@ key                                    type     holds (TTL: none unless said)
 ``sz:{pP}:due``                        zset     keyid -> stream-clock ms when the key needs
                                                 attention (idle close or grace expiry)
 ``sz:{pP}:open``                       hash     open session id -> keyid
+``sz:{pP}:idx``                        hash     keyid -> what the indexes hold for it
+                                                (``<sid>\x1f<project>\x1f<user_id>``)
 ``sz:{pP}:proj:<project>``             set      open session ids of a project
 ``sz:{pP}:user:<project>:<user_id>``   set      open session ids of a user
 ``sz:{pP}:outbox``                     list     messages (closed sessions, dead letters,
@@ -66,6 +68,9 @@ class Keys:
 
     def open(self, partition: int) -> str:
         return self.shard(partition) + "open"
+
+    def index(self, partition: int) -> str:
+        return self.shard(partition) + "idx"
 
     def outbox(self, partition: int) -> str:
         return self.shard(partition) + "outbox"

@@ -24,14 +24,14 @@ from pipeline.exceptions import FencedError, RedisUnavailable
 from pipeline.store.base import Claim, Commit
 from pipeline.store.keys import Keys, keyid
 
-# KEYS: meta, due, open, outbox
+# KEYS: meta, due, open, outbox, idx
 # ARGV: epoch, clock_ms, shard prefix,
 #       n_offsets, (topic, offset)*,
-#       n_states, (keyid, blob|"", due|"", old_sid, old_project, old_user, new_sid, new_project, new_user)*,
+#       n_states, (keyid, blob|"", due|"", index|"")*   index: "<sid>\x1f<project>\x1f<user>"
 #       n_out, message*   (appended to the outbox list, in order)
 #       n_acked           (messages trimmed from the outbox head: sent and acknowledged)
 COMMIT_LUA = """
-local meta, due, open, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, due, open, outbox, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local epoch = redis.call('HGET', meta, 'epoch')
 if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. tostring(epoch) .. ' ~= ' .. ARGV[1])
@@ -51,15 +51,29 @@ for j = 1, n do
   redis.call('HSET', meta, 'off:' .. ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-local function user_key(project, user)
-  return shard .. 'user:' .. string.len(project) .. ':' .. project .. ':' .. user
+local function split(entry)
+  local a = string.find(entry, '\31', 1, true)
+  local b = string.find(entry, '\31', a + 1, true)
+  return string.sub(entry, 1, a - 1), string.sub(entry, a + 1, b - 1), string.sub(entry, b + 1)
+end
+local function index(entry, add, kid)
+  local sid, project, user = split(entry)
+  local pkey = shard .. 'proj:' .. project
+  local ukey = shard .. 'user:' .. string.len(project) .. ':' .. project .. ':' .. user
+  if add then
+    redis.call('HSET', open, sid, kid)
+    redis.call('SADD', pkey, sid)
+    if user ~= '' then redis.call('SADD', ukey, sid) end
+  else
+    redis.call('HDEL', open, sid)
+    redis.call('SREM', pkey, sid)
+    if user ~= '' then redis.call('SREM', ukey, sid) end
+  end
 end
 n = tonumber(ARGV[i]); i = i + 1
 for j = 1, n do
-  local kid, blob, d = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local osid, oproj, ouser = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  local nsid, nproj, nuser = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-  i = i + 9
+  local kid, blob, d, new = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
   if blob == '' then
     redis.call('DEL', shard .. 'k:' .. kid)
   else
@@ -70,16 +84,14 @@ for j = 1, n do
   else
     redis.call('ZADD', due, d, kid)
   end
-  if osid ~= nsid or oproj ~= nproj or ouser ~= nuser then
-    if osid ~= '' then
-      redis.call('HDEL', open, osid)
-      redis.call('SREM', shard .. 'proj:' .. oproj, osid)
-      if ouser ~= '' then redis.call('SREM', user_key(oproj, ouser), osid) end
-    end
-    if nsid ~= '' then
-      redis.call('HSET', open, nsid, kid)
-      redis.call('SADD', shard .. 'proj:' .. nproj, nsid)
-      if nuser ~= '' then redis.call('SADD', user_key(nproj, nuser), nsid) end
+  local old = redis.call('HGET', idx, kid) or ''
+  if old ~= new then
+    if old ~= '' then index(old, false, kid) end
+    if new ~= '' then
+      index(new, true, kid)
+      redis.call('HSET', idx, kid, new)
+    else
+      redis.call('HDEL', idx, kid)
     end
   end
 end
@@ -102,15 +114,12 @@ redis.call('SADD', ARGV[1], ARGV[2])
 return {epoch, redis.call('HGETALL', KEYS[1])}
 """
 
-_Index = tuple[str, str, str]  # open session id, project, user id ("" when none)
-_NO_INDEX: _Index = ("", "", "")
-
-
-def _index_of(state: KeyState | None) -> _Index:
+def _index_of(state: KeyState | None) -> str:
+    """What the query indexes hold for a key: its open session, project and user."""
     if state is None or state.open is None:
-        return _NO_INDEX
+        return ""
     s = state.open
-    return (s.session_id, s.project, s.user_id or "")
+    return f"{s.session_id}\x1f{s.project}\x1f{s.user_id or ''}"
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -127,8 +136,6 @@ class RedisStore:
         self.keys = Keys(prefix)
         self._commit = client.register_script(COMMIT_LUA)
         self._claim = client.register_script(CLAIM_LUA)
-        # what the indexes hold for each key we loaded, per partition
-        self._indexed: dict[int, dict[str, _Index]] = {}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sz") -> RedisStore:
@@ -148,11 +155,10 @@ class RedisStore:
         )
         fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         offsets = {k[4:]: int(v) for k, v in fields.items() if k.startswith("off:")}
-        self._indexed[partition] = {}
         return Claim(partition, int(epoch), offsets, int(fields.get("clock_ms", 0)))
 
     def release(self, partition: int) -> None:
-        self._indexed.pop(partition, None)
+        """Nothing to let go of: no per-partition state lives in this client."""
 
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int
@@ -171,36 +177,23 @@ class RedisStore:
             if extra:
                 wanted.extend(extra)
                 blobs.extend(await self.client.mget([self.keys.state(partition, kid) for kid in extra]))
-        indexed = self._indexed.setdefault(partition, {})
-        states = []
-        for kid, blob in zip(wanted, blobs, strict=True):
-            if blob is None:
-                indexed[kid] = _NO_INDEX
-                continue
-            state = KeyState.from_state(orjson.loads(blob))
-            indexed[kid] = _index_of(state)
-            states.append(state)
-        return states
+        return [KeyState.from_state(orjson.loads(blob)) for blob in blobs if blob is not None]
 
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         k = self.keys
         args: list[Any] = [epoch, commit.clock_ms, k.shard(partition), len(commit.offsets)]
         for topic, offset in commit.offsets.items():
             args += [topic, offset]
-        indexed = self._indexed.setdefault(partition, {})
-        new_index: dict[str, _Index] = {}
         args.append(len(commit.states))
         for key, state in commit.states.items():
-            kid = keyid(key)
             due = commit.due_ms.get(key)
-            old, new = indexed.get(kid, _NO_INDEX), _index_of(state)
-            new_index[kid] = new
             blob = b"" if state is None else orjson.dumps(state.to_state())
-            args += [kid, blob, "" if due is None else due, *old, *new]
+            args += [keyid(key), blob, "" if due is None else due, _index_of(state)]
         args.append(len(commit.outgoing))
         args += commit.outgoing
         args.append(commit.acked)
-        keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition)]
+        keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
+                k.index(partition)]
         try:
             applied = await self._commit(keys=keys, args=args)
         except ResponseError as exc:
@@ -210,8 +203,6 @@ class RedisStore:
                     "this worker's writes for it are refused"
                 ) from None
             raise
-        if applied:
-            indexed.update(new_index)
         return bool(applied)
 
     async def outbox(self, partition: int) -> list[bytes]:

@@ -98,6 +98,7 @@ class PartitionProcessor:
         topics: Topics,
         router: Router,
         due_limit: int = 10_000,
+        cache_keys: int = 100_000,
         wall: Callable[[], float] = time.time,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
@@ -113,9 +114,15 @@ class PartitionProcessor:
         self.due_limit = due_limit
         self.wall = wall
         self.on_batch = on_batch
+        self.cache_keys = cache_keys
         self.max_arrival_ms = claim.clock_ms
         self.read_at = wall()
         self.sent_unacked = 0  # outbox head entries sent and acknowledged, not yet trimmed
+        self.unsent: list[Outgoing] = []  # committed to the outbox, not yet acknowledged
+        # the key states this worker holds in memory: it alone writes them while it
+        # owns the partition (fencing), so they stay equal to Redis; bounded (LRU)
+        self.engine = Sessionizer(rules, clock_ms=claim.clock_ms)
+        self._recent: dict[Any, None] = {}
 
     def resume_offset(self, topic: str) -> int | None:
         """Where to resume reading ``topic`` (None: nothing applied yet)."""
@@ -124,12 +131,20 @@ class PartitionProcessor:
 
     async def recover_outbox(self) -> int:
         """Send what a previous owner committed but may not have sent."""
-        pending = [Outgoing.decode(blob) for blob in await self.store.outbox(self.partition)]
-        if pending:
-            log.info("partition %d: resending %d outbox messages", self.partition, len(pending))
-            await self.sink.send(pending)
-        self.sent_unacked = len(pending)
-        return len(pending)
+        self.unsent = [Outgoing.decode(blob) for blob in await self.store.outbox(self.partition)]
+        self.sent_unacked = 0
+        count = len(self.unsent)
+        if count:
+            log.info("partition %d: resending %d outbox messages", self.partition, count)
+        await self._flush()
+        return count
+
+    async def _flush(self) -> None:
+        """Send the committed, unacknowledged messages; on failure they stay for the next try."""
+        if self.unsent:
+            await self.sink.send(self.unsent)
+            self.sent_unacked += len(self.unsent)
+            self.unsent = []
 
     def stream_clock_ms(self, caught_up: bool) -> int:
         if not caught_up:
@@ -184,15 +199,20 @@ class PartitionProcessor:
 
     async def tick(self, caught_up: bool) -> BatchStats | None:
         """Close what fell due by the stream clock, with no new input."""
+        await self._flush()
         clock = self.stream_clock_ms(caught_up)
         if clock <= self.clock_ms and not self.sent_unacked:
             return None
-        states = await self.store.load(self.partition, (), clock, self.due_limit)
-        if not states and not self.sent_unacked:
-            self.clock_ms = max(self.clock_ms, clock)  # nothing to write; the next commit records it
-            return None
+        engine_due = self.engine.next_due_ms()
+        if (engine_due is None or engine_due > clock) and not self.sent_unacked:
+            # nothing due among the keys held in memory; ask Redis about the others
+            stored_due = await self.store.load(self.partition, (), clock, 1)
+            if not stored_due:
+                self.clock_ms = max(self.clock_ms, clock)  # recorded with the next commit
+                self.engine.clock_ms = self.clock_ms
+                return None
         stats = BatchStats()
-        await self._run([], clock, {}, [], stats, {}, preloaded=states)
+        await self._run([], clock, {}, [], stats, {})
         return stats
 
     async def _run(
@@ -203,15 +223,38 @@ class PartitionProcessor:
         outgoing: list[Outgoing],
         stats: BatchStats,
         raw_of: dict[tuple[int, int | None], tuple[bytes | None, bytes | None, int]],
-        preloaded: list[Any] | None = None,
     ) -> None:
-        engine = Sessionizer(self.rules, clock_ms=self.clock_ms)
-        if preloaded is None:
-            preloaded = await self.store.load(
-                self.partition, {ev.key for ev in events}, clock_ms, self.due_limit
-            )
-        for state in preloaded:
-            engine.load(state)
+        await self._flush()
+        try:
+            await self._apply(events, clock_ms, offsets, outgoing, stats, raw_of)
+        except BaseException:
+            # the batch did not commit: what the engine holds may be ahead of Redis
+            self._reset_cache()
+            raise
+        self.unsent.extend(outgoing)
+        await self._flush()
+        if self.on_batch is not None:
+            self.on_batch(stats)
+
+    def _reset_cache(self) -> None:
+        self.engine = Sessionizer(self.rules, clock_ms=self.clock_ms)
+        self._recent.clear()
+
+    async def _apply(
+        self,
+        events: list[Event],
+        clock_ms: int,
+        offsets: dict[str, int],
+        outgoing: list[Outgoing],
+        stats: BatchStats,
+        raw_of: dict[tuple[int, int | None], tuple[bytes | None, bytes | None, int]],
+    ) -> None:
+        engine = self.engine
+        held = engine.states
+        missing = {ev.key for ev in events if ev.key not in held}
+        for state in await self.store.load(self.partition, missing, clock_ms, self.due_limit):
+            if state.key not in held:
+                engine.load(state)
         sessions_out: list[Outgoing] = []
         for ev in events:
             applied = engine.apply(ev)
@@ -239,15 +282,29 @@ class PartitionProcessor:
         self.sent_unacked = 0
         if not applied_ok:
             log.warning("partition %d: batch at %s was applied already; skipped", self.partition, offsets)
+            outgoing.clear()
+            self._reset_cache()
             return
         self.applied.update(offsets)
         self.clock_ms = engine.clock_ms
         stats.counters = dict(engine.counters)
-        if outgoing:
-            await self.sink.send(outgoing)
-            self.sent_unacked = len(outgoing)
-        if self.on_batch is not None:
-            self.on_batch(stats)
+        engine.counters.clear()
+        self._evict(changes)
+
+    def _evict(self, touched: Iterable[Any]) -> None:
+        """Keep at most ``cache_keys`` key states in memory, least recently used out."""
+        recent = self._recent
+        for key in touched:
+            recent.pop(key, None)
+            recent[key] = None
+        excess = len(self.engine.states) - self.cache_keys
+        if excess > 0:
+            for key in list(recent)[:excess]:
+                del recent[key]
+                self.engine.forget(key)
+            if len(self.engine.states) > self.cache_keys:  # keys loaded as due, never touched
+                for key in list(self.engine.states)[: len(self.engine.states) - self.cache_keys]:
+                    self.engine.forget(key)
 
     # -- outgoing messages ------------------------------------------------------------
     def _session(self, record: dict[str, Any], clock_ms: int, stats: BatchStats) -> Outgoing:
