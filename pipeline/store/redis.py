@@ -52,8 +52,8 @@ for j = 1, n do
   i = i + 2
 end
 local function split(entry)
-  local a = string.find(entry, '\31', 1, true)
-  local b = string.find(entry, '\31', a + 1, true)
+  local a = string.find(entry, '\\31', 1, true)
+  local b = string.find(entry, '\\31', a + 1, true)
   return string.sub(entry, 1, a - 1), string.sub(entry, a + 1, b - 1), string.sub(entry, b + 1)
 end
 local function index(entry, add, kid)
