@@ -61,6 +61,8 @@ class Settings(BaseSettings):
         "auto", pattern="^(auto|on|off)$",
         description="idempotent sink producer: auto (use it where the broker supports it), on, off",
     )
+    history_retention: float = Field(86400.0, ge=0, description="how long closed sessions stay listable (s)")
+    history_max_sessions: int = Field(50_000, ge=0, description="closed sessions kept per partition")
     redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
     log_level: str = Field("info")
 

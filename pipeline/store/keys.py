@@ -20,6 +20,10 @@ key                                    type     holds (TTL: none unless said)
                                                 (``<sid>\x1f<project>\x1f<user_id>``)
 ``sz:{pP}:proj:<project>``             set      open session ids of a project
 ``sz:{pP}:user:<project>:<user_id>``   set      open session ids of a user
+``sz:{pP}:hist``                       zset     closed session id -> end (ms): the bounded history
+                                                (``SESSIONIZER_HISTORY_RETENTION`` and
+                                                ``SESSIONIZER_HISTORY_MAX_SESSIONS`` per partition)
+``sz:{pP}:h:<session_id>``             string   closed session record (latest revision)
 ``sz:{pP}:outbox``                     list     messages (closed sessions, dead letters,
                                                 re-routed events) written but not yet
                                                 acknowledged by the broker, in send order
@@ -68,6 +72,12 @@ class Keys:
 
     def open(self, partition: int) -> str:
         return self.shard(partition) + "open"
+
+    def history(self, partition: int) -> str:
+        return self.shard(partition) + "hist"
+
+    def history_record(self, partition: int, session_id: str) -> str:
+        return self.shard(partition) + "h:" + session_id
 
     def index(self, partition: int) -> str:
         return self.shard(partition) + "idx"

@@ -27,6 +27,7 @@ class _Shard:
     states: dict[str, bytes] = field(default_factory=dict)
     due: dict[str, int] = field(default_factory=dict)
     outbox: list[bytes] = field(default_factory=list)
+    history: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -77,6 +78,8 @@ class MemoryStore:
                 shard.due[kid] = due
         del shard.outbox[: commit.acked]
         shard.outbox.extend(commit.outgoing)
+        for sid, end_ms, record in commit.history:
+            shard.history[sid] = (end_ms, record)
         shard.clock_ms = commit.clock_ms
         return True
 
@@ -105,6 +108,18 @@ class MemoryStore:
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         return next((r for r in self._open_records() if r["session_id"] == session_id), None)
+
+    async def closed_sessions(
+        self, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        found = [
+            (end_ms, record)
+            for shard in self.shards.values()
+            for end_ms, record in shard.history.values()
+            if (since_ms is None or end_ms >= since_ms) and (until_ms is None or end_ms <= until_ms)
+        ]
+        found.sort(key=lambda item: item[0], reverse=True)
+        return [orjson.loads(record) for _, record in found[:limit]]
 
     async def close(self) -> None:
         pass

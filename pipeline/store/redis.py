@@ -30,8 +30,9 @@ from pipeline.store.keys import Keys, keyid
 #       n_states, (keyid, blob|"", due|"", index|"")*   index: "<sid>\x1f<project>\x1f<user>"
 #       n_out, message*   (appended to the outbox list, in order)
 #       n_acked           (messages trimmed from the outbox head: sent and acknowledged)
+#       n_hist, (session_id, end_ms, record)*, history_min_ms, history_max
 COMMIT_LUA = """
-local meta, due, open, outbox, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, due, open, outbox, idx, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local epoch = redis.call('HGET', meta, 'epoch')
 if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. tostring(epoch) .. ' ~= ' .. ARGV[1])
@@ -103,6 +104,24 @@ end
 for j = i + 1, i + n, 500 do
   redis.call('RPUSH', outbox, unpack(ARGV, j, math.min(j + 499, i + n)))
 end
+i = i + n + 2
+n = tonumber(ARGV[i]); i = i + 1
+for j = 1, n do
+  redis.call('ZADD', hist, ARGV[i + 1], ARGV[i])
+  redis.call('SET', shard .. 'h:' .. ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+local function forget(sids)
+  for _, sid in ipairs(sids) do
+    redis.call('ZREM', hist, sid)
+    redis.call('DEL', shard .. 'h:' .. sid)
+  end
+end
+forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. ARGV[i], 'LIMIT', 0, 1000))
+local extra = redis.call('ZCARD', hist) - tonumber(ARGV[i + 1])
+if extra > 0 then
+  forget(redis.call('ZRANGE', hist, 0, math.min(extra, 1000) - 1))
+end
 redis.call('HSET', meta, 'clock_ms', ARGV[2])
 return 1
 """
@@ -130,7 +149,16 @@ def connect(url: str) -> aioredis.Redis:
 class RedisStore:
     """:class:`~pipeline.store.base.SessionStore` on Redis."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "sz") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "sz",
+        *,
+        history_retention_ms: int = 86_400_000,
+        history_max: int = 50_000,
+    ) -> None:
+        self.history_retention_ms = history_retention_ms
+        self.history_max = history_max
         # decode_responses=False: every reply is bytes (typed loosely by redis-py)
         self.client: Any = client
         self.keys = Keys(prefix)
@@ -138,8 +166,8 @@ class RedisStore:
         self._claim = client.register_script(CLAIM_LUA)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "sz") -> RedisStore:
-        return cls(connect(url), prefix)
+    def from_url(cls, url: str, prefix: str = "sz", **options: int) -> RedisStore:
+        return cls(connect(url), prefix, **options)
 
     async def ping(self) -> None:
         try:
@@ -192,8 +220,12 @@ class RedisStore:
         args.append(len(commit.outgoing))
         args += commit.outgoing
         args.append(commit.acked)
+        args.append(len(commit.history))
+        for sid, end_ms, record in commit.history:
+            args += [sid, end_ms, record]
+        args += [commit.clock_ms - self.history_retention_ms, self.history_max]
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
-                k.index(partition)]
+                k.index(partition), k.history(partition)]
         try:
             applied = await self._commit(keys=keys, args=args)
         except ResponseError as exc:
@@ -259,6 +291,30 @@ class RedisStore:
                 found = await self._records_for(partition, [(session_id, kid.decode())])
                 if found:
                     return found[0]
+        return None
+
+    async def closed_sessions(
+        self, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Closed sessions from the history (latest revision each), newest end first."""
+        low = "-inf" if since_ms is None else since_ms
+        high = "+inf" if until_ms is None else until_ms
+        records: list[dict[str, Any]] = []
+        for partition in await self.partitions():
+            sids = await self.client.zrevrangebyscore(
+                self.keys.history(partition), high, low, start=0, num=limit
+            )
+            if sids:
+                blobs = await self.client.mget([self.keys.history_record(partition, s.decode()) for s in sids])
+                records.extend(orjson.loads(b) for b in blobs if b is not None)
+        records.sort(key=lambda r: r["end"], reverse=True)
+        return records[:limit]
+
+    async def get_closed_session(self, session_id: str) -> dict[str, Any] | None:
+        for partition in await self.partitions():
+            blob = await self.client.get(self.keys.history_record(partition, session_id))
+            if blob is not None:
+                return dict(orjson.loads(blob))
         return None
 
     async def recent_closed(self, partition: int, kid: str) -> list[Session]:

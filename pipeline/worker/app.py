@@ -46,7 +46,11 @@ class Runtime:
             dlq=settings.dlq_topic,
             sessions=settings.sessions_topic,
         )
-        self.store = RedisStore.from_url(settings.redis_url, settings.redis_key_prefix)
+        self.store = RedisStore.from_url(
+            settings.redis_url, settings.redis_key_prefix,
+            history_retention_ms=round(settings.history_retention * 1000),
+            history_max=settings.history_max_sessions,
+        )
         self.sink = KafkaSink(settings.kafka_bootstrap, self.topics, settings.kafka_idempotence)
         self.processors: dict[int, PartitionProcessor] = {}
         self.router: Router | None = None

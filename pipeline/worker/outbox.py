@@ -31,6 +31,7 @@ class Outgoing:
     timestamp_ms: int
     partition: int | None = None
     origin: str | None = None
+    end_ms: int = 0  # a session's end (for the history), not sent
 
     def encode(self) -> bytes:
         head = orjson.dumps(

@@ -36,6 +36,7 @@ from pipeline.core.engine import Sessionizer
 from pipeline.core.event import Event, Rejection
 from pipeline.core.parse import parse_record
 from pipeline.core.rules import SessionRules
+from pipeline.core.timefmt import parse_timestamp_ms
 from pipeline.store.base import Claim, Commit, SessionStore
 from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, Outgoing
 from pipeline.worker.routing import Router
@@ -269,6 +270,9 @@ class PartitionProcessor:
         for rec in engine.advance(clock_ms):
             sessions_out.append(self._session(rec, engine.clock_ms, stats))
         outgoing.extend(sessions_out)
+        history = [
+            (m.key.decode(), m.end_ms, m.value) for m in sessions_out if m.key is not None
+        ]
         changes = engine.take_changes()
         commit = Commit(
             states=changes,
@@ -277,6 +281,7 @@ class PartitionProcessor:
             clock_ms=engine.clock_ms,
             outgoing=[message.encode() for message in outgoing],
             acked=self.sent_unacked,
+            history=history,
         )
         applied_ok = await self.store.commit(self.partition, self.epoch, commit)
         self.sent_unacked = 0
@@ -310,7 +315,9 @@ class PartitionProcessor:
     def _session(self, record: dict[str, Any], clock_ms: int, stats: BatchStats) -> Outgoing:
         reason = record.get("close_reason", "open")
         stats.closed[reason] = stats.closed.get(reason, 0) + 1
-        return Outgoing(SESSION, record["session_id"].encode(), orjson.dumps(record), clock_ms)
+        message = Outgoing(SESSION, record["session_id"].encode(), orjson.dumps(record), clock_ms)
+        message.end_ms = parse_timestamp_ms(record["end"])
+        return message
 
     def _dead_letter(self, rej: Rejection, record: RecordLike, arrival: int) -> Outgoing:
         rej.partition, rej.offset = record.partition, record.offset
