@@ -78,6 +78,12 @@ class BatchStats:
     counters: dict[str, int] = field(default_factory=dict)
 
 
+#: an event's input coordinates (partition, offset, index in a batch) -> the key, value
+#: and arrival time of the record that carried it; a re-routed event has its origin's
+#: coordinates, which may repeat an offset of this partition's own records
+RawOf = dict[tuple[int, int, int | None], tuple[bytes | None, bytes | None, int]]
+
+
 def _origin_of(record: RecordLike) -> tuple[int, int, int | None] | None:
     for name, value in record.headers or ():
         if name == ORIGIN_HEADER:
@@ -158,7 +164,7 @@ class PartitionProcessor:
         events: list[Event] = []
         outgoing: list[Outgoing] = []
         offsets: dict[str, int] = {}
-        raw_of: dict[tuple[int, int | None], tuple[bytes | None, bytes | None, int]] = {}
+        raw_of: RawOf = {}
         rules, router, me = self.rules, self.router, self.partition
         events_topic = self.topics.events
         for record in records:
@@ -190,7 +196,7 @@ class PartitionProcessor:
                     outgoing.append(self._forward(item, record, arrival, batch_record))
                     stats.forwarded += 1
                     continue
-                raw_of[(item.offset, item.index)] = (record.key, record.value, arrival)
+                raw_of[(item.partition, item.offset, item.index)] = (record.key, record.value, arrival)
                 events.append(item)
         if not offsets:
             return stats
@@ -223,7 +229,7 @@ class PartitionProcessor:
         offsets: dict[str, int],
         outgoing: list[Outgoing],
         stats: BatchStats,
-        raw_of: dict[tuple[int, int | None], tuple[bytes | None, bytes | None, int]],
+        raw_of: RawOf,
     ) -> None:
         await self._flush()
         try:
@@ -248,7 +254,7 @@ class PartitionProcessor:
         offsets: dict[str, int],
         outgoing: list[Outgoing],
         stats: BatchStats,
-        raw_of: dict[tuple[int, int | None], tuple[bytes | None, bytes | None, int]],
+        raw_of: RawOf,
     ) -> None:
         engine = self.engine
         held = engine.states
@@ -262,7 +268,7 @@ class PartitionProcessor:
             for rec in applied.records:
                 sessions_out.append(self._session(rec, engine.clock_ms, stats))
             if applied.rejection is not None:
-                key, value, arrival = raw_of[(ev.offset, ev.index)]
+                key, value, arrival = raw_of[(ev.partition, ev.offset, ev.index)]
                 rej = applied.rejection
                 rej.raw = value if ev.index is None else _element(value, ev.index)
                 stats.rejected[rej.code] = stats.rejected.get(rej.code, 0) + 1
