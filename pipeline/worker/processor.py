@@ -37,6 +37,7 @@ from pipeline.core.event import Event, Rejection
 from pipeline.core.parse import parse_record
 from pipeline.core.rules import SessionRules
 from pipeline.core.timefmt import parse_timestamp_ms
+from pipeline.exceptions import FencedError
 from pipeline.store.base import Claim, Commit, SessionStore
 from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, Outgoing
 from pipeline.worker.routing import Router
@@ -126,6 +127,9 @@ class PartitionProcessor:
         self.read_at = wall()
         self.sent_unacked = 0  # outbox head entries sent and acknowledged, not yet trimmed
         self.unsent: list[Outgoing] = []  # committed to the outbox, not yet acknowledged
+        # a commit that raised (a lost reply) may have applied: until the outbox is read
+        # again, neither ``unsent`` nor ``sent_unacked`` can be trusted
+        self.outbox_unknown = False
         # the key states this worker holds in memory: it alone writes them while it
         # owns the partition (fencing), so they stay equal to Redis; bounded (LRU)
         self.engine = Sessionizer(rules, clock_ms=claim.clock_ms)
@@ -140,6 +144,7 @@ class PartitionProcessor:
         """Send what a previous owner committed but may not have sent."""
         self.unsent = [Outgoing.decode(blob) for blob in await self.store.outbox(self.partition)]
         self.sent_unacked = 0
+        self.outbox_unknown = False
         count = len(self.unsent)
         if count:
             log.info("partition %d: resending %d outbox messages", self.partition, count)
@@ -148,7 +153,9 @@ class PartitionProcessor:
 
     async def _flush(self) -> None:
         """Send the committed, unacknowledged messages; on failure they stay for the next try."""
-        if self.unsent:
+        if self.outbox_unknown:
+            await self.recover_outbox()
+        elif self.unsent:
             await self.sink.send(self.unsent)
             self.sent_unacked += len(self.unsent)
             self.unsent = []
@@ -289,13 +296,19 @@ class PartitionProcessor:
             acked=self.sent_unacked,
             history=history,
         )
-        applied_ok = await self.store.commit(self.partition, self.epoch, commit)
-        self.sent_unacked = 0
-        if not applied_ok:
+        self.outbox_unknown = True
+        try:
+            applied_ok = await self.store.commit(self.partition, self.epoch, commit)
+        except FencedError:
+            self.outbox_unknown = False  # refused: nothing was written
+            raise
+        self.outbox_unknown = False
+        if not applied_ok:  # nothing written, nothing trimmed
             log.warning("partition %d: batch at %s was applied already; skipped", self.partition, offsets)
             outgoing.clear()
             self._reset_cache()
             return
+        self.sent_unacked = 0
         self.applied.update(offsets)
         self.clock_ms = engine.clock_ms
         stats.counters = dict(engine.counters)
