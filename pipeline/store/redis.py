@@ -267,6 +267,12 @@ class RedisStore:
                 sids = [s.decode() for s in await self.client.smembers(self.keys.user(partition, project, user_id))]
             elif project is not None:
                 sids = [s.decode() for s in await self.client.smembers(self.keys.project(partition, project))]
+            elif user_id is not None:
+                # a user in any project: the index entries ("<sid>\x1f<project>\x1f<user>")
+                # that end with the user id (the records are checked again below)
+                suffix = f"\x1f{user_id}".encode()
+                entries = (await self.client.hgetall(self.keys.index(partition))).values()
+                sids = [e.split(b"\x1f", 1)[0].decode() for e in entries if e.endswith(suffix)]
             else:
                 sids = None
             open_key = self.keys.open(partition)
