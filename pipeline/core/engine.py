@@ -122,6 +122,8 @@ class Sessionizer:
     def apply(self, ev: Event) -> Applied:
         """Place one event (SPEC section 3, rules 1-5), after advancing to its arrival."""
         out = Applied(self.advance(ev.arrival_ms))
+        if ev.clamped:  # SPEC 3: an event time too far ahead is clamped and counted
+            self.counters["clamped_events"] += 1
         key = ev.key
         state = self.states.get(key)
         if state is None:
