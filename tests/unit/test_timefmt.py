@@ -1,0 +1,97 @@
+"""Timestamps: RFC 3339 or epoch ms in, epoch ms inside, RFC 3339 UTC (ms) out."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.core.timefmt import TimestampError, format_ms, parse_timestamp_ms
+
+T0 = 1_764_237_600_000  # 2025-11-27T10:00:00.000Z
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("2025-11-27T10:00:00Z", T0),
+        ("2025-11-27T10:00:00+00:00", T0),
+        ("2025-11-27T10:00:00-00:00", T0),
+        ("2025-11-27T11:30:00+01:30", T0),
+        ("2025-11-27T05:00:00-05:00", T0),
+        ("2025-11-27t10:00:00Z", T0),
+        ("2025-11-27 10:00:00Z", T0),
+        ("2025-11-27T10:00:00.5Z", T0 + 500),
+        ("2025-11-27T10:00:00.123Z", T0 + 123),
+        ("2025-11-27T10:00:00.123999Z", T0 + 123),  # below a millisecond: cut
+        ("  2025-11-27T10:00:00Z\n", T0),
+        ("1970-01-01T00:00:00Z", 0),
+        ("1969-12-31T23:59:59.999Z", -1),
+        ("1969-12-31T23:59:59.9995Z", -1),  # cut toward the past, like after the epoch
+    ],
+)
+def test_rfc3339_with_offset(text: str, ms: int) -> None:
+    assert parse_timestamp_ms(text) == ms
+
+
+@pytest.mark.xfail(strict=True, reason="RFC 3339 section 5.6: 'z' may be lower case")
+def test_rfc3339_lower_case_z() -> None:
+    assert parse_timestamp_ms("2025-11-27T10:00:00z") == T0
+
+
+def test_integer_is_epoch_ms() -> None:
+    assert parse_timestamp_ms(T0) == T0
+    assert parse_timestamp_ms(0) == 0
+
+
+def test_integral_float_is_epoch_ms() -> None:
+    assert parse_timestamp_ms(float(T0)) == T0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2025-11-27T10:00:00",  # no offset
+        "2025-11-27T10:00Z",  # no seconds
+        "2025-11-27",
+        "2025-11-27X10:00:00Z",
+        "2025-13-27T10:00:00Z",
+        "2025-11-27T10:00:00+24:00",
+        "yesterday at noon",
+        "",
+        str(T0),  # epoch ms as a string
+    ],
+)
+def test_not_rfc3339_is_refused(value: str) -> None:
+    with pytest.raises(TimestampError):
+        parse_timestamp_ms(value)
+
+
+@pytest.mark.parametrize("value", [True, False, 1.5, None, [T0], {"ms": T0}])
+def test_other_types_are_refused(value: object) -> None:
+    with pytest.raises(TimestampError):
+        parse_timestamp_ms(value)
+
+
+def test_error_says_what_to_do() -> None:
+    with pytest.raises(TimestampError, match=r"add Z or \+hh:mm"):
+        parse_timestamp_ms("2025-11-27T10:00:00.123")
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (T0, "2025-11-27T10:00:00.000Z"),
+        (T0 + 1, "2025-11-27T10:00:00.001Z"),
+        (T0 - 1, "2025-11-27T09:59:59.999Z"),
+        (0, "1970-01-01T00:00:00.000Z"),
+        (-1, "1969-12-31T23:59:59.999Z"),
+    ],
+)
+def test_format_is_utc_with_milliseconds(ms: int, text: str) -> None:
+    assert format_ms(ms) == text
+
+
+@given(st.integers(min_value=0, max_value=253_402_300_799_999))  # 1970 to 9999
+def test_format_then_parse_is_identity(ms: int) -> None:
+    assert parse_timestamp_ms(format_ms(ms)) == ms
