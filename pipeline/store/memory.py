@@ -47,7 +47,7 @@ class MemoryStore:
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int
     ) -> list[KeyState]:
-        shard = self.shards.setdefault(partition, _Shard())
+        shard = self.shards.get(partition, _Shard())
         wanted = [keyid(k) for k in keys]
         if due_until_ms is not None and due_limit > 0:
             due = sorted((d, kid) for kid, d in shard.due.items() if d <= due_until_ms)
@@ -58,7 +58,9 @@ class MemoryStore:
         ]
 
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
-        shard = self.shards.setdefault(partition, _Shard())
+        shard = self.shards.get(partition)
+        if shard is None:  # never claimed: no epoch is current, as in Redis
+            raise FencedError(f"partition {partition}: epoch {epoch} is stale (never claimed)")
         if shard.epoch != epoch:
             raise FencedError(f"partition {partition}: epoch {epoch} is stale (now {shard.epoch})")
         for topic, offset in commit.offsets.items():
