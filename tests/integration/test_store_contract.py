@@ -1,0 +1,751 @@
+"""The store contract (pipeline.store.base), run against both backends.
+
+Every test runs twice: on :class:`MemoryStore` and on :class:`RedisStore` against
+the session's real redis-server, each Redis test under its own key prefix. The
+Redis-only tests at the end check the key layout of :mod:`pipeline.store.keys`
+and that a refused commit writes nothing.
+
+Each test body is one coroutine run in its own event loop (``@contract``), with
+the worker's calling pattern: load the keys a batch touches, then commit them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+import pytest
+from redis.crc import key_slot
+
+from pipeline.core.event import Event, SessionKey
+from pipeline.core.rules import SessionRules
+from pipeline.core.session import ENDED, KeyState, Session
+from pipeline.core.timefmt import format_ms
+from pipeline.exceptions import FencedError
+from pipeline.store.base import Commit, SessionStore
+from pipeline.store.keys import Keys, keyid
+from pipeline.store.memory import MemoryStore
+from pipeline.store.redis import RedisStore
+
+T0 = 1_764_237_600_000  # 2025-11-27T10:00:00.000Z
+MIN = 60_000
+RULES = SessionRules(inactivity_timeout_ms=5 * MIN, reopen_grace_ms=15 * MIN)
+
+
+# -- backends -------------------------------------------------------------------
+
+
+class Backend:
+    """One backend for one test: store handles sharing the same data."""
+
+    def __init__(self, kind: str, url: str | None = None) -> None:
+        self.kind = kind
+        self.url = url
+        self.prefix = f"sz-test-{uuid.uuid4().hex[:12]}"
+        self.keys = Keys(self.prefix)
+        self._memory = MemoryStore()
+        self._opened: list[RedisStore] = []
+
+    def store(self) -> Any:
+        """A store handle; for Redis a new client (another worker, say) on the same data."""
+        if self.kind == "memory":
+            return self._memory
+        assert self.url is not None
+        store = RedisStore.from_url(self.url, prefix=self.prefix)
+        self._opened.append(store)
+        return store
+
+    async def snapshot(self) -> Any:
+        """Everything the backend holds, comparable with ==."""
+        if self.kind == "memory":
+            return copy.deepcopy(self._memory.shards)
+        client = self._opened[0].client if self._opened else self.store().client
+        return await dump_keys(client, self.prefix)
+
+    def run(self, body: Callable[[Backend], Awaitable[None]]) -> None:
+        async def main() -> None:
+            try:
+                await body(self)
+            finally:
+                for store in self._opened:
+                    await store.close()
+                self._opened.clear()
+
+        asyncio.run(main())
+
+
+async def dump_keys(client: Any, prefix: str) -> dict[bytes, tuple[bytes, Any]]:
+    """Every key under ``prefix``: its type and value."""
+    found: dict[bytes, tuple[bytes, Any]] = {}
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        kind = await client.type(key)
+        if kind == b"string":
+            value: Any = await client.get(key)
+        elif kind == b"hash":
+            value = await client.hgetall(key)
+        elif kind == b"set":
+            value = await client.smembers(key)
+        elif kind == b"zset":
+            value = await client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"list":
+            value = await client.lrange(key, 0, -1)
+        else:
+            raise AssertionError(f"unexpected type {kind!r} of {key!r}")
+        found[key] = (kind, value)
+    return found
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "memory":
+        return Backend("memory")
+    return Backend("redis", request.getfixturevalue("redis_server").url)
+
+
+def contract(body: Callable[[Backend], Awaitable[None]]) -> Callable[[Backend], None]:
+    """A test running ``async def body(backend)`` on each backend."""
+
+    def test(backend: Backend) -> None:
+        backend.run(body)
+
+    test.__name__, test.__doc__ = body.__name__, body.__doc__
+    return test
+
+
+@pytest.fixture
+def redis_backend(redis_server: Any) -> Backend:
+    return Backend("redis", redis_server.url)
+
+
+def redis_only(body: Callable[[Backend], Awaitable[None]]) -> Callable[[Backend], None]:
+    """A test running ``async def body(backend)`` on Redis alone."""
+
+    def test(redis_backend: Backend) -> None:
+        redis_backend.run(body)
+
+    test.__name__, test.__doc__ = body.__name__, body.__doc__
+    return test
+
+
+# -- states -----------------------------------------------------------------------
+
+
+def user_key(user: str, project: str = "shop") -> SessionKey:
+    return (project, "u", user)
+
+
+def open_state(
+    key: SessionKey, session_id: str, start_ms: int = T0, user_id: str | None = None
+) -> KeyState:
+    """A key with one open session holding one event."""
+    project, kind, ident = key
+    ev = Event(
+        type="session",
+        time_ms=start_ms,
+        arrival_ms=start_ms,
+        project=project,
+        user_id=ident if kind == "u" else user_id,
+        session_id=ident if kind == "s" else None,
+        id=f"ev-{session_id}",
+        partition=0,
+        offset=1,
+    )
+    session = Session.begin(session_id, ev)
+    session.add(ev, RULES)
+    return KeyState(key, open=session)
+
+
+def closed(state: KeyState, at_ms: int) -> KeyState:
+    """The same key once its open session closed (kept for the reopen grace)."""
+    again = KeyState.from_state(copy.deepcopy(state.to_state()))
+    session = again.open
+    assert session is not None
+    session.close(ENDED, at_ms)
+    return KeyState(again.key, open=None, closed=[session])
+
+
+def history_entry(key: SessionKey, session_id: str, start_ms: int, end_ms: int) -> tuple[str, int, bytes]:
+    """A closed session's history entry: (session_id, end, record), as the worker writes it."""
+    session = open_state(key, session_id, start_ms).open
+    assert session is not None
+    session.last_activity_ms = end_ms
+    session.close(ENDED, end_ms)
+    return (session_id, end_ms, orjson.dumps(session.to_record()))
+
+
+def as_dicts(states: Iterable[KeyState]) -> list[dict[str, Any]]:
+    return [s.to_state() for s in states]
+
+
+def ids(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    return [r["session_id"] for r in records]
+
+
+async def put(
+    store: SessionStore,
+    partition: int,
+    epoch: int,
+    states: Mapping[SessionKey, KeyState | None],
+    *,
+    due: Mapping[SessionKey, int | None] | None = None,
+    offsets: Mapping[str, int] | None = None,
+    clock_ms: int = T0,
+    outgoing: list[bytes] | None = None,
+    acked: int = 0,
+    history: list[tuple[str, int, bytes]] | None = None,
+) -> bool:
+    """Load the keys, then commit them, as the worker does."""
+    await store.load(partition, list(states), None, 0)
+    return await store.commit(
+        partition,
+        epoch,
+        Commit(
+            states=states,
+            due_ms=due or {},
+            offsets=offsets or {},
+            clock_ms=clock_ms,
+            outgoing=outgoing or [],
+            acked=acked,
+            history=history or [],
+        ),
+    )
+
+
+# -- claim ------------------------------------------------------------------------
+
+
+@contract
+async def test_claim_bumps_the_epoch_and_returns_offsets_and_clock(backend: Backend) -> None:
+    store = backend.store()
+    first = await store.claim(2)
+    assert (first.partition, first.offsets, first.clock_ms) == (2, {}, 0)
+
+    assert await put(store, 2, first.epoch, {}, offsets={"events": 41, "repartition": 7}, clock_ms=T0 + 5)
+
+    second = await backend.store().claim(2)
+    assert second.epoch == first.epoch + 1
+    assert second.offsets == {"events": 41, "repartition": 7}
+    assert second.clock_ms == T0 + 5
+
+    third = await store.claim(2)
+    assert third.epoch == second.epoch + 1
+    other = await store.claim(5)  # partitions are fenced independently
+    assert (other.epoch, other.offsets, other.clock_ms) == (first.epoch, {}, 0)
+
+
+# -- commit and load ------------------------------------------------------------------
+
+
+@contract
+async def test_commit_writes_states_due_offsets_and_clock(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(0)
+    alice, bob = user_key("alice"), user_key("bob")
+    states = {alice: open_state(alice, "s-alice"), bob: open_state(bob, "s-bob", T0 + 1000)}
+
+    assert await put(
+        store, 0, claim.epoch, states,
+        due={alice: T0 + 100, bob: T0 + 200}, offsets={"events": 3}, clock_ms=T0 + 50,
+    )
+
+    loaded = await store.load(0, [bob, alice], None, 0)
+    assert as_dicts(loaded) == as_dicts([states[bob], states[alice]])
+    due = await store.load(0, [], T0 + 150, 10)
+    assert as_dicts(due) == as_dicts([states[alice]])
+    resumed = await backend.store().claim(0)
+    assert resumed.offsets == {"events": 3}
+    assert resumed.clock_ms == T0 + 50
+
+
+@contract
+async def test_load_returns_asked_keys_plus_keys_due_by_the_clock(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(1)
+    keys = [user_key(f"user-{i}") for i in range(5)]
+    states = {k: open_state(k, f"s{i}", T0 + i) for i, k in enumerate(keys)}
+    due = {keys[0]: 300, keys[1]: 100, keys[2]: 200, keys[3]: None, keys[4]: 400}
+    assert await put(store, 1, claim.epoch, states, due=due)
+    missing = user_key("nobody")
+
+    def users(found: list[KeyState]) -> list[str]:
+        return [s.key[2] for s in found]
+
+    # asked keys first (missing ones left out), then due ones, earliest first
+    assert users(await store.load(1, [keys[3], missing], 250, 10)) == ["user-3", "user-1", "user-2"]
+    # due_limit bounds the keys added for being due
+    assert users(await store.load(1, [keys[3]], 1000, 2)) == ["user-3", "user-1", "user-2"]
+    assert users(await store.load(1, [], 1000, 1)) == ["user-1"]
+    assert users(await store.load(1, [keys[3]], 1000, 0)) == ["user-3"]
+    # no clock: only the asked keys
+    assert users(await store.load(1, [keys[4], keys[0]], None, 10)) == ["user-4", "user-0"]
+    # an asked key that is also due comes once
+    assert users(await store.load(1, [keys[1]], 200, 10)) == ["user-1", "user-2"]
+    # the bound is inclusive
+    assert users(await store.load(1, [], 99, 10)) == []
+    assert users(await store.load(1, [], 100, 10)) == ["user-1"]
+    # other partitions are separate
+    assert await store.load(2, keys, 1000, 10) == []
+
+
+@contract
+async def test_a_none_state_deletes_the_key_and_its_due_entry(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(0)
+    alice, bob = user_key("alice"), user_key("bob")
+    states = {alice: open_state(alice, "s-alice"), bob: open_state(bob, "s-bob")}
+    assert await put(store, 0, claim.epoch, states, due={alice: 10, bob: 20})
+
+    assert await put(store, 0, claim.epoch, {alice: None}, due={alice: None})
+
+    assert await store.load(0, [alice], None, 0) == []
+    assert [s.key for s in await store.load(0, [], 1000, 10)] == [bob]
+    assert ids(await store.open_sessions()) == ["s-bob"]
+    assert await store.get_session("s-alice") is None
+
+
+@contract
+async def test_a_due_entry_can_be_cleared_while_the_state_stays(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(0)
+    alice = user_key("alice")
+    state = open_state(alice, "s-alice")
+    assert await put(store, 0, claim.epoch, {alice: state}, due={alice: 10})
+    assert await put(store, 0, claim.epoch, {alice: state}, due={alice: None})
+    assert await store.load(0, [], 1000, 10) == []
+    assert as_dicts(await store.load(0, [alice], None, 0)) == as_dicts([state])
+    assert await put(store, 0, claim.epoch, {alice: state}, due={alice: 50})
+    assert [s.key for s in await store.load(0, [], 50, 10)] == [alice]
+
+
+# -- fencing and the offset guard ---------------------------------------------------------
+
+
+@contract
+async def test_a_commit_with_a_stale_epoch_is_fenced_and_writes_nothing(backend: Backend) -> None:
+    old_owner, new_owner = backend.store(), backend.store()
+    old = await old_owner.claim(3)
+    alice = user_key("alice")
+    assert await put(
+        old_owner, 3, old.epoch, {alice: open_state(alice, "s1")},
+        due={alice: 10}, offsets={"events": 1}, outgoing=[b"m1", b"m2"],
+    )
+    new = await new_owner.claim(3)
+    assert new.epoch > old.epoch
+    before = await backend.snapshot()
+
+    bob = user_key("bob")
+    with pytest.raises(FencedError, match="partition 3"):
+        await put(
+            old_owner, 3, old.epoch, {alice: None, bob: open_state(bob, "s2")},
+            due={bob: 20}, offsets={"events": 2}, clock_ms=T0 + 99, outgoing=[b"m3"], acked=2,
+        )
+
+    assert await backend.snapshot() == before
+    assert await new_owner.outbox(3) == [b"m1", b"m2"]
+    assert ids(await new_owner.open_sessions()) == ["s1"]
+    # the new owner writes normally
+    assert await put(new_owner, 3, new.epoch, {bob: open_state(bob, "s2")}, offsets={"events": 2})
+
+
+@contract
+async def test_a_commit_of_offsets_already_applied_returns_false_and_writes_nothing(
+    backend: Backend,
+) -> None:
+    store = backend.store()
+    claim = await store.claim(0)
+    alice, bob = user_key("alice"), user_key("bob")
+    assert await put(
+        store, 0, claim.epoch, {alice: open_state(alice, "s1")},
+        due={alice: 10}, offsets={"events": 5, "repartition": 3}, clock_ms=T0, outgoing=[b"m1"],
+    )
+    before = await backend.snapshot()
+
+    for offsets in ({"events": 5}, {"events": 4}, {"events": 6, "repartition": 3}, {"repartition": 0}):
+        applied = await put(
+            store, 0, claim.epoch, {alice: None, bob: open_state(bob, "s2")},
+            due={bob: 1}, offsets=offsets, clock_ms=T0 + 1000, outgoing=[b"again"], acked=1,
+        )
+        assert applied is False, offsets
+        assert await backend.snapshot() == before, offsets
+
+    # newer offsets apply; a topic seen for the first time applies from any offset
+    assert await put(store, 0, claim.epoch, {}, offsets={"events": 6, "other": 0})
+    assert (await backend.store().claim(0)).offsets == {"events": 6, "repartition": 3, "other": 0}
+
+
+@contract
+async def test_a_commit_on_a_partition_never_claimed_is_fenced(backend: Backend) -> None:
+    store = backend.store()
+    before = await backend.snapshot()
+    for epoch in (0, 1):
+        with pytest.raises(FencedError):
+            await put(store, 9, epoch, {user_key("alice"): open_state(user_key("alice"), "s1")})
+    assert await backend.snapshot() == before
+    assert await store.open_sessions() == []
+
+
+# -- the outbox --------------------------------------------------------------------------
+
+
+@contract
+async def test_the_outbox_appends_in_order_and_acked_trims_the_head(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(4)
+    assert await store.outbox(4) == []
+
+    assert await put(store, 4, claim.epoch, {}, outgoing=[b"a", b"b", b"c"])
+    assert await store.outbox(4) == [b"a", b"b", b"c"]
+
+    # acked messages go from the head, before this commit's messages are appended
+    assert await put(store, 4, claim.epoch, {}, outgoing=[b"d"], acked=2)
+    assert await store.outbox(4) == [b"c", b"d"]
+
+    assert await put(store, 4, claim.epoch, {}, acked=1)
+    assert await store.outbox(4) == [b"d"]
+
+    # acknowledging more than is there empties it
+    assert await put(store, 4, claim.epoch, {}, outgoing=[b"e"], acked=5)
+    assert await store.outbox(4) == [b"e"]
+
+    assert await store.outbox(5) == []  # per partition
+
+
+@contract
+async def test_the_outbox_keeps_binary_messages_and_long_batches(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(0)
+    binary = [b"", b"\x00\xff\n\r", bytes(range(256)), "é🙂".encode()]
+    many = [f"m{i}".encode() for i in range(1203)]
+    assert await put(store, 0, claim.epoch, {}, outgoing=binary)
+    assert await put(store, 0, claim.epoch, {}, outgoing=many, acked=len(binary))
+    assert await store.outbox(0) == many
+    assert await put(store, 0, claim.epoch, {}, acked=1200)
+    assert await store.outbox(0) == many[1200:]
+
+
+# -- queries ------------------------------------------------------------------------------
+
+
+async def _populate(backend: Backend) -> SessionStore:
+    """Open sessions on two partitions, two projects, auto and manual."""
+    store = backend.store()
+    c0, c5 = await store.claim(0), await store.claim(5)
+    assert await put(
+        store, 0, c0.epoch,
+        {
+            user_key("alice"): open_state(user_key("alice"), "shop-alice", T0 + 1 * MIN),
+            user_key("bob"): open_state(user_key("bob"), "shop-bob", T0 + 2 * MIN),
+            user_key("alice", "blog"): open_state(user_key("alice", "blog"), "blog-alice", T0 + 3 * MIN),
+        },
+    )
+    manual: SessionKey = ("shop", "s", "manual-0001")
+    assert await put(
+        store, 5, c5.epoch,
+        {
+            manual: open_state(manual, "manual-0001", T0 + 4 * MIN, user_id="alice"),
+            user_key("carol"): open_state(user_key("carol"), "shop-carol", T0 + 5 * MIN),
+            ("shop", "s", "anon-0001"): open_state(("shop", "s", "anon-0001"), "anon-0001", T0),
+        },
+    )
+    return store
+
+
+@contract
+async def test_open_sessions_by_project_user_and_all(backend: Backend) -> None:
+    store = await _populate(backend)
+
+    everything = await store.open_sessions()
+    # newest start first
+    assert ids(everything) == [
+        "shop-carol", "manual-0001", "blog-alice", "shop-bob", "shop-alice", "anon-0001",
+    ]
+    assert all(r["status"] == "open" for r in everything)
+    assert ids(await store.open_sessions(project="shop")) == [
+        "shop-carol", "manual-0001", "shop-bob", "shop-alice", "anon-0001",
+    ]
+    assert ids(await store.open_sessions(project="blog")) == ["blog-alice"]
+    assert ids(await store.open_sessions(project="shop", user_id="alice")) == ["manual-0001", "shop-alice"]
+    assert ids(await store.open_sessions(project="blog", user_id="alice")) == ["blog-alice"]
+    assert ids(await store.open_sessions(user_id="alice")) == ["manual-0001", "blog-alice", "shop-alice"]
+    assert await store.open_sessions(project="nope") == []
+    assert await store.open_sessions(project="shop", user_id="nobody") == []
+    assert await store.open_sessions(user_id="nobody") == []
+
+
+@contract
+async def test_open_sessions_limit(backend: Backend) -> None:
+    store = await _populate(backend)
+    assert len(await store.open_sessions(limit=2)) == 2
+    assert len(await store.open_sessions(project="shop", limit=3)) == 3
+    assert await store.open_sessions(limit=0) == []
+    # the limit counts matching sessions only, however many others there are
+    assert ids(await store.open_sessions(user_id="carol", limit=1)) == ["shop-carol"]
+    assert ids(await store.open_sessions(user_id="bob", limit=1)) == ["shop-bob"]
+    assert len(await store.open_sessions(user_id="alice", limit=2)) == 2
+
+
+@contract
+async def test_get_session_by_id(backend: Backend) -> None:
+    store = await _populate(backend)
+    record = await store.get_session("manual-0001")
+    assert record is not None
+    assert record["session_id"] == "manual-0001"
+    assert (record["project"], record["user_id"], record["status"]) == ("shop", "alice", "open")
+    assert record["start"] == format_ms(T0 + 4 * MIN)
+    assert [e["id"] for e in record["events"]] == ["ev-manual-0001"]
+    shop_bob = await store.get_session("shop-bob")
+    assert shop_bob is not None
+    assert shop_bob["user_id"] == "bob"
+    assert await store.get_session("nope") is None
+
+
+@contract
+async def test_a_session_that_closes_leaves_the_open_indexes(backend: Backend) -> None:
+    store = await _populate(backend)
+    epoch = (await store.claim(0)).epoch
+    alice = user_key("alice")
+    [state] = await store.load(0, [alice], None, 0)
+
+    assert await put(store, 0, epoch, {alice: closed(state, T0 + 10 * MIN)}, due={alice: T0 + 25 * MIN})
+
+    assert await store.get_session("shop-alice") is None
+    assert "shop-alice" not in ids(await store.open_sessions())
+    assert "shop-alice" not in ids(await store.open_sessions(project="shop"))
+    assert ids(await store.open_sessions(project="shop", user_id="alice")) == ["manual-0001"]
+    # the closed session stays in the key's state for the reopen grace
+    [kept] = await store.load(0, [alice], None, 0)
+    assert kept.open is None
+    assert [c.session_id for c in kept.closed] == ["shop-alice"]
+
+    # a new session of the same key shows up under its own id
+    fresh = KeyState(alice, open=open_state(alice, "shop-alice-2", T0 + 20 * MIN).open, closed=kept.closed)
+    assert await put(store, 0, epoch, {alice: fresh})
+    assert ids(await store.open_sessions(project="shop", user_id="alice")) == ["shop-alice-2", "manual-0001"]
+    assert await store.get_session("shop-alice") is None
+    assert await store.get_session("shop-alice-2") is not None
+
+
+@contract
+async def test_a_manual_session_whose_user_changes_moves_in_the_user_index(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(0)
+    key: SessionKey = ("shop", "s", "manual-0002")
+    state = open_state(key, "manual-0002", T0, user_id="dave")
+    assert await put(store, 0, claim.epoch, {key: state})
+    assert ids(await store.open_sessions(project="shop", user_id="dave")) == ["manual-0002"]
+
+    [loaded] = await store.load(0, [key], None, 0)
+    assert loaded.open is not None
+    loaded.open.user_id = "erin"
+    assert await put(store, 0, claim.epoch, {key: loaded})
+
+    assert await store.open_sessions(project="shop", user_id="dave") == []
+    assert ids(await store.open_sessions(project="shop", user_id="erin")) == ["manual-0002"]
+
+
+# -- history of closed sessions --------------------------------------------------------------
+
+
+@contract
+async def test_closed_sessions_come_from_the_history_newest_end_first(backend: Backend) -> None:
+    store = backend.store()
+    c0, c1 = await store.claim(0), await store.claim(1)
+    alice, bob, carol = user_key("alice"), user_key("bob"), user_key("carol")
+    assert await put(
+        store, 0, c0.epoch, {},
+        history=[history_entry(alice, "h-alice", T0, T0 + 2 * MIN), history_entry(bob, "h-bob", T0, T0 + 4 * MIN)],
+    )
+    assert await put(store, 1, c1.epoch, {}, history=[history_entry(carol, "h-carol", T0, T0 + 3 * MIN)])
+
+    assert ids(await store.closed_sessions()) == ["h-bob", "h-carol", "h-alice"]
+    assert all(r["status"] == "closed" for r in await store.closed_sessions())
+    # bounds are inclusive
+    assert ids(await store.closed_sessions(since_ms=T0 + 3 * MIN)) == ["h-bob", "h-carol"]
+    assert ids(await store.closed_sessions(until_ms=T0 + 3 * MIN)) == ["h-carol", "h-alice"]
+    assert ids(await store.closed_sessions(since_ms=T0 + 3 * MIN, until_ms=T0 + 3 * MIN)) == ["h-carol"]
+    assert ids(await store.closed_sessions(limit=2)) == ["h-bob", "h-carol"]
+    assert await store.closed_sessions(since_ms=T0 + 5 * MIN) == []
+
+    # a later revision replaces the entry
+    amended = history_entry(alice, "h-alice", T0, T0 + 6 * MIN)
+    assert await put(store, 0, c0.epoch, {}, history=[amended])
+    newest = await store.closed_sessions(limit=1)
+    assert ids(newest) == ["h-alice"]
+    assert newest[0]["end"] == format_ms(T0 + 6 * MIN)
+    assert len(await store.closed_sessions()) == 3
+
+
+@contract
+async def test_a_refused_commit_writes_no_history(backend: Backend) -> None:
+    old_owner, new_owner = backend.store(), backend.store()
+    old = await old_owner.claim(0)
+    assert await put(old_owner, 0, old.epoch, {}, offsets={"events": 4})
+    entry = history_entry(user_key("alice"), "h-alice", T0, T0 + MIN)
+    assert not await put(old_owner, 0, old.epoch, {}, offsets={"events": 4}, history=[entry])
+    await new_owner.claim(0)
+    with pytest.raises(FencedError):
+        await put(old_owner, 0, old.epoch, {}, offsets={"events": 5}, history=[entry])
+    assert await new_owner.closed_sessions() == []
+
+
+# -- Redis only -----------------------------------------------------------------------------
+
+
+@redis_only
+async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
+    store = await _populate(backend)
+    k = backend.keys
+    epoch0 = (await store.claim(0)).epoch
+    alice, bob = user_key("alice"), user_key("bob")
+    [state] = await store.load(0, [alice], None, 0)
+    assert await put(
+        store, 0, epoch0, {alice: closed(state, T0 + 9 * MIN)},
+        due={alice: T0 + 24 * MIN, bob: T0 + 7 * MIN}, offsets={"events": 12}, outgoing=[b"msg"],
+        history=[history_entry(alice, "shop-alice", T0 + MIN, T0 + 9 * MIN)],
+    )
+    # the due entry of a key written without one is dropped: bob has none now
+    epoch5 = (await store.claim(5)).epoch
+    carol = user_key("carol")
+    [carol_state] = await store.load(5, [carol], None, 0)
+    assert await put(store, 5, epoch5, {carol: carol_state}, due={carol: T0 + 11 * MIN})
+
+    dump = await dump_keys(store.client, backend.prefix)
+
+    manual, anon = ("shop", "s", "manual-0001"), ("shop", "s", "anon-0001")
+    expected = {
+        k.shards: b"set",
+        k.meta(0): b"hash",
+        k.meta(5): b"hash",
+        k.due(0): b"zset",
+        k.due(5): b"zset",
+        k.open(0): b"hash",
+        k.open(5): b"hash",
+        k.index(0): b"hash",
+        k.index(5): b"hash",
+        k.outbox(0): b"list",
+        k.history(0): b"zset",
+        k.history_record(0, "shop-alice"): b"string",
+        k.state(0, keyid(alice)): b"string",
+        k.state(0, keyid(bob)): b"string",
+        k.state(0, keyid(user_key("alice", "blog"))): b"string",
+        k.state(5, keyid(manual)): b"string",
+        k.state(5, keyid(carol)): b"string",
+        k.state(5, keyid(anon)): b"string",
+        k.project(0, "shop"): b"set",
+        k.project(0, "blog"): b"set",
+        k.project(5, "shop"): b"set",
+        k.user(0, "shop", "bob"): b"set",
+        k.user(0, "blog", "alice"): b"set",
+        k.user(5, "shop", "alice"): b"set",
+        k.user(5, "shop", "carol"): b"set",
+    }
+    assert {key.decode(): kind for key, (kind, _) in dump.items()} == expected
+
+    for raw in dump:
+        key = raw.decode()
+        assert key.startswith(backend.prefix + ":")
+        if key == k.shards:
+            continue
+        partition = 0 if key.startswith(k.shard(0)) else 5
+        assert key.startswith(f"{backend.prefix}:{{p{partition}}}:"), key
+        assert key_slot(raw) == key_slot(k.meta(partition).encode()), key
+
+    def value(key: str) -> Any:
+        return dump[key.encode()][1]
+
+    assert value(k.shards) == {b"0", b"5"}
+    meta0 = value(k.meta(0))
+    assert meta0[b"epoch"] == str(epoch0).encode()
+    assert meta0[b"off:events"] == b"12"
+    assert meta0[b"clock_ms"] == str(T0).encode()
+    assert value(k.due(0)) == [(keyid(alice).encode(), float(T0 + 24 * MIN))]
+    assert value(k.due(5)) == [(keyid(carol).encode(), float(T0 + 11 * MIN))]
+    assert value(k.open(0)) == {
+        b"shop-bob": keyid(bob).encode(),
+        b"blog-alice": keyid(user_key("alice", "blog")).encode(),
+    }
+    assert value(k.open(5)) == {
+        b"manual-0001": keyid(manual).encode(),
+        b"shop-carol": keyid(carol).encode(),
+        b"anon-0001": keyid(anon).encode(),
+    }
+    assert value(k.index(0)) == {
+        keyid(bob).encode(): b"shop-bob\x1fshop\x1fbob",
+        keyid(user_key("alice", "blog")).encode(): b"blog-alice\x1fblog\x1falice",
+    }
+    assert value(k.index(5))[keyid(anon).encode()] == b"anon-0001\x1fshop\x1f"
+    assert value(k.project(0, "shop")) == {b"shop-bob"}
+    assert value(k.project(5, "shop")) == {b"manual-0001", b"shop-carol", b"anon-0001"}
+    assert value(k.user(5, "shop", "alice")) == {b"manual-0001"}
+    assert value(k.outbox(0)) == [b"msg"]
+    assert value(k.history(0)) == [(b"shop-alice", float(T0 + 9 * MIN))]
+    assert orjson.loads(value(k.history_record(0, "shop-alice")))["session_id"] == "shop-alice"
+    stored = KeyState.from_state(orjson.loads(value(k.state(0, keyid(alice)))))
+    assert stored.open is None
+    assert [c.session_id for c in stored.closed] == ["shop-alice"]
+
+
+@redis_only
+async def test_redis_project_and_user_names_with_colons_stay_apart(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(0)
+    a: SessionKey = ("a", "u", "b:c")  # project "a", user "b:c"
+    b: SessionKey = ("a:b", "u", "c")  # project "a:b", user "c"
+    assert keyid(a) != keyid(b)
+    assert await put(store, 0, claim.epoch, {a: open_state(a, "s-a"), b: open_state(b, "s-b")})
+    assert ids(await store.open_sessions(project="a", user_id="b:c")) == ["s-a"]
+    assert ids(await store.open_sessions(project="a:b", user_id="c")) == ["s-b"]
+    assert backend.keys.user(0, "a", "b:c") != backend.keys.user(0, "a:b", "c")
+
+
+@redis_only
+async def test_redis_fenced_commit_is_all_or_nothing(backend: Backend) -> None:
+    """A big commit refused for its epoch leaves every key as it was."""
+    old_owner = backend.store()
+    old = await old_owner.claim(0)
+    keys = [user_key(f"user-{i}") for i in range(50)]
+    assert await put(
+        old_owner, 0, old.epoch, {k: open_state(k, f"s{i}") for i, k in enumerate(keys)},
+        due=dict.fromkeys(keys, 10), offsets={"events": 1}, outgoing=[b"m"] * 10,
+    )
+    await backend.store().claim(0)
+    before = await dump_keys(old_owner.client, backend.prefix)
+
+    refused = Commit(
+        states={**dict.fromkeys(keys[:25]), **{user_key(f"new-{i}"): open_state(user_key(f"new-{i}"), f"n{i}") for i in range(25)}},
+        due_ms={user_key(f"new-{i}"): 20 for i in range(25)},
+        offsets={"events": 2},
+        clock_ms=T0 + 1,
+        outgoing=[b"x"] * 600,
+        acked=10,
+    )
+    with pytest.raises(FencedError):
+        await old_owner.commit(0, old.epoch, refused)
+
+    assert await dump_keys(old_owner.client, backend.prefix) == before
+
+
+@redis_only
+async def test_redis_history_is_trimmed_by_age_and_count(backend: Backend) -> None:
+    assert backend.url is not None
+    store = RedisStore.from_url(backend.url, prefix=backend.prefix, history_retention_ms=10 * MIN, history_max=3)
+    try:
+        claim = await store.claim(0)
+        entries = [history_entry(user_key(f"u{i}"), f"h{i}", T0, T0 + i * MIN) for i in range(6)]
+        assert await put(store, 0, claim.epoch, {}, clock_ms=T0 + 10 * MIN, history=entries)
+        # ends before clock - retention (T0) go; then the oldest beyond 3
+        assert ids(await store.closed_sessions()) == ["h5", "h4", "h3"]
+        assert await put(store, 0, claim.epoch, {}, clock_ms=T0 + 14 * MIN)
+        assert ids(await store.closed_sessions()) == ["h5", "h4"]
+        assert await store.get_closed_session("h4") is not None
+        assert await store.get_closed_session("h3") is None
+        dump = await dump_keys(store.client, backend.prefix)
+        assert {k for k in dump if b":h:" in k} == {
+            backend.keys.history_record(0, f"h{i}").encode() for i in (4, 5)
+        }
+    finally:
+        await store.close()
