@@ -19,7 +19,9 @@ key                                    type     holds (TTL: none unless said)
 ``sz:{pP}:idx``                        hash     keyid -> what the indexes hold for it
                                                 (``<sid>\x1f<project>\x1f<user_id>``)
 ``sz:{pP}:proj:<project>``             set      open session ids of a project
-``sz:{pP}:user:<project>:<user_id>``   set      open session ids of a user
+``sz:{pP}:user:<n>:<project>:<user>``  set      open session ids of a user (``n``: the
+                                                length of ``project``, so that names holding
+                                                ``:`` cannot meet)
 ``sz:{pP}:hist``                       zset     closed session id -> end (ms): the bounded history
                                                 (``SESSIONIZER_HISTORY_RETENTION`` and
                                                 ``SESSIONIZER_HISTORY_MAX_SESSIONS`` per partition)
