@@ -116,6 +116,13 @@ def test_idle_close_needs_no_new_event_and_spares_other_keys() -> None:
     assert open_session(eng, ("default", "u", "b")).status == "open"
 
 
+def test_idle_close_comes_out_of_another_keys_event() -> None:
+    eng = engine()
+    eng.apply(ev(at=0, user="a"))
+    out = eng.apply(ev(at=TIMEOUT_MS + 1, user="b"))
+    assert [(r["user_id"], r["close_reason"]) for r in out.records] == [("a", TIMEOUT)]
+
+
 def test_idle_closes_come_out_in_deadline_order() -> None:
     eng = engine()
     feed(

@@ -223,6 +223,26 @@ def test_own_session_of_rule_4_is_amended_while_the_open_session_stays() -> None
     assert open_session(eng).event_count == 1
 
 
+def test_sessionend_into_timeout_session_while_another_is_open_keeps_timeout() -> None:
+    eng = engine()
+    feed(eng, [ev(at=0), ev(at=MIN), ev(START, at=10 * MIN, arrival=2 * MIN)])
+    out = eng.apply(ev(END, at=3 * MIN, arrival=3 * MIN))
+    assert out.rejection is None
+    [amended] = out.records
+    assert (amended["close_reason"], amended["end"], amended["revision"]) == (TIMEOUT, ts(MIN), 2)
+    assert open_session(eng).status == "open"  # the open session is not ended
+
+
+def test_reopened_session_closes_by_gap_like_any_open_session() -> None:
+    eng = engine()
+    closed = _idle_closed_at_deadline(eng)
+    feed(eng, [ev(at=2 * MIN, arrival=7 * MIN)])
+    [again] = feed(eng, [ev(at=8 * MIN, arrival=7 * MIN + 1)])
+    assert (again["session_id"], again["revision"]) == (closed["session_id"], 2)
+    assert (again["close_reason"], again["end"]) == (TIMEOUT, ts(2 * MIN))
+    assert open_session(eng).start_ms == ev(at=8 * MIN).time_ms
+
+
 # -- which closed session -------------------------------------------------------------
 
 
@@ -253,6 +273,22 @@ def test_event_held_only_by_the_earlier_session_reopens_it() -> None:
     assert feed(eng, [ev(at=MIN, arrival=3 * MIN)]) == []  # B's floor is 1 min + 1 ms
     session = open_session(eng)
     assert (session.session_id, session.revision) == (a["session_id"], 2)
+
+
+def test_timeout_session_is_amended_at_once_while_another_is_reopened() -> None:
+    eng = engine()
+    # A [0, 1 min] closes by a gap; B [10, 11 min] (floor 10 min) closes idle
+    [a] = feed(eng, [ev(at=0), ev(at=MIN), ev(START, at=10 * MIN, arrival=2 * MIN)])
+    feed(eng, [ev(at=11 * MIN, arrival=3 * MIN)])
+    [b] = advance(eng, 3 * MIN + TIMEOUT_MS + 1)
+    # both closed by timeout, none open: B reopens ...
+    assert feed(eng, [ev(at=12 * MIN, arrival=9 * MIN)]) == []
+    assert open_session(eng).session_id == b["session_id"]
+    # ... and now A, with a session open for the key, is amended and emitted at once
+    [amended] = feed(eng, [ev(at=3 * MIN, arrival=9 * MIN + 1)])
+    assert (amended["session_id"], amended["revision"]) == (a["session_id"], 2)
+    assert (amended["close_reason"], amended["end"]) == (TIMEOUT, ts(MIN))
+    assert open_session(eng).session_id == b["session_id"]
 
 
 # -- `session` events -------------------------------------------------------------------
