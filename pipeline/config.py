@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     max_events_per_session: int = Field(1000, ge=0)
     max_event_bytes: int = Field(65536, ge=64)
 
+    project_settings: str = Field(
+        "",
+        description="per-project overrides of inactivity_timeout, max_session_duration and "
+        "reopen_grace (seconds): inline JSON or the path of a JSON or TOML file, e.g. "
+        '{"shop": {"inactivity_timeout": 900}}',
+    )
+
     # -- worker --------------------------------------------------------------
     consumer_group: str = Field("sessionizer", description="Kafka consumer group of the workers")
     web_host: str = Field("127.0.0.1", description="worker web/metrics bind address")
@@ -91,6 +98,11 @@ class Settings(BaseSettings):
             max_event_bytes=self.max_event_bytes,
         )
 
+    @cached_property
+    def project_rules(self) -> dict[str, SessionRules]:
+        """``SESSIONIZER_PROJECT_SETTINGS`` as rules per project (defaults elsewhere)."""
+        return parse_project_settings(self.project_settings, self.rules)
+
     @property
     def api_key_map(self) -> dict[str, str]:
         """``SESSIONIZER_API_KEYS`` parsed into ``{key: project}``."""
@@ -107,6 +119,58 @@ class Settings(BaseSettings):
                 )
             pairs[key] = project
         return pairs
+
+
+_OVERRIDABLE = {
+    "inactivity_timeout": "inactivity_timeout_ms",
+    "max_session_duration": "max_session_duration_ms",
+    "reopen_grace": "reopen_grace_ms",
+}
+
+
+def parse_project_settings(text: str, defaults: SessionRules) -> dict[str, SessionRules]:
+    """Per-project rules from inline JSON or a JSON/TOML file; errors name the problem."""
+    import tomllib
+    from dataclasses import replace
+    from pathlib import Path
+
+    import orjson
+
+    text = text.strip()
+    if not text:
+        return {}
+    where = "SESSIONIZER_PROJECT_SETTINGS"
+    try:
+        if text.startswith("{"):
+            raw = orjson.loads(text)
+        else:
+            path = Path(text)
+            where = f"{where} ({path})"
+            content = path.read_bytes()
+            raw = tomllib.loads(content.decode()) if path.suffix == ".toml" else orjson.loads(content)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc}); give inline JSON or a JSON/TOML file path") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected an object of project -> settings")
+    rules: dict[str, SessionRules] = {}
+    for project, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: project {project!r}: expected an object of settings")
+        changes: dict[str, int] = {}
+        for name, value in values.items():
+            if name not in _OVERRIDABLE:
+                raise ConfigError(
+                    f"{where}: project {project!r}: unknown setting {name!r}; "
+                    f"overridable are {', '.join(sorted(_OVERRIDABLE))}"
+                )
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{where}: project {project!r}: {name} must be a number of seconds >= 0")
+            changes[_OVERRIDABLE[name]] = _ms(value)
+        try:
+            rules[project] = replace(defaults, **changes)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: project {project!r}: {exc}") from None
+    return rules
 
 
 def load_settings(**overrides: object) -> Settings:

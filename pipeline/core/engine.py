@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
@@ -45,14 +46,24 @@ def auto_session_id(key: SessionKey, ev: Event) -> str:
 class Sessionizer:
     """Sessions of one partition. See the module docstring."""
 
-    def __init__(self, rules: SessionRules, clock_ms: int = 0) -> None:
+    def __init__(
+        self,
+        rules: SessionRules,
+        clock_ms: int = 0,
+        project_rules: Mapping[str, SessionRules] | None = None,
+    ) -> None:
         self.rules = rules
+        self.project_rules: Mapping[str, SessionRules] = project_rules or {}
         self.clock_ms = clock_ms
         self.states: dict[SessionKey, KeyState] = {}
         self.counters: Counter[str] = Counter()
         self._heap: list[tuple[int, SessionKey]] = []
         self._due: dict[SessionKey, int] = {}
         self._changed: set[SessionKey] = set()
+
+    def rules_for(self, project: str) -> SessionRules:
+        """The rules of a project: its overrides, else the defaults."""
+        return self.project_rules.get(project, self.rules)
 
     # -- state in and out --------------------------------------------------------
     def load(self, state: KeyState) -> None:
@@ -98,7 +109,7 @@ class Sessionizer:
         return records
 
     def _on_due(self, state: KeyState, due: int, records: list[Record]) -> None:
-        rules, clock = self.rules, self.clock_ms
+        rules, clock = self.rules_for(state.key[0]), self.clock_ms
         opened = state.open
         if opened is not None and clock > opened.idle_deadline_ms(rules):
             # end = last activity, not the moment it was noticed; the close is
@@ -112,7 +123,7 @@ class Sessionizer:
         self._touch(state)
 
     def _expire_closed(self, state: KeyState) -> None:
-        grace, clock = self.rules.reopen_grace_ms, self.clock_ms
+        grace, clock = self.rules_for(state.key[0]).reopen_grace_ms, self.clock_ms
         if state.closed:
             state.closed = [
                 c for c in state.closed if c.closed_at_ms is not None and clock - c.closed_at_ms < grace
@@ -136,7 +147,7 @@ class Sessionizer:
         return out
 
     def _place(self, state: KeyState, ev: Event, out: Applied) -> None:
-        rules, t = self.rules, ev.time_ms
+        rules, t = self.rules_for(ev.project), ev.time_ms
         opened = state.open
 
         if ev.id is not None:
@@ -201,7 +212,7 @@ class Sessionizer:
             self._reject(ev, out, "a sessionend with no open session to end")
             return
         session = Session.begin(self._new_id(state, ev), ev)
-        session.add(ev, self.rules)
+        session.add(ev, self.rules_for(ev.project))
         state.open = session
         self.counters["opened"] += 1
         if ev.ends_session:
@@ -249,7 +260,7 @@ class Sessionizer:
         self._schedule(state)
 
     def _schedule(self, state: KeyState) -> None:
-        due = state.next_due_ms(self.rules)
+        due = state.next_due_ms(self.rules_for(state.key[0]))
         if due is None:
             self._due.pop(state.key, None)
         elif self._due.get(state.key) != due:

@@ -99,6 +99,7 @@ class Runtime:
         processor = PartitionProcessor(
             claim, rules=self.settings.rules, store=self.store, sink=self.sink,
             topics=self.topics, router=self.router, on_batch=self._on_batch,
+            project_rules=self.settings.project_rules,
         )
         consumer = self.app.consumer
         for topic in (self.topics.events, self.topics.repartition):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -107,6 +107,7 @@ class PartitionProcessor:
         router: Router,
         due_limit: int = 10_000,
         cache_keys: int = 100_000,
+        project_rules: Mapping[str, SessionRules] | None = None,
         wall: Callable[[], float] = time.time,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
@@ -132,7 +133,8 @@ class PartitionProcessor:
         self.outbox_unknown = False
         # the key states this worker holds in memory: it alone writes them while it
         # owns the partition (fencing), so they stay equal to Redis; bounded (LRU)
-        self.engine = Sessionizer(rules, clock_ms=claim.clock_ms)
+        self.project_rules = dict(project_rules or {})
+        self.engine = Sessionizer(rules, clock_ms=claim.clock_ms, project_rules=self.project_rules)
         self._recent: dict[Any, None] = {}
 
     def resume_offset(self, topic: str) -> int | None:
@@ -251,7 +253,7 @@ class PartitionProcessor:
             self.on_batch(stats)
 
     def _reset_cache(self) -> None:
-        self.engine = Sessionizer(self.rules, clock_ms=self.clock_ms)
+        self.engine = Sessionizer(self.rules, clock_ms=self.clock_ms, project_rules=self.project_rules)
         self._recent.clear()
 
     async def _apply(

@@ -58,6 +58,7 @@ def run_worker(settings: Settings | None = None) -> None:
     from pipeline.worker.app import build_app
 
     settings = settings or load_settings()
+    settings.project_rules  # noqa: B018 -- a bad SESSIONIZER_PROJECT_SETTINGS fails here, in one line
     preflight(settings)
     app = build_app(settings)
     level = settings.log_level.upper()
