@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         '{"shop": {"inactivity_timeout": 900}}',
     )
 
+    updates_interval: float = Field(
+        0.0, ge=0,
+        description="publish open sessions' changes to the updates topic, at most one per session "
+        "per this many seconds; 0 = off",
+    )
+
     # -- worker --------------------------------------------------------------
     consumer_group: str = Field("sessionizer", description="Kafka consumer group of the workers")
     web_host: str = Field("127.0.0.1", description="worker web/metrics bind address")

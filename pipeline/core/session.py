@@ -55,7 +55,7 @@ class Session:
     # entries: [time_ms, id, type, source, message, value, partition, offset, seq]
     events: list[list[Any]] = field(default_factory=list)
     events_truncated: bool = False
-    ids: set[str] = field(default_factory=set)
+    ids: dict[str, None] = field(default_factory=dict)  # event ids held, in insertion order
     seq: int = 0
 
     # -- the span of SPEC section 3 -----------------------------------------
@@ -103,7 +103,7 @@ class Session:
         if kind == START:
             self.has_start = True
         if ev.id is not None:
-            self.ids.add(ev.id)
+            self.ids[ev.id] = None
         self.type_counts[kind] = self.type_counts.get(kind, 0) + 1
         if ev.user_name and (self.user_name is None or t >= self.user_name_ms):
             self.user_name, self.user_name_ms = ev.user_name, t
@@ -214,7 +214,7 @@ class Session:
             close_reason=s["cr"], end_ms=s["e"], closed_at_ms=s["ca"], revision=s["r"],
             event_count=s["ec"], heartbeat_count=s["hc"], duplicate_events=s["dc"],
             type_counts=s["tc"], has_error=s["he"], data=s["d"], data_ms=s["dt"],
-            events=s["ev"], events_truncated=s["tr"], ids=set(s["ids"]), seq=s["q"],
+            events=s["ev"], events_truncated=s["tr"], ids=dict.fromkeys(s["ids"]), seq=s["q"],
         )
 
 

@@ -31,6 +31,10 @@ def parse_timestamp_ms(value: object) -> int:
     text = value.strip()
     if len(text) < 20 or text[10] not in "Tt ":
         raise TimestampError(f"{value!r} is not an RFC 3339 date-time (e.g. 2026-11-27T10:00:00Z)")
+    if text[-1] == "z":  # RFC 3339 allows a lower-case z (and t)
+        text = text[:-1] + "Z"
+    if text[10] == "t":
+        text = text[:10] + "T" + text[11:]
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:

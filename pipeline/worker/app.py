@@ -45,6 +45,7 @@ class Runtime:
             repartition=settings.repartition_topic,
             dlq=settings.dlq_topic,
             sessions=settings.sessions_topic,
+            updates=settings.updates_topic,
         )
         self.store = RedisStore.from_url(
             settings.redis_url, settings.redis_key_prefix,
@@ -100,6 +101,7 @@ class Runtime:
             claim, rules=self.settings.rules, store=self.store, sink=self.sink,
             topics=self.topics, router=self.router, on_batch=self._on_batch,
             project_rules=self.settings.project_rules,
+            updates_interval_s=self.settings.updates_interval or None,
         )
         consumer = self.app.consumer
         for topic in (self.topics.events, self.topics.repartition):

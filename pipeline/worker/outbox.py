@@ -18,6 +18,7 @@ import orjson
 SESSION = "s"
 DEAD_LETTER = "d"
 FORWARD = "f"
+UPDATE = "u"  # live view of an open session: sent directly, never through the outbox
 
 #: header on a re-routed event: ``<topic>:<partition>:<offset>:<index>`` of its origin
 ORIGIN_HEADER = "sz-origin"

@@ -39,7 +39,7 @@ from pipeline.core.rules import SessionRules
 from pipeline.core.timefmt import parse_timestamp_ms
 from pipeline.exceptions import FencedError
 from pipeline.store.base import Claim, Commit, SessionStore
-from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, Outgoing
+from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, UPDATE, Outgoing
 from pipeline.worker.routing import Router
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class Topics:
     repartition: str
     dlq: str
     sessions: str
+    updates: str = "session-updates"
 
 
 @dataclass
@@ -108,6 +109,7 @@ class PartitionProcessor:
         due_limit: int = 10_000,
         cache_keys: int = 100_000,
         project_rules: Mapping[str, SessionRules] | None = None,
+        updates_interval_s: float | None = None,
         wall: Callable[[], float] = time.time,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
@@ -134,6 +136,10 @@ class PartitionProcessor:
         # the key states this worker holds in memory: it alone writes them while it
         # owns the partition (fencing), so they stay equal to Redis; bounded (LRU)
         self.project_rules = dict(project_rules or {})
+        # live view (SPEC section 1, session-updates): None = off
+        self.updates_interval_s = updates_interval_s
+        self._updates_pending: dict[Any, None] = {}
+        self._updates_sent: dict[str, float] = {}
         self.engine = Sessionizer(rules, clock_ms=claim.clock_ms, project_rules=self.project_rules)
         self._recent: dict[Any, None] = {}
 
@@ -216,6 +222,7 @@ class PartitionProcessor:
     async def tick(self, caught_up: bool) -> BatchStats | None:
         """Close what fell due by the stream clock, with no new input."""
         await self._flush()
+        await self.publish_updates()
         clock = self.stream_clock_ms(caught_up)
         if clock <= self.clock_ms and not self.sent_unacked:
             return None
@@ -230,6 +237,37 @@ class PartitionProcessor:
         stats = BatchStats()
         await self._run([], clock, {}, [], stats, {})
         return stats
+
+    async def publish_updates(self) -> int:
+        """Publish the current record of open sessions that changed, at most one per
+        session per ``updates_interval_s``; best effort (a live view, not the sink)."""
+        if self.updates_interval_s is None or not self._updates_pending:
+            return 0
+        now, interval, sent = self.wall(), self.updates_interval_s, self._updates_sent
+        held = self.engine.states
+        messages: list[Outgoing] = []
+        for key in list(self._updates_pending):
+            state = held.get(key)
+            if state is None or state.open is None:
+                del self._updates_pending[key]
+                continue
+            session = state.open
+            if now - sent.get(session.session_id, 0.0) < interval:
+                continue
+            del self._updates_pending[key]
+            sent[session.session_id] = now
+            messages.append(Outgoing(
+                UPDATE, session.session_id.encode(), orjson.dumps(session.to_record()), self.clock_ms,
+            ))
+        if len(sent) > 4 * max(1, len(held)):
+            for sid in [sid for sid, at in sent.items() if now - at >= interval]:
+                del sent[sid]
+        if messages:
+            try:
+                await self.sink.send(messages)
+            except Exception as exc:  # a live view: never hold up the sessions for it
+                log.warning("partition %d: session updates not sent (%s)", self.partition, exc)
+        return len(messages)
 
     async def _run(
         self,
@@ -249,6 +287,7 @@ class PartitionProcessor:
             raise
         self.unsent.extend(outgoing)
         await self._flush()
+        await self.publish_updates()
         if self.on_batch is not None:
             self.on_batch(stats)
 
@@ -315,6 +354,10 @@ class PartitionProcessor:
         self.clock_ms = engine.clock_ms
         stats.counters = dict(engine.counters)
         engine.counters.clear()
+        if self.updates_interval_s is not None:
+            for changed_key, changed in changes.items():
+                if changed is not None and changed.open is not None:
+                    self._updates_pending[changed_key] = None
         self._evict(changes)
 
     def _evict(self, touched: Iterable[Any]) -> None:

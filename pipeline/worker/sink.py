@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, Outgoing
+from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, UPDATE, Outgoing
 from pipeline.worker.processor import Topics
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ class KafkaSink:
         self.idempotence = idempotence
         self.client = client
         self.producer: AIOKafkaProducer | None = None
-        self._by_kind = {SESSION: topics.sessions, DEAD_LETTER: topics.dlq, FORWARD: topics.repartition}
+        self._by_kind = {SESSION: topics.sessions, DEAD_LETTER: topics.dlq, FORWARD: topics.repartition,
+                         UPDATE: topics.updates}
 
     async def start(self) -> None:
         if self.idempotence in ("on", "auto"):
