@@ -226,8 +226,31 @@ class Runtime:
             hook(stats)
 
 
+class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, fetching with a wait of at most one tick.
+
+    faust asks for ``fetch_max_wait_ms=1500``. A broker that holds a fetch for that
+    long even when records come in meanwhile (the embedded Tansu does) makes every
+    record reach the worker up to 1.5 s late, and the stream clock (arrival + wall
+    time since the read) lag wall time by as much, so idle sessions closed up to a
+    second late; and every call into the consumer thread (the offset look-ups when
+    partitions are assigned) queued behind a held fetch. The worker wakes once per
+    ``tick_interval`` anyway, so a fetch need not wait longer than that.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        tick = self.app.sessionizer.tick_interval  # type: ignore[attr-defined]
+        # read by AIOKafkaConsumer.start() when it builds its fetcher
+        consumer._fetch_max_wait_ms = max(10, min(1500, int(tick * 1000)))
+        return consumer
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
     """Hands every fetched batch to the runtime in one call (no per-record task)."""
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         runtime: Runtime = self.app.sessionizer  # type: ignore[attr-defined]
