@@ -60,6 +60,7 @@ class Sessionizer:
         self._heap: list[tuple[int, SessionKey]] = []
         self._due: dict[SessionKey, int] = {}
         self._changed: set[SessionKey] = set()
+        self._dropped: list[tuple[SessionKey, str]] = []
 
     def rules_for(self, project: str) -> SessionRules:
         """The rules of a project: its overrides, else the defaults."""
@@ -83,6 +84,11 @@ class Sessionizer:
             changes[key] = self.states.get(key)
         self._changed.clear()
         return changes
+
+    def take_dropped(self) -> list[tuple[SessionKey, str]]:
+        """Sessions forgotten (past the reopen grace) since the last call."""
+        dropped, self._dropped = self._dropped, []
+        return dropped
 
     def due_ms(self, key: SessionKey) -> int | None:
         return self._due.get(key)
@@ -125,9 +131,13 @@ class Sessionizer:
     def _expire_closed(self, state: KeyState) -> None:
         grace, clock = self.rules_for(state.key[0]).reopen_grace_ms, self.clock_ms
         if state.closed:
-            state.closed = [
-                c for c in state.closed if c.closed_at_ms is not None and clock - c.closed_at_ms < grace
-            ]
+            kept = []
+            for c in state.closed:
+                if c.closed_at_ms is not None and clock - c.closed_at_ms < grace:
+                    kept.append(c)
+                else:
+                    self._dropped.append((state.key, c.session_id))
+            state.closed = kept
 
     # -- events --------------------------------------------------------------------
     def apply(self, ev: Event) -> Applied:

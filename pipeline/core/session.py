@@ -57,6 +57,8 @@ class Session:
     events_truncated: bool = False
     ids: dict[str, None] = field(default_factory=dict)  # event ids held, in insertion order
     seq: int = 0
+    # what changed in ``events``/``ids`` since the store last took it (see ``take_log``)
+    log: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     # -- the span of SPEC section 3 -----------------------------------------
     def floor_ms(self, rules: SessionRules) -> int:
@@ -118,13 +120,16 @@ class Session:
                     data_ms[name] = t
         if kind == HEARTBEAT:
             self.heartbeat_count += 1
+            if ev.id is not None:
+                self.log.append(ev.id)
             return
         self.event_count += 1
         if kind == ERROR:
             self.has_error = True
-        self._list_event(ev, rules.max_events_per_session)
+        if not self._list_event(ev, rules.max_events_per_session) and ev.id is not None:
+            self.log.append(ev.id)
 
-    def _list_event(self, ev: Event, cap: int) -> None:
+    def _list_event(self, ev: Event, cap: int) -> bool:
         self.seq += 1
         entry = [ev.time_ms, ev.id, ev.type, ev.source, ev.message, ev.value,
                  ev.partition, ev.offset, self.seq]
@@ -132,12 +137,39 @@ class Session:
         if len(events) >= cap:
             self.events_truncated = True
             if not events or (entry[_E_TIME], entry[_E_SEQ]) >= (events[-1][_E_TIME], events[-1][_E_SEQ]):
-                return
-            events.pop()
+                return False
+            self.log.append(-events.pop()[_E_SEQ])
+        self.log.append(entry)
         if not events or events[-1][_E_TIME] <= ev.time_ms:
             events.append(entry)
         else:
             insort(events, entry, key=lambda e: (e[_E_TIME], e[_E_SEQ]))
+        return True
+
+    def take_log(self) -> list[Any]:
+        """The changes to ``events`` and ``ids`` since the last call, oldest first:
+        an event entry (list) listed, an id (str) held but not listed, or a
+        negative number: the entry with that ``seq`` dropped from the list (cap).
+        Appending these to what the store holds and :meth:`replay_log` rebuild
+        ``events`` and ``ids`` exactly, so a store need not rewrite them."""
+        log, self.log = self.log, []
+        return log
+
+    def replay_log(self, items: list[Any]) -> None:
+        """Rebuild ``events`` and ``ids`` from every item :meth:`take_log` gave."""
+        removed = {-item for item in items if isinstance(item, int)}
+        ids: dict[str, None] = {}
+        events = []
+        for item in items:
+            if isinstance(item, list):
+                if item[_E_ID] is not None:
+                    ids[item[_E_ID]] = None
+                if item[_E_SEQ] not in removed:
+                    events.append(item)
+            elif isinstance(item, str):
+                ids[item] = None
+        events.sort(key=lambda e: (e[_E_TIME], e[_E_SEQ]))
+        self.events, self.ids, self.log = events, ids, []
 
     def close(self, reason: str, closed_at_ms: int) -> None:
         self.status = CLOSED
@@ -193,8 +225,10 @@ class Session:
         return record
 
     # -- storage ---------------------------------------------------------------
-    def to_state(self) -> dict[str, Any]:
-        return {
+    def to_state(self, *, with_log: bool = True) -> dict[str, Any]:
+        """Plain data. ``with_log=False`` leaves out ``events`` and ``ids`` (a store
+        that keeps them as an append-only log, from :meth:`take_log`)."""
+        state = {
             "sid": self.session_id, "p": self.project, "m": self.manual,
             "s": self.start_ms, "la": self.last_activity_ms, "ar": self.last_arrival_ms,
             "u": self.user_id, "ut": self.user_id_ms, "n": self.user_name, "nt": self.user_name_ms,
@@ -204,6 +238,9 @@ class Session:
             "he": self.has_error, "d": self.data, "dt": self.data_ms, "ev": self.events,
             "tr": self.events_truncated, "ids": list(self.ids), "q": self.seq,
         }
+        if not with_log:
+            del state["ev"], state["ids"]
+        return state
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> Session:
@@ -214,7 +251,8 @@ class Session:
             close_reason=s["cr"], end_ms=s["e"], closed_at_ms=s["ca"], revision=s["r"],
             event_count=s["ec"], heartbeat_count=s["hc"], duplicate_events=s["dc"],
             type_counts=s["tc"], has_error=s["he"], data=s["d"], data_ms=s["dt"],
-            events=s["ev"], events_truncated=s["tr"], ids=dict.fromkeys(s["ids"]), seq=s["q"],
+            events=s.get("ev", []), events_truncated=s["tr"], ids=dict.fromkeys(s.get("ids", ())),
+            seq=s["q"],
         )
 
 
@@ -246,11 +284,11 @@ class KeyState:
                 due = expiry
         return due
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, *, with_log: bool = True) -> dict[str, Any]:
         return {
             "k": list(self.key),
-            "o": self.open.to_state() if self.open is not None else None,
-            "c": [c.to_state() for c in self.closed],
+            "o": self.open.to_state(with_log=with_log) if self.open is not None else None,
+            "c": [c.to_state(with_log=with_log) for c in self.closed],
         }
 
     @classmethod

@@ -35,6 +35,7 @@ class Commit:
     clock_ms: int
     outgoing: list[bytes] = field(default_factory=list)  # appended to the outbox, in order
     acked: int = 0  # messages at the outbox head the broker has acknowledged (trimmed)
+    dropped: list[tuple[SessionKey, str]] = field(default_factory=list)  # sessions past the grace
     history: list[tuple[str, int, bytes]] = field(default_factory=list)  # (session_id, end_ms, record)
 
 

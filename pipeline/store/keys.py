@@ -10,9 +10,13 @@ key                                    type     holds (TTL: none unless said)
 ``sz:shards``                          set      partition numbers that hold state (for queries)
 ``sz:{pP}:meta``                       hash     ``epoch`` (fencing), ``clock_ms`` (stream clock),
                                                 ``off:<topic>`` (last applied input offset)
-``sz:{pP}:k:<keyid>``                  string   one session key's state (orjson): its open
+``sz:{pP}:k:<keyid>``                  string   one session key's state (orjson), without the
+                                                event lists (see ``e:``): its open
                                                 session with its events, and the sessions
                                                 closed less than ``reopen_grace`` ago
+``sz:{pP}:e:<keyid>|<session_id>``     list     a session's event log, appended per batch
+                                                (event entries, ids, dropped-entry marks):
+                                                replayed on load, never rewritten
 ``sz:{pP}:due``                        zset     keyid -> stream-clock ms when the key needs
                                                 attention (idle close or grace expiry)
 ``sz:{pP}:open``                       hash     open session id -> keyid
@@ -74,6 +78,9 @@ class Keys:
 
     def open(self, partition: int) -> str:
         return self.shard(partition) + "open"
+
+    def events(self, partition: int, kid: str, session_id: str) -> str:
+        return f"{self.shard(partition)}e:{kid}|{session_id}"
 
     def history(self, partition: int) -> str:
         return self.shard(partition) + "hist"

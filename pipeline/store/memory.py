@@ -73,6 +73,8 @@ class MemoryStore:
                 shard.states.pop(kid, None)
             else:
                 shard.states[kid] = orjson.dumps(state.to_state())
+                for session in state.sessions():
+                    session.take_log()  # the full state above holds events and ids
             due = commit.due_ms.get(key)
             if due is None:
                 shard.due.pop(kid, None)

@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.core.event import SessionKey
-from pipeline.core.session import KeyState, Session
+from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError, RedisUnavailable
 from pipeline.store.base import Claim, Commit
 from pipeline.store.keys import Keys, keyid
@@ -27,7 +27,9 @@ from pipeline.store.keys import Keys, keyid
 # KEYS: meta, due, open, outbox, idx
 # ARGV: epoch, clock_ms, shard prefix,
 #       n_offsets, (topic, offset)*,
-#       n_states, (keyid, blob|"", due|"", index|"")*   index: "<sid>\x1f<project>\x1f<user>"
+#       n_dropped, (keyid, session_id)*                   (event logs to delete)
+#       n_states, (keyid, blob|"", due|"", index|"", n_logs, (session_id, n_items, item*)*)*
+#                 index: "<sid>\x1f<project>\x1f<user>"
 #       n_out, message*   (appended to the outbox list, in order)
 #       n_acked           (messages trimmed from the outbox head: sent and acknowledged)
 #       n_hist, (session_id, end_ms, record)*, history_min_ms, history_max
@@ -73,8 +75,21 @@ local function index(entry, add, kid)
 end
 n = tonumber(ARGV[i]); i = i + 1
 for j = 1, n do
+  redis.call('DEL', shard .. 'e:' .. ARGV[i] .. '|' .. ARGV[i + 1])
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for j = 1, n do
   local kid, blob, d, new = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+  local logs = tonumber(ARGV[i + 4])
+  i = i + 5
+  for l = 1, logs do
+    local log, items = shard .. 'e:' .. kid .. '|' .. ARGV[i], tonumber(ARGV[i + 1])
+    for x = i + 2, i + 1 + items, 500 do
+      redis.call('RPUSH', log, unpack(ARGV, x, math.min(x + 499, i + 1 + items)))
+    end
+    i = i + 2 + items
+  end
   if blob == '' then
     redis.call('DEL', shard .. 'k:' .. kid)
   else
@@ -205,18 +220,46 @@ class RedisStore:
             if extra:
                 wanted.extend(extra)
                 blobs.extend(await self.client.mget([self.keys.state(partition, kid) for kid in extra]))
-        return [KeyState.from_state(orjson.loads(blob)) for blob in blobs if blob is not None]
+        return await self._states(partition, wanted, blobs)
+
+    async def _states(
+        self, partition: int, kids: list[str], blobs: list[bytes | None]
+    ) -> list[KeyState]:
+        """Key states from their blobs plus their sessions' event logs (one round trip)."""
+        states = [
+            (kid, KeyState.from_state(orjson.loads(blob)))
+            for kid, blob in zip(kids, blobs, strict=True)
+            if blob is not None
+        ]
+        sessions = [(kid, s) for kid, state in states for s in state.sessions()]
+        if sessions:
+            pipe = self.client.pipeline(transaction=False)
+            for kid, session in sessions:
+                pipe.lrange(self.keys.events(partition, kid, session.session_id), 0, -1)
+            loads = orjson.loads
+            for (_, session), items in zip(sessions, await pipe.execute(), strict=True):
+                session.replay_log([loads(item) for item in items])
+        return [state for _, state in states]
 
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         k = self.keys
         args: list[Any] = [epoch, commit.clock_ms, k.shard(partition), len(commit.offsets)]
         for topic, offset in commit.offsets.items():
             args += [topic, offset]
+        args.append(len(commit.dropped))
+        for key, sid in commit.dropped:
+            args += [keyid(key), sid]
         args.append(len(commit.states))
+        dumps = orjson.dumps
         for key, state in commit.states.items():
             due = commit.due_ms.get(key)
-            blob = b"" if state is None else orjson.dumps(state.to_state())
+            blob = b"" if state is None else dumps(state.to_state(with_log=False))
             args += [keyid(key), blob, "" if due is None else due, _index_of(state)]
+            logs = [(s.session_id, s.take_log()) for s in state.sessions()] if state is not None else []
+            logs = [(sid, items) for sid, items in logs if items]
+            args.append(len(logs))
+            for sid, items in logs:
+                args += [sid, len(items), *(dumps(item) for item in items)]
         args.append(len(commit.outgoing))
         args += commit.outgoing
         args.append(commit.acked)
@@ -248,15 +291,14 @@ class RedisStore:
         """Records of open sessions given (session_id, keyid) pairs."""
         if not pairs:
             return []
-        blobs = await self.client.mget([self.keys.state(partition, kid) for _, kid in pairs])
-        records = []
-        for (sid, _), blob in zip(pairs, blobs, strict=True):
-            if blob is None:
-                continue
-            state = KeyState.from_state(orjson.loads(blob))
-            if state.open is not None and state.open.session_id == sid:
-                records.append(state.open.to_record())
-        return records
+        kids = [kid for _, kid in pairs]
+        blobs = await self.client.mget([self.keys.state(partition, kid) for kid in kids])
+        wanted = {sid for sid, _ in pairs}
+        return [
+            state.open.to_record()
+            for state in await self._states(partition, kids, blobs)
+            if state.open is not None and state.open.session_id in wanted
+        ]
 
     async def open_sessions(
         self, project: str | None = None, user_id: str | None = None, limit: int = 1000
@@ -322,10 +364,6 @@ class RedisStore:
             if blob is not None:
                 return dict(orjson.loads(blob))
         return None
-
-    async def recent_closed(self, partition: int, kid: str) -> list[Session]:
-        blob = await self.client.get(self.keys.state(partition, kid))
-        return [] if blob is None else KeyState.from_state(orjson.loads(blob)).closed
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -336,6 +336,7 @@ class PartitionProcessor:
             outgoing=[message.encode() for message in outgoing],
             acked=self.sent_unacked,
             history=history,
+            dropped=engine.take_dropped(),
         )
         self.outbox_unknown = True
         try:

@@ -643,6 +643,12 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
         k.user(5, "shop", "alice"): b"set",
         k.user(5, "shop", "carol"): b"set",
     }
+    # every session with events has its event log (a list), named after key and session
+    for partition, key, sid in [
+        (0, alice, "shop-alice"), (0, bob, "shop-bob"), (0, user_key("alice", "blog"), "blog-alice"),
+        (5, manual, "manual-0001"), (5, carol, "shop-carol"), (5, anon, "anon-0001"),
+    ]:
+        expected[k.events(partition, keyid(key), sid)] = b"list"
     assert {key.decode(): kind for key, (kind, _) in dump.items()} == expected
 
     for raw in dump:
