@@ -57,3 +57,9 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Deployment files (docker-compose.yml, deploy/Dockerfile, deploy/k8s,
+# deploy/prometheus) against their validators; see deploy/README.md.
+.PHONY: validate-deploy
+validate-deploy: venv
+	$(PYTEST) -q tests/unit/test_deploy_manifests.py
