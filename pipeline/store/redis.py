@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,15 +25,16 @@ from pipeline.exceptions import FencedError, RedisUnavailable
 from pipeline.store.base import Claim, Commit
 from pipeline.store.keys import Keys, keyid
 
-# KEYS: meta, due, open, outbox, idx
-# ARGV: epoch, clock_ms, shard prefix,
-#       n_offsets, (topic, offset)*,
-#       n_dropped, (keyid, session_id)*                   (event logs to delete)
-#       n_states, (keyid, blob|"", due|"", index|"", n_logs, (session_id, n_items, item*)*)*
-#                 index: "<sid>\x1f<project>\x1f<user>"
-#       n_out, message*   (appended to the outbox list, in order)
-#       n_acked           (messages trimmed from the outbox head: sent and acknowledged)
-#       n_hist, (session_id, end_ms, record)*, history_min_ms, history_max
+# KEYS: meta, due, open, outbox, idx, hist
+# ARGV: epoch, clock_ms, shard prefix, payload (msgpack, one argument: packing many
+#       small arguments costs the client more than the whole script costs Redis):
+#   [offsets [[topic, offset]...],
+#    dropped [[keyid, session_id]...]                        (event logs to delete),
+#    states  [[keyid, blob|"", due|-1, index|"", [[session_id, [item...]]...]]...],
+#    outgoing [message...]       (appended to the outbox list, in order),
+#    acked                       (messages trimmed from the outbox head: sent and acknowledged),
+#    history [[session_id, end_ms, record]...], history_min_ms, history_max]
+#   index: "<sid>\x1f<project>\x1f<user>" of the key's open session
 COMMIT_LUA = """
 local meta, due, open, outbox, idx, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -40,19 +42,16 @@ if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. tostring(epoch) .. ' ~= ' .. ARGV[1])
 end
 local shard = ARGV[3]
-local i = 4
-local n = tonumber(ARGV[i]); i = i + 1
-for j = 1, n do
-  local stored = redis.call('HGET', meta, 'off:' .. ARGV[i])
-  if stored and tonumber(stored) >= tonumber(ARGV[i + 1]) then
+local p = cmsgpack.unpack(ARGV[4])
+local offsets, dropped, states, outgoing, acked, history = p[1], p[2], p[3], p[4], p[5], p[6]
+for _, o in ipairs(offsets) do
+  local stored = redis.call('HGET', meta, 'off:' .. o[1])
+  if stored and tonumber(stored) >= tonumber(o[2]) then
     return 0
   end
-  i = i + 2
 end
-i = 4 + 1
-for j = 1, n do
-  redis.call('HSET', meta, 'off:' .. ARGV[i], ARGV[i + 1])
-  i = i + 2
+for _, o in ipairs(offsets) do
+  redis.call('HSET', meta, 'off:' .. o[1], o[2])
 end
 local function split(entry)
   local a = string.find(entry, '\\31', 1, true)
@@ -73,29 +72,25 @@ local function index(entry, add, kid)
     if user ~= '' then redis.call('SREM', ukey, sid) end
   end
 end
-n = tonumber(ARGV[i]); i = i + 1
-for j = 1, n do
-  redis.call('DEL', shard .. 'e:' .. ARGV[i] .. '|' .. ARGV[i + 1])
-  i = i + 2
+local function push(key, items)
+  for x = 1, #items, 500 do
+    redis.call('RPUSH', key, unpack(items, x, math.min(x + 499, #items)))
+  end
 end
-n = tonumber(ARGV[i]); i = i + 1
-for j = 1, n do
-  local kid, blob, d, new = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local logs = tonumber(ARGV[i + 4])
-  i = i + 5
-  for l = 1, logs do
-    local log, items = shard .. 'e:' .. kid .. '|' .. ARGV[i], tonumber(ARGV[i + 1])
-    for x = i + 2, i + 1 + items, 500 do
-      redis.call('RPUSH', log, unpack(ARGV, x, math.min(x + 499, i + 1 + items)))
-    end
-    i = i + 2 + items
+for _, d in ipairs(dropped) do
+  redis.call('DEL', shard .. 'e:' .. d[1] .. '|' .. d[2])
+end
+for _, st in ipairs(states) do
+  local kid, blob, d, new = st[1], st[2], st[3], st[4]
+  for _, log in ipairs(st[5]) do
+    push(shard .. 'e:' .. kid .. '|' .. log[1], log[2])
   end
   if blob == '' then
     redis.call('DEL', shard .. 'k:' .. kid)
   else
     redis.call('SET', shard .. 'k:' .. kid, blob)
   end
-  if d == '' then
+  if d < 0 then
     redis.call('ZREM', due, kid)
   else
     redis.call('ZADD', due, d, kid)
@@ -111,20 +106,13 @@ for j = 1, n do
     end
   end
 end
-n = tonumber(ARGV[i])
-local acked = tonumber(ARGV[i + 1 + n])
 if acked > 0 then
   redis.call('LTRIM', outbox, acked, -1)
 end
-for j = i + 1, i + n, 500 do
-  redis.call('RPUSH', outbox, unpack(ARGV, j, math.min(j + 499, i + n)))
-end
-i = i + n + 2
-n = tonumber(ARGV[i]); i = i + 1
-for j = 1, n do
-  redis.call('ZADD', hist, ARGV[i + 1], ARGV[i])
-  redis.call('SET', shard .. 'h:' .. ARGV[i], ARGV[i + 2])
-  i = i + 3
+push(outbox, outgoing)
+for _, h in ipairs(history) do
+  redis.call('ZADD', hist, h[2], h[1])
+  redis.call('SET', shard .. 'h:' .. h[1], h[3])
 end
 local function forget(sids)
   for _, sid in ipairs(sids) do
@@ -132,8 +120,8 @@ local function forget(sids)
     redis.call('DEL', shard .. 'h:' .. sid)
   end
 end
-forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. ARGV[i], 'LIMIT', 0, 1000))
-local extra = redis.call('ZCARD', hist) - tonumber(ARGV[i + 1])
+forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. p[7], 'LIMIT', 0, 1000))
+local extra = redis.call('ZCARD', hist) - p[8]
 if extra > 0 then
   forget(redis.call('ZRANGE', hist, 0, math.min(extra, 1000) - 1))
 end
@@ -243,30 +231,34 @@ class RedisStore:
 
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         k = self.keys
-        args: list[Any] = [epoch, commit.clock_ms, k.shard(partition), len(commit.offsets)]
-        for topic, offset in commit.offsets.items():
-            args += [topic, offset]
-        args.append(len(commit.dropped))
-        for key, sid in commit.dropped:
-            args += [keyid(key), sid]
-        args.append(len(commit.states))
         dumps = orjson.dumps
+        states = []
         for key, state in commit.states.items():
             due = commit.due_ms.get(key)
-            blob = b"" if state is None else dumps(state.to_state(with_log=False))
-            args += [keyid(key), blob, "" if due is None else due, _index_of(state)]
-            logs = [(s.session_id, s.take_log()) for s in state.sessions()] if state is not None else []
-            logs = [(sid, items) for sid, items in logs if items]
-            args.append(len(logs))
-            for sid, items in logs:
-                args += [sid, len(items), *(dumps(item) for item in items)]
-        args.append(len(commit.outgoing))
-        args += commit.outgoing
-        args.append(commit.acked)
-        args.append(len(commit.history))
-        for sid, end_ms, record in commit.history:
-            args += [sid, end_ms, record]
-        args += [commit.clock_ms - self.history_retention_ms, self.history_max]
+            logs = []
+            if state is not None:
+                for session in state.sessions():
+                    items = session.take_log()
+                    if items:
+                        logs.append([session.session_id, [dumps(item) for item in items]])
+            states.append([
+                keyid(key),
+                b"" if state is None else dumps(state.to_state(with_log=False)),
+                -1 if due is None else due,
+                _index_of(state),
+                logs,
+            ])
+        payload = msgpack.packb([
+            [[topic, offset] for topic, offset in commit.offsets.items()],
+            [[keyid(key), sid] for key, sid in commit.dropped],
+            states,
+            commit.outgoing,
+            commit.acked,
+            [[sid, end_ms, record] for sid, end_ms, record in commit.history],
+            commit.clock_ms - self.history_retention_ms,
+            self.history_max,
+        ], use_bin_type=False)  # Redis's cmsgpack reads bytes as the old raw type
+        args = [epoch, commit.clock_ms, k.shard(partition), payload]
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
                 k.index(partition), k.history(partition)]
         try:
