@@ -118,6 +118,7 @@ class Session:
                 if seen is None or t < seen:
                     data[name] = value
                     data_ms[name] = t
+                    self.log.append({"n": name, "v": value, "t": t})
         if kind == HEARTBEAT:
             self.heartbeat_count += 1
             if ev.id is not None:
@@ -147,19 +148,22 @@ class Session:
         return True
 
     def take_log(self) -> list[Any]:
-        """The changes to ``events`` and ``ids`` since the last call, oldest first:
-        an event entry (list) listed, an id (str) held but not listed, or a
-        negative number: the entry with that ``seq`` dropped from the list (cap).
+        """The changes to ``events``, ``ids`` and ``data`` since the last call, oldest
+        first: an event entry (list) listed, an id (str) held but not listed, a
+        negative number: the entry with that ``seq`` dropped from the list (cap),
+        or ``{"n": name, "v": value, "t": ms}``: a data value taken.
         Appending these to what the store holds and :meth:`replay_log` rebuild
-        ``events`` and ``ids`` exactly, so a store need not rewrite them."""
+        them exactly, so a store need not rewrite them."""
         log, self.log = self.log, []
         return log
 
     def replay_log(self, items: list[Any]) -> None:
-        """Rebuild ``events`` and ``ids`` from every item :meth:`take_log` gave."""
+        """Rebuild ``events``, ``ids`` and ``data`` from every item :meth:`take_log` gave."""
         removed = {-item for item in items if isinstance(item, int)}
         ids: dict[str, None] = {}
         events = []
+        data: dict[str, Any] = {}
+        data_ms: dict[str, int] = {}
         for item in items:
             if isinstance(item, list):
                 if item[_E_ID] is not None:
@@ -168,6 +172,10 @@ class Session:
                     events.append(item)
             elif isinstance(item, str):
                 ids[item] = None
+            elif isinstance(item, dict):
+                data[item["n"]] = item["v"]
+                data_ms[item["n"]] = item["t"]
+        self.data, self.data_ms = data, data_ms
         events.sort(key=lambda e: (e[_E_TIME], e[_E_SEQ]))
         self.events, self.ids, self.log = events, ids, []
 
@@ -226,8 +234,8 @@ class Session:
 
     # -- storage ---------------------------------------------------------------
     def to_state(self, *, with_log: bool = True) -> dict[str, Any]:
-        """Plain data. ``with_log=False`` leaves out ``events`` and ``ids`` (a store
-        that keeps them as an append-only log, from :meth:`take_log`)."""
+        """Plain data. ``with_log=False`` leaves out ``events``, ``ids`` and ``data``
+        (a store that keeps them as an append-only log, from :meth:`take_log`)."""
         state = {
             "sid": self.session_id, "p": self.project, "m": self.manual,
             "s": self.start_ms, "la": self.last_activity_ms, "ar": self.last_arrival_ms,
@@ -239,7 +247,7 @@ class Session:
             "tr": self.events_truncated, "ids": list(self.ids), "q": self.seq,
         }
         if not with_log:
-            del state["ev"], state["ids"]
+            del state["ev"], state["ids"], state["d"], state["dt"]
         return state
 
     @classmethod
@@ -250,7 +258,7 @@ class Session:
             user_name=s["n"], user_name_ms=s["nt"], has_start=s["hs"], status=s["st"],
             close_reason=s["cr"], end_ms=s["e"], closed_at_ms=s["ca"], revision=s["r"],
             event_count=s["ec"], heartbeat_count=s["hc"], duplicate_events=s["dc"],
-            type_counts=s["tc"], has_error=s["he"], data=s["d"], data_ms=s["dt"],
+            type_counts=s["tc"], has_error=s["he"], data=s.get("d", {}), data_ms=s.get("dt", {}),
             events=s.get("ev", []), events_truncated=s["tr"], ids=dict.fromkeys(s.get("ids", ())),
             seq=s["q"],
         )
