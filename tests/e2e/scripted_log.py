@@ -10,7 +10,8 @@ is the arrival time (the Kafka record timestamp), ``t`` the event time. Records 
 published sorted by arrival, so while the worker replays the log each partition's stream
 clock is the arrival time of the record it reads. The worker runs with
 :data:`WORKER_SETTINGS`: inactivity timeout 300 s, max session duration 600 s, reopen
-grace 900 s, max future skew 300 s, max event age 3 days, 64 KiB per event. The last
+grace 900 s, max future skew 300 s, max event age 3 days, 64 KiB per event, 6 events
+listed per session. The last
 records of each partition arrive at ``live`` (now): the stream clock jumps there and every
 session of the replayed part that is still open closes by timeout (each scenario keeps
 arrival gaps inside a session under 300 s, so it closes only where the scenario says).
@@ -40,6 +41,7 @@ WORKER_SETTINGS: dict[str, Any] = {
     "max_future_skew": 300,
     "max_event_age": 259200,
     "max_event_bytes": 65536,
+    "max_events_per_session": 6,
 }
 
 DAY_MS = 86_400_000
@@ -83,6 +85,7 @@ class SessionExpect:
     type_counts: dict[str, int]
     events: list[tuple[str, float]]  # (event label, event time) in list order
     session_id: str | None = None  # a manual session's id; None: an auto id
+    session_id_re: str | None = None  # the id's pattern when it is derived
     revision: int = 1
     project: str = "default"
     user_name: str | None = None
@@ -90,6 +93,7 @@ class SessionExpect:
     duplicate_events: int = 0
     has_error: bool = False
     data: dict[str, Any] = field(default_factory=dict)
+    events_truncated: bool = False
 
 
 @dataclass
@@ -237,7 +241,7 @@ class ScriptedLog:
             "has_error": s.has_error,
             "data": s.data,
             "events": events,
-            "events_truncated": False,
+            "events_truncated": s.events_truncated,
         }
 
     def expected_dead_letter(self, d: DeadLetterExpect, events_topic: str) -> dict[str, Any]:
@@ -343,6 +347,15 @@ def build_log(now_ms: int, partitions: int = 4) -> ScriptedLog:
             event_count=3, type_counts={"usage": 2, "sessionend": 1},
             events=[("re1", 0), ("re2", 30), ("re3", 100)])
 
+    # Rule 2, reopen, then idle again: emitted again when it closes, revision 2, "timeout".
+    u = "u-reopen-idle"
+    send(0, ev("ri1", "usage", 0, user_id=u))
+    send(400, ev("ri2", "usage", 200, user_id=u))
+    session(tag="reopen-idle", user_id=u, start=0, end=0, close_reason="timeout", event_count=1,
+            type_counts={"usage": 1}, events=[("ri1", 0)])
+    session(tag="reopen-idle", revision=2, user_id=u, start=0, end=200, close_reason="timeout",
+            event_count=2, type_counts={"usage": 2}, events=[("ri1", 0), ("ri2", 200)])
+
     # Rule 3, a gap in event time (the events arrive 10 s apart, so no idle close): 510 ->
     # 900 is more than 300 s: the session closes (timeout, end 510), the event opens another.
     u = "u-gap"
@@ -351,6 +364,13 @@ def build_log(now_ms: int, partitions: int = 4) -> ScriptedLog:
     send(1020, ev("g3", "usage", 900, user_id=u))
     session(tag="gap-1", user_id=u, start=500, end=510, close_reason="timeout", event_count=2,
             type_counts={"usage": 2}, events=[("g1", 500), ("g2", 510)])
+    # Rule 2 with a session open for the key: 550 is below the open session's floor
+    # (900 - 300) and inside the closed one's span (up to 510 + 300): that one is amended
+    # and emitted at once, keeping its close reason and its end.
+    send(1030, ev("g4", "usage", 550, user_id=u))
+    session(tag="gap-1", revision=2, user_id=u, start=500, end=510, close_reason="timeout",
+            event_count=3, type_counts={"usage": 3},
+            events=[("g1", 500), ("g2", 510), ("g4", 550)])
     session(tag="gap-2", user_id=u, start=900, end=900, close_reason="timeout", event_count=1,
             type_counts={"usage": 1}, events=[("g3", 900)])
 
@@ -366,6 +386,23 @@ def build_log(now_ms: int, partitions: int = 4) -> ScriptedLog:
     session(tag="floor", user_id=u, start=100, end=120, close_reason="ended", event_count=3,
             type_counts={"session": 1, "usage": 1, "sessionend": 1},
             events=[("f1", 100), ("f2", 110), ("f4", 120)])
+    # Rule 2, several closed sessions hold 115 (the own one spans 90 - 300 .. 90 + 300):
+    # the latest-starting one is amended (and, "ended", emitted at once).
+    send(60, ev("f5", "usage", 115, user_id=u))
+    session(tag="floor", revision=2, user_id=u, start=100, end=120, close_reason="ended",
+            event_count=4, type_counts={"session": 1, "usage": 2, "sessionend": 1},
+            events=[("f1", 100), ("f2", 110), ("f5", 115), ("f4", 120)])
+
+    # Rule 4 without a `session` event: the floor is start - 300 = 100; 50 is below it,
+    # 100 is not (the span is inclusive) and joins the open session.
+    u = "u-floor-auto"
+    send(400, ev("fa1", "usage", 400, user_id=u))
+    send(410, ev("fa2", "usage", 50, user_id=u))
+    send(420, ev("fa3", "usage", 100, user_id=u))
+    session(tag="floor-auto-own", user_id=u, start=50, end=50, close_reason="timeout",
+            event_count=1, type_counts={"usage": 1}, events=[("fa2", 50)])
+    session(tag="floor-auto", user_id=u, start=100, end=400, close_reason="timeout",
+            event_count=2, type_counts={"usage": 2}, events=[("fa3", 100), ("fa1", 400)])
 
     # Rule 4 with a sessionend: end_without_session; the session goes on.
     u = "u-floor-end"
@@ -439,6 +476,27 @@ def build_log(now_ms: int, partitions: int = 4) -> ScriptedLog:
             events=[("ma1", 0), ("ma2", 20), ("ma3", 40)])
     session(tag="manual-auto", user_id=u, start=10, end=30, close_reason="timeout", event_count=2,
             type_counts={"usage": 1, "404": 1}, events=[("au1", 10), ("au2", 30)])
+    # Rule 2: a manual session's `session` event does go into its closed session.
+    send(70, ev("ma4", "session", 2, session_id=sid))
+    session(tag="manual", revision=2, session_id=sid, user_id=u, user_name="Mia", start=0,
+            end=40, close_reason="ended", event_count=4, data={"app": "web"},
+            type_counts={"session": 2, "usage": 1, "sessionend": 1},
+            events=[("ma1", 0), ("ma4", 2), ("ma2", 20), ("ma3", 40)])
+
+    # Rule 1, max_duration in a manual session: the new session's id is the client's id
+    # with a suffix derived from its first event.
+    sid, u = "long-manual-01", "u-long-manual"
+    send(0, ev("lm1", "session", 0, session_id=sid, user_id=u))
+    send(290, ev("lm2", "usage", 290, session_id=sid))
+    send(580, ev("lm3", "usage", 580, session_id=sid))
+    send(650, ev("lm4", "usage", 650, session_id=sid, user_id=u))
+    send(700, ev("lm5", "sessionend", 700, session_id=sid))
+    session(tag="long-manual-1", session_id=sid, user_id=u, start=0, end=580,
+            close_reason="max_duration", event_count=3, type_counts={"session": 1, "usage": 2},
+            events=[("lm1", 0), ("lm2", 290), ("lm3", 580)])
+    session(tag="long-manual-2", session_id_re=r"^long-manual-01-[0-9a-f]{8}$", user_id=u,
+            start=650, end=700, close_reason="ended", event_count=2,
+            type_counts={"usage": 1, "sessionend": 1}, events=[("lm4", 650), ("lm5", 700)])
 
     # Clock skew: the client's clock is 10 min ahead; sent_at corrects it (without it the
     # events would be clamped to their arrival).
@@ -466,6 +524,52 @@ def build_log(now_ms: int, partitions: int = 4) -> ScriptedLog:
             type_counts={"usage": 2, "sessionend": 1},
             events=[("fu1", 0), ("fu2", 10), ("fu3", 20)])
 
+    # Close by a sessionend earlier than the last activity: end is the later of the two.
+    u = "u-end-early"
+    send(0, ev("ee1", "session", 0, user_id=u))
+    send(10, ev("ee2", "usage", 50, user_id=u))
+    send(20, ev("ee3", "sessionend", 30, user_id=u))
+    session(tag="end-early", user_id=u, start=0, end=50, close_reason="ended", event_count=3,
+            type_counts={"session": 1, "usage": 1, "sessionend": 1},
+            events=[("ee1", 0), ("ee3", 30), ("ee2", 50)])
+
+    # The idle deadline follows the latest arrival (250 + 300), not the latest activity
+    # (0 + 300): the event arriving at 450 still finds the session open (rule 1).
+    u = "u-late-arrival"
+    send(0, ev("la1", "usage", 0, user_id=u))
+    send(250, ev("la2", "usage", -10, user_id=u))
+    send(450, ev("la3", "usage", 290, user_id=u))
+    session(tag="late-arrival", user_id=u, start=-10, end=290, close_reason="timeout",
+            event_count=3, type_counts={"usage": 3},
+            events=[("la2", -10), ("la1", 0), ("la3", 290)])
+
+    # Past the reopen grace (closed at 300, grace 900 s) a late event inside the old span
+    # no longer amends it: it opens a new session (rule 5).
+    u = "u-grace"
+    send(0, ev("gr1", "usage", 0, user_id=u))
+    send(1300, ev("gr2", "usage", 100, user_id=u))
+    session(tag="grace-1", user_id=u, start=0, end=0, close_reason="timeout", event_count=1,
+            type_counts={"usage": 1}, events=[("gr1", 0)])
+    session(tag="grace-2", user_id=u, start=100, end=100, close_reason="timeout", event_count=1,
+            type_counts={"usage": 1}, events=[("gr2", 100)])
+
+    # The events list holds the first 6 events in event-time order: the 8th event,
+    # earlier than most, takes the place of the latest one.
+    u = "u-many"
+    for n in range(7):
+        send(n * 10, ev(f"n{n}", "usage", n * 10, user_id=u))
+    send(70, ev("n7", "usage", 5, user_id=u))
+    session(tag="many", user_id=u, start=0, end=60, close_reason="timeout", event_count=8,
+            type_counts={"usage": 8}, events_truncated=True,
+            events=[("n0", 0), ("n7", 5), ("n1", 10), ("n2", 20), ("n3", 30), ("n4", 40)])
+
+    # The same user in another project: another key, another session.
+    u = "u-ooo"
+    send(15, ev("pb1", "usage", 15, user_id=u, project="blog"))
+    session(tag="other-project", project="blog", user_id=u, start=15, end=15,
+            close_reason="timeout", event_count=1, type_counts={"usage": 1},
+            events=[("pb1", 15)])
+
     # A batch record with one bad element: that element is dead-lettered alone (with its
     # index), the others go into the session (same partition and offset).
     u = "u-batch"
@@ -477,6 +581,18 @@ def build_log(now_ms: int, partitions: int = 4) -> ScriptedLog:
             type_counts={"session": 1, "usage": 1, "sessionend": 1},
             events=[("b1", 0), ("b2", 5), ("b3", 30)])
     dead(error="no_identity", record=batch, key=u, value=orjson.dumps(bad).decode(), index=1)
+
+    # A batch record holding two users' events, on the first user's partition: the second
+    # user's event is re-routed alone and keeps the batch record's partition and offset.
+    # The same id twice in one batch: the second is a duplicate.
+    here, away = log.key_on(0, "u-mix-here"), log.key_on(1, "u-mix-away")
+    mixed = send(3, [ev("mx1", "usage", 3, user_id=here), ev("mx2", "log", 3, user_id=away),
+                     ev("mx1-again", "usage", 3, id="mx1", user_id=here)], label="mixed")
+    session(tag="mix-here", user_id=here, start=3, end=3, close_reason="timeout", event_count=1,
+            duplicate_events=1, type_counts={"usage": 1}, events=[("mx1", 3)])
+    session(tag="mix-away", user_id=away, start=3, end=3, close_reason="timeout", event_count=1,
+            type_counts={"log": 1}, events=[("mx2", 3)])
+    assert log.records[mixed].partition == 0
 
     # Rejected records, one per code. Their record keys come back in the dead letter.
     text = b'{"type": "usage", "user_id": "u-x", "timestamp": '
