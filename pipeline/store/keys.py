@@ -10,7 +10,7 @@ key                                    type     holds (TTL: none unless said)
 ``sz:shards``                          set      partition numbers that hold state (for queries)
 ``sz:{pP}:meta``                       hash     ``epoch`` (fencing), ``clock_ms`` (stream clock),
                                                 ``off:<topic>`` (last applied input offset)
-``sz:{pP}:k:<keyid>``                  string   one session key's state (orjson), without the
+``sz:{pP}:states``                     hash     keyid -> one session key's state (orjson), without the
                                                 event lists (see ``e:``): its open
                                                 session with its events, and the sessions
                                                 closed less than ``reopen_grace`` ago
@@ -94,8 +94,8 @@ class Keys:
     def outbox(self, partition: int) -> str:
         return self.shard(partition) + "outbox"
 
-    def state(self, partition: int, kid: str) -> str:
-        return self.shard(partition) + "k:" + kid
+    def states(self, partition: int) -> str:
+        return self.shard(partition) + "states"
 
     def project(self, partition: int, project: str) -> str:
         return f"{self.shard(partition)}proj:{project}"

@@ -25,7 +25,7 @@ from pipeline.exceptions import FencedError, RedisUnavailable
 from pipeline.store.base import Claim, Commit
 from pipeline.store.keys import Keys, keyid
 
-# KEYS: meta, due, open, outbox, idx, hist
+# KEYS: meta, due, open, outbox, idx, hist, states
 # ARGV: epoch, clock_ms, shard prefix, payload (msgpack, one argument: packing many
 #       small arguments costs the client more than the whole script costs Redis):
 #   [offsets [[topic, offset]...],
@@ -36,7 +36,7 @@ from pipeline.store.keys import Keys, keyid
 #    history [[session_id, end_ms, record]...], history_min_ms, history_max]
 #   index: "<sid>\x1f<project>\x1f<user>" of the key's open session
 COMMIT_LUA = """
-local meta, due, open, outbox, idx, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local meta, due, open, outbox, idx, hist, heads = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local epoch = redis.call('HGET', meta, 'epoch')
 if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. tostring(epoch) .. ' ~= ' .. ARGV[1])
@@ -80,29 +80,50 @@ end
 for _, d in ipairs(dropped) do
   redis.call('DEL', shard .. 'e:' .. d[1] .. '|' .. d[2])
 end
+-- the states: one multi-field write per kind of change, in chunks
+local sets, dels, zadds, zrems, kids = {}, {}, {}, {}, {}
 for _, st in ipairs(states) do
-  local kid, blob, d, new = st[1], st[2], st[3], st[4]
+  local kid, blob, d = st[1], st[2], st[3]
   for _, log in ipairs(st[5]) do
     push(shard .. 'e:' .. kid .. '|' .. log[1], log[2])
   end
   if blob == '' then
-    redis.call('DEL', shard .. 'k:' .. kid)
+    dels[#dels + 1] = kid
   else
-    redis.call('SET', shard .. 'k:' .. kid, blob)
+    sets[#sets + 1] = kid
+    sets[#sets + 1] = blob
   end
   if d < 0 then
-    redis.call('ZREM', due, kid)
+    zrems[#zrems + 1] = kid
   else
-    redis.call('ZADD', due, d, kid)
+    zadds[#zadds + 1] = d
+    zadds[#zadds + 1] = kid
   end
-  local old = redis.call('HGET', idx, kid) or ''
-  if old ~= new then
-    if old ~= '' then index(old, false, kid) end
-    if new ~= '' then
-      index(new, true, kid)
-      redis.call('HSET', idx, kid, new)
-    else
-      redis.call('HDEL', idx, kid)
+  kids[#kids + 1] = kid
+end
+local function chunked(command, key, args, step)
+  for x = 1, #args, step do
+    redis.call(command, key, unpack(args, x, math.min(x + step - 1, #args)))
+  end
+end
+chunked('HSET', heads, sets, 500)
+chunked('HDEL', heads, dels, 500)
+chunked('ZADD', due, zadds, 500)
+chunked('ZREM', due, zrems, 500)
+-- the query indexes: only where a key's open session (or its user) changed
+for x = 1, #kids, 500 do
+  local last = math.min(x + 499, #kids)
+  local olds = redis.call('HMGET', idx, unpack(kids, x, last))
+  for y = x, last do
+    local old, new, kid = olds[y - x + 1] or '', states[y][4], kids[y]
+    if old ~= new then
+      if old ~= '' then index(old, false, kid) end
+      if new ~= '' then
+        index(new, true, kid)
+        redis.call('HSET', idx, kid, new)
+      else
+        redis.call('HDEL', idx, kid)
+      end
     end
   end
 end
@@ -197,7 +218,7 @@ class RedisStore:
         wanted = [keyid(k) for k in keys]
         pipe = self.client.pipeline(transaction=False)
         if wanted:
-            pipe.mget([self.keys.state(partition, kid) for kid in wanted])
+            pipe.hmget(self.keys.states(partition), wanted)
         if due_until_ms is not None and due_limit > 0:
             pipe.zrangebyscore(self.keys.due(partition), "-inf", due_until_ms, start=0, num=due_limit)
         replies = await pipe.execute()
@@ -207,7 +228,7 @@ class RedisStore:
             extra = [d.decode() for d in replies.pop(0) if d.decode() not in seen]
             if extra:
                 wanted.extend(extra)
-                blobs.extend(await self.client.mget([self.keys.state(partition, kid) for kid in extra]))
+                blobs.extend(await self.client.hmget(self.keys.states(partition), extra))
         return await self._states(partition, wanted, blobs)
 
     async def _states(
@@ -260,7 +281,7 @@ class RedisStore:
         ], use_bin_type=False)  # Redis's cmsgpack reads bytes as the old raw type
         args = [epoch, commit.clock_ms, k.shard(partition), payload]
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
-                k.index(partition), k.history(partition)]
+                k.index(partition), k.history(partition), k.states(partition)]
         try:
             applied = await self._commit(keys=keys, args=args)
         except ResponseError as exc:
@@ -284,7 +305,7 @@ class RedisStore:
         if not pairs:
             return []
         kids = [kid for _, kid in pairs]
-        blobs = await self.client.mget([self.keys.state(partition, kid) for kid in kids])
+        blobs = await self.client.hmget(self.keys.states(partition), kids)
         wanted = {sid for sid, _ in pairs}
         return [
             state.open.to_record()

@@ -629,12 +629,8 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
         k.outbox(0): b"list",
         k.history(0): b"zset",
         k.history_record(0, "shop-alice"): b"string",
-        k.state(0, keyid(alice)): b"string",
-        k.state(0, keyid(bob)): b"string",
-        k.state(0, keyid(user_key("alice", "blog"))): b"string",
-        k.state(5, keyid(manual)): b"string",
-        k.state(5, keyid(carol)): b"string",
-        k.state(5, keyid(anon)): b"string",
+        k.states(0): b"hash",
+        k.states(5): b"hash",
         k.project(0, "shop"): b"set",
         k.project(0, "blog"): b"set",
         k.project(5, "shop"): b"set",
@@ -690,7 +686,10 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
     assert value(k.outbox(0)) == [b"msg"]
     assert value(k.history(0)) == [(b"shop-alice", float(T0 + 9 * MIN))]
     assert orjson.loads(value(k.history_record(0, "shop-alice")))["session_id"] == "shop-alice"
-    stored = KeyState.from_state(orjson.loads(value(k.state(0, keyid(alice)))))
+    assert set(value(k.states(0))) == {keyid(alice).encode(), keyid(bob).encode(),
+                                         keyid(user_key("alice", "blog")).encode()}
+    assert set(value(k.states(5))) == {keyid(manual).encode(), keyid(carol).encode(), keyid(anon).encode()}
+    stored = KeyState.from_state(orjson.loads(value(k.states(0))[keyid(alice).encode()]))
     assert stored.open is None
     assert [c.session_id for c in stored.closed] == ["shop-alice"]
 
