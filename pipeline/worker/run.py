@@ -18,6 +18,7 @@ def preflight(settings: Settings) -> dict[str, int]:
     """
     from kafka.errors import KafkaError
 
+    from pipeline.exceptions import ServiceStartError
     from pipeline.services import create_topics
 
     async def ping_redis() -> None:
@@ -30,7 +31,7 @@ def preflight(settings: Settings) -> dict[str, int]:
     asyncio.run(ping_redis())
     try:
         counts = create_topics(settings.kafka_bootstrap, {settings.events_topic: settings.topic_partitions},
-                               replication=settings.topic_replication, timeout=15)
+                               replication=settings.topic_replication, timeout=10)
         partitions = counts[settings.events_topic]
         counts.update(create_topics(
             settings.kafka_bootstrap,
@@ -38,7 +39,7 @@ def preflight(settings: Settings) -> dict[str, int]:
              settings.dlq_topic: partitions},
             replication=settings.topic_replication, timeout=15,
         ))
-    except (KafkaError, OSError, TimeoutError) as exc:
+    except (KafkaError, OSError, TimeoutError, ServiceStartError) as exc:
         raise BrokerUnavailable(
             f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc.__class__.__name__}); "
             "check SESSIONIZER_KAFKA_BOOTSTRAP and that the broker is running"
