@@ -102,6 +102,7 @@ class Runtime:
             topics=self.topics, router=self.router, on_batch=self._on_batch,
             project_rules=self.settings.project_rules,
             updates_interval_s=self.settings.updates_interval or None,
+            overlap_sends=True,
         )
         consumer = self.app.consumer
         for topic in (self.topics.events, self.topics.repartition):

@@ -23,6 +23,7 @@ replay of a backlog follows the recorded arrival times exactly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -110,6 +111,7 @@ class PartitionProcessor:
         cache_keys: int = 100_000,
         project_rules: Mapping[str, SessionRules] | None = None,
         updates_interval_s: float | None = None,
+        overlap_sends: bool = False,
         wall: Callable[[], float] = time.time,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
@@ -129,7 +131,9 @@ class PartitionProcessor:
         self.max_arrival_ms = claim.clock_ms
         self.read_at = wall()
         self.sent_unacked = 0  # outbox head entries sent and acknowledged, not yet trimmed
-        self.unsent: list[Outgoing] = []  # committed to the outbox, not yet acknowledged
+        self.unsent: list[Outgoing] = []
+        self._sending: asyncio.Future[None] | None = None
+        self.overlap_sends = overlap_sends  # committed to the outbox, not yet acknowledged
         # a commit that raised (a lost reply) may have applied: until the outbox is read
         # again, neither ``unsent`` nor ``sent_unacked`` can be trusted
         self.outbox_unknown = False
@@ -161,12 +165,20 @@ class PartitionProcessor:
 
     async def _flush(self) -> None:
         """Send the committed, unacknowledged messages; on failure they stay for the next try."""
+        if self._sending is not None:
+            task, self._sending = self._sending, None
+            await task
         if self.outbox_unknown:
             await self.recover_outbox()
         elif self.unsent:
-            await self.sink.send(self.unsent)
-            self.sent_unacked += len(self.unsent)
-            self.unsent = []
+            await self._send_unsent()
+
+    async def _send_unsent(self) -> None:
+        messages = self.unsent
+        if messages:
+            await self.sink.send(messages)
+            self.sent_unacked += len(messages)
+            del self.unsent[: len(messages)]
 
     def stream_clock_ms(self, caught_up: bool) -> int:
         if not caught_up:
@@ -278,7 +290,6 @@ class PartitionProcessor:
         stats: BatchStats,
         raw_of: RawOf,
     ) -> None:
-        await self._flush()
         try:
             await self._apply(events, clock_ms, offsets, outgoing, stats, raw_of)
         except BaseException:
@@ -286,7 +297,11 @@ class PartitionProcessor:
             self._reset_cache()
             raise
         self.unsent.extend(outgoing)
-        await self._flush()
+        if self.overlap_sends:
+            # send while the next batch is parsed and applied; the next commit waits for it
+            self._sending = asyncio.ensure_future(self._send_unsent()) if self.unsent else None
+        else:
+            await self._flush()
         await self.publish_updates()
         if self.on_batch is not None:
             self.on_batch(stats)
@@ -328,6 +343,7 @@ class PartitionProcessor:
             (m.key.decode(), m.end_ms, m.value) for m in sessions_out if m.key is not None
         ]
         changes = engine.take_changes()
+        await self._flush()  # the commit trims what the broker acknowledged so far
         commit = Commit(
             states=changes,
             due_ms={key: engine.due_ms(key) for key in changes},
