@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -79,6 +80,8 @@ class BatchStats:
     forwarded: int = 0
     closed: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)  # valid events applied, by type
+    idle_deadlines_ms: list[int] = field(default_factory=list)  # of the sessions closed idle
 
 
 #: an event's input coordinates (partition, offset, index in a batch) -> the key, value
@@ -228,6 +231,7 @@ class PartitionProcessor:
         if not offsets:
             return stats
         stats.events = len(events)
+        stats.types = dict(Counter(ev.type for ev in events))
         await self._run(events, self.max_arrival_ms, offsets, outgoing, stats, raw_of)
         return stats
 
@@ -371,11 +375,27 @@ class PartitionProcessor:
         self.clock_ms = engine.clock_ms
         stats.counters = dict(engine.counters)
         engine.counters.clear()
+        if stats.counters.get("closed_timeout"):
+            stats.idle_deadlines_ms = self._idle_deadlines(changes, sessions_out)
         if self.updates_interval_s is not None:
             for changed_key, changed in changes.items():
                 if changed is not None and changed.open is not None:
                     self._updates_pending[changed_key] = None
         self._evict(changes)
+
+    def _idle_deadlines(self, changes: Mapping[Any, Any], sessions_out: list[Outgoing]) -> list[int]:
+        """The stream-clock deadlines (last arrival + inactivity timeout) of the sessions
+        this batch closed for inactivity: an idle close is dated at its deadline + 1 ms."""
+        emitted = {message.key for message in sessions_out}
+        deadlines = []
+        for state in changes.values():
+            for session in state.closed if state is not None else ():
+                if session.close_reason == "timeout" and session.session_id.encode() in emitted:
+                    deadline = session.last_arrival_ms + self.engine.rules_for(
+                        session.project).inactivity_timeout_ms
+                    if session.closed_at_ms == deadline + 1:
+                        deadlines.append(deadline)
+        return deadlines
 
     def _evict(self, touched: Iterable[Any]) -> None:
         """Keep at most ``cache_keys`` key states in memory, least recently used out."""
