@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.core.rules import SessionRules
@@ -78,6 +78,38 @@ class Settings(BaseSettings):
     history_max_sessions: int = Field(50_000, ge=0, description="closed sessions kept per partition")
     redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
     log_level: str = Field("info")
+    log_format: str = Field(
+        "text", pattern="^(?i)(text|json)$",
+        description="text, or json: one JSON object per line (ts, level, logger, message, extra)",
+    )
+    metrics_interval: float = Field(
+        5.0, gt=0, description="how often the worker refreshes its gauges (open sessions, lag) (s)"
+    )
+
+    # -- secure connections (see pipeline/security.py) -------------------------
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", pattern="^(?i)(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    kafka_sasl_mechanism: str = Field(
+        "PLAIN", pattern="^(?i)(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
+        description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols)",
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
+    kafka_ssl_cafile: str = Field("", description="CA bundle (PEM) to verify the brokers; empty = system CAs")
+    kafka_ssl_certfile: str = Field("", description="client certificate (PEM), for mutual TLS")
+    kafka_ssl_keyfile: str = Field("", description="client private key (PEM), for mutual TLS")
+    redis_password: SecretStr = Field(
+        SecretStr(""), description="Redis AUTH password, when SESSIONIZER_REDIS_URL carries none"
+    )
+    redis_ssl_ca_certs: str = Field("", description="CA bundle (PEM) to verify Redis (rediss://)")
+    redis_ssl_certfile: str = Field("", description="client certificate (PEM) for Redis (rediss://)")
+    redis_ssl_keyfile: str = Field("", description="client private key (PEM) for Redis (rediss://)")
+    redis_ssl_cert_reqs: str = Field(
+        "required", pattern="^(?i)(required|optional|none)$",
+        description="verify the Redis server certificate: required, optional or none",
+    )
 
     # -- gateway -------------------------------------------------------------
     gateway_host: str = Field("0.0.0.0")

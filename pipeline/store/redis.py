@@ -165,9 +165,16 @@ def _index_of(state: KeyState | None) -> str:
     return f"{s.session_id}\x1f{s.project}\x1f{s.user_id or ''}"
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A client for ``url``; nothing is sent until first use."""
-    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """A client for ``url``; nothing is sent until first use.
+
+    ``options`` go to redis-py: AUTH and TLS (``password``, ``ssl_ca_certs``,
+    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``), as
+    :func:`pipeline.security.redis_options` builds them from the settings. A
+    ``rediss://`` URL connects with TLS; values in the URL win over ``options``.
+    """
+    options.setdefault("health_check_interval", 30)
+    return aioredis.Redis.from_url(url, decode_responses=False, **options)
 
 
 class RedisStore:

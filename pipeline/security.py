@@ -1,0 +1,340 @@
+"""Secure connections: Kafka SASL/SSL and Redis AUTH/TLS options, built from the settings.
+
+Every Kafka client of the worker and the gateway (the faust app, the sink producer,
+the gateway's publisher, the kafka-python admin of the preflight and of
+``sessionizer status``) and every Redis client takes its options from here, so one
+set of ``SESSIONIZER_*`` variables secures them all:
+
+=====================================  ==============================================
+Kafka                                  ``SESSIONIZER_KAFKA_SECURITY_PROTOCOL``
+                                       (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL),
+                                       ``_SASL_MECHANISM`` (PLAIN, SCRAM-SHA-256,
+                                       SCRAM-SHA-512), ``_SASL_USERNAME``,
+                                       ``_SASL_PASSWORD``, ``_SSL_CAFILE``,
+                                       ``_SSL_CERTFILE``, ``_SSL_KEYFILE``
+Redis                                  the password in ``SESSIONIZER_REDIS_URL``
+                                       (``redis://:pw@host:6379/0``) or
+                                       ``SESSIONIZER_REDIS_PASSWORD``; TLS with a
+                                       ``rediss://`` URL and ``SESSIONIZER_REDIS_SSL_*``
+=====================================  ==============================================
+
+A combination that cannot work (SASL without a user name, a CA file with
+PLAINTEXT, TLS files with a ``redis://`` URL, a file that does not exist) raises
+:class:`~pipeline.exceptions.ConfigError` naming the variable, before anything
+connects. :func:`check_redis` turns Redis's refusals (a wrong or missing password,
+a failed TLS handshake) into a one-line :class:`~pipeline.exceptions.RedisUnavailable`
+saying which variable to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pipeline.config import Settings
+from pipeline.exceptions import ConfigError, RedisUnavailable
+
+__all__ = [
+    "KafkaSecurity",
+    "aiokafka_options",
+    "check_redis",
+    "faust_options",
+    "kafka_python_options",
+    "kafka_security",
+    "redis_address",
+    "redis_options",
+]
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+REDIS_CERT_REQS = ("required", "optional", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """What a Kafka client needs to connect: the protocol, SASL login, TLS context."""
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def _file(variable: str, path: str) -> str:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{variable}={path!r}: no such file; give the path of a PEM file")
+    return path
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """A client TLS context: verifies the brokers (``_SSL_CAFILE`` or the system CAs),
+    presents a client certificate when ``_SSL_CERTFILE`` is set (mutual TLS)."""
+    cafile, certfile, keyfile = (
+        settings.kafka_ssl_cafile.strip(),
+        settings.kafka_ssl_certfile.strip(),
+        settings.kafka_ssl_keyfile.strip(),
+    )
+    if keyfile and not certfile:
+        raise ConfigError(
+            "SESSIONIZER_KAFKA_SSL_KEYFILE is set without SESSIONIZER_KAFKA_SSL_CERTFILE; "
+            "a client key needs its certificate"
+        )
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=_file("SESSIONIZER_KAFKA_SSL_CAFILE", cafile) if cafile else None,
+        )
+    except ssl.SSLError as exc:
+        raise ConfigError(f"SESSIONIZER_KAFKA_SSL_CAFILE={cafile!r}: not a PEM CA bundle ({exc})") from None
+    if certfile:
+        _file("SESSIONIZER_KAFKA_SSL_CERTFILE", certfile)
+        if keyfile:
+            _file("SESSIONIZER_KAFKA_SSL_KEYFILE", keyfile)
+        try:
+            context.load_cert_chain(certfile, keyfile or None)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"SESSIONIZER_KAFKA_SSL_CERTFILE / _KEYFILE: cannot load the client certificate "
+                f"and key ({exc}); give PEM files that belong together"
+            ) from None
+    return context
+
+
+def kafka_security(settings: Settings) -> KafkaSecurity:
+    """The Kafka security settings, checked (raises :class:`ConfigError`)."""
+    protocol = settings.kafka_security_protocol.strip().upper()
+    mechanism = settings.kafka_sasl_mechanism.strip().upper()
+    if protocol not in KAFKA_PROTOCOLS:
+        raise ConfigError(
+            f"SESSIONIZER_KAFKA_SECURITY_PROTOCOL={protocol!r}: expected one of {', '.join(KAFKA_PROTOCOLS)}"
+        )
+    if mechanism not in SASL_MECHANISMS:
+        raise ConfigError(
+            f"SESSIONIZER_KAFKA_SASL_MECHANISM={mechanism!r}: expected one of {', '.join(SASL_MECHANISMS)}"
+        )
+    username = settings.kafka_sasl_username.strip()
+    password = settings.kafka_sasl_password.get_secret_value()
+    files = {
+        "SESSIONIZER_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile.strip(),
+        "SESSIONIZER_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile.strip(),
+        "SESSIONIZER_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile.strip(),
+    }
+    security = KafkaSecurity(protocol=protocol)
+    if not security.uses_ssl:
+        for variable, value in files.items():
+            if value:
+                raise ConfigError(
+                    f"{variable} is set but SESSIONIZER_KAFKA_SECURITY_PROTOCOL is {protocol}; "
+                    "set the protocol to SSL or SASL_SSL, or unset the file"
+                )
+    if not security.uses_sasl:
+        if username or password:
+            raise ConfigError(
+                f"SESSIONIZER_KAFKA_SASL_USERNAME / _PASSWORD are set but "
+                f"SESSIONIZER_KAFKA_SECURITY_PROTOCOL is {protocol}; set it to SASL_SSL "
+                "(or SASL_PLAINTEXT), or unset them"
+            )
+    elif not username or not password:
+        missing = "SESSIONIZER_KAFKA_SASL_USERNAME" if not username else "SESSIONIZER_KAFKA_SASL_PASSWORD"
+        raise ConfigError(f"SESSIONIZER_KAFKA_SECURITY_PROTOCOL={protocol} needs {missing}")
+    return KafkaSecurity(
+        protocol=protocol,
+        mechanism=mechanism if security.uses_sasl else None,
+        username=username or None,
+        password=password or None,
+        ssl_context=kafka_ssl_context(settings) if security.uses_ssl else None,
+    )
+
+
+def aiokafka_options(settings: Settings | KafkaSecurity) -> dict[str, Any]:
+    """Keyword arguments for ``AIOKafkaProducer`` / ``AIOKafkaConsumer`` ({} for PLAINTEXT)."""
+    security = settings if isinstance(settings, KafkaSecurity) else kafka_security(settings)
+    if security.protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": security.protocol}
+    if security.ssl_context is not None:
+        options["ssl_context"] = security.ssl_context
+    if security.uses_sasl:
+        options.update(
+            sasl_mechanism=security.mechanism,
+            sasl_plain_username=security.username,
+            sasl_plain_password=security.password,
+        )
+    return options
+
+
+def kafka_python_options(settings: Settings | KafkaSecurity) -> dict[str, Any]:
+    """Keyword arguments for kafka-python's ``KafkaAdminClient`` / ``KafkaConsumer`` /
+    ``KafkaProducer`` ({} for PLAINTEXT). The names are aiokafka's too."""
+    return aiokafka_options(settings)
+
+
+def faust_options(settings: Settings | KafkaSecurity) -> dict[str, Any]:
+    """Keyword arguments for ``faust.App``: ``broker_credentials`` ({} for PLAINTEXT)."""
+    security = settings if isinstance(settings, KafkaSecurity) else kafka_security(settings)
+    if security.protocol == "PLAINTEXT":
+        return {}
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    if security.uses_sasl:
+        return {
+            "broker_credentials": SASLCredentials(
+                username=security.username,
+                password=security.password,
+                ssl_context=security.ssl_context,
+                mechanism=security.mechanism,
+            )
+        }
+    assert security.ssl_context is not None
+    return {"broker_credentials": SSLCredentials(security.ssl_context)}
+
+
+# -- Redis ---------------------------------------------------------------------------
+
+
+def redis_address(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without the password (for messages)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    path = parts.path.strip("/")
+    return f"{parts.scheme}://{host}:{port}" + (f"/{path}" if path else "")
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``redis.asyncio.Redis.from_url(settings.redis_url, ...)``:
+    the AUTH password from ``SESSIONIZER_REDIS_PASSWORD`` and, for ``rediss://``, the
+    TLS files and verification mode. Raises :class:`ConfigError` for a mix that
+    cannot work."""
+    url = settings.redis_url
+    parts = urlsplit(url)
+    options: dict[str, Any] = {}
+    password = settings.redis_password.get_secret_value()
+    if password:
+        if parts.password:
+            raise ConfigError(
+                "the Redis password is set twice, in SESSIONIZER_REDIS_URL and in "
+                "SESSIONIZER_REDIS_PASSWORD; keep one"
+            )
+        options["password"] = password
+    files = {
+        "SESSIONIZER_REDIS_SSL_CA_CERTS": ("ssl_ca_certs", settings.redis_ssl_ca_certs.strip()),
+        "SESSIONIZER_REDIS_SSL_CERTFILE": ("ssl_certfile", settings.redis_ssl_certfile.strip()),
+        "SESSIONIZER_REDIS_SSL_KEYFILE": ("ssl_keyfile", settings.redis_ssl_keyfile.strip()),
+    }
+    cert_reqs = settings.redis_ssl_cert_reqs.strip().lower()
+    if cert_reqs not in REDIS_CERT_REQS:
+        raise ConfigError(
+            f"SESSIONIZER_REDIS_SSL_CERT_REQS={cert_reqs!r}: expected one of {', '.join(REDIS_CERT_REQS)}"
+        )
+    if parts.scheme != "rediss":
+        for variable, (_, value) in files.items():
+            if value:
+                raise ConfigError(
+                    f"{variable} is set but SESSIONIZER_REDIS_URL is not a rediss:// URL; "
+                    "use rediss://host:port/0 for TLS, or unset it"
+                )
+        return options
+    if files["SESSIONIZER_REDIS_SSL_KEYFILE"][1] and not files["SESSIONIZER_REDIS_SSL_CERTFILE"][1]:
+        raise ConfigError(
+            "SESSIONIZER_REDIS_SSL_KEYFILE is set without SESSIONIZER_REDIS_SSL_CERTFILE; "
+            "a client key needs its certificate"
+        )
+    for variable, (name, value) in files.items():
+        if value:
+            options[name] = _file(variable, value)
+    options["ssl_cert_reqs"] = cert_reqs
+    if cert_reqs == "none":
+        options["ssl_check_hostname"] = False
+    return options
+
+
+def _redis_password_source(url: str) -> str:
+    return (
+        "the password in SESSIONIZER_REDIS_URL"
+        if urlsplit(url).password
+        else "SESSIONIZER_REDIS_PASSWORD (or the URL: redis://:PASSWORD@host:6379/0)"
+    )
+
+
+async def check_redis(client: Any, settings: Settings) -> None:
+    """PING, raising a one-line :class:`RedisUnavailable` that names what to fix:
+    the password variables when Redis refuses the login, the TLS variables when the
+    handshake fails, the URL when nothing answers."""
+    from redis.exceptions import AuthenticationError, ResponseError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    url = settings.redis_url
+    where = redis_address(url)
+    has_password = bool(urlsplit(url).password or settings.redis_password.get_secret_value())
+    try:
+        await client.ping()
+    except AuthenticationError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if has_password:
+            raise RedisUnavailable(
+                f"Redis at {where} refused the password ({reason}); check "
+                f"{_redis_password_source(url)}"
+            ) from None
+        raise RedisUnavailable(
+            f"Redis at {where} requires a password ({reason}); set SESSIONIZER_REDIS_PASSWORD "
+            "or put it in SESSIONIZER_REDIS_URL (redis://:PASSWORD@host:6379/0)"
+        ) from None
+    except ResponseError as exc:
+        if "AUTH" in str(exc).upper():
+            raise RedisUnavailable(
+                f"Redis at {where} has no password set but one was given ({exc}); unset "
+                f"{_redis_password_source(url)}"
+            ) from None
+        raise RedisUnavailable(f"Redis at {where} refused PING ({exc})") from None
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if _is_tls_failure(exc):
+            raise RedisUnavailable(
+                f"TLS with Redis at {where} failed ({text}); check the rediss:// URL and "
+                "SESSIONIZER_REDIS_SSL_CA_CERTS / _CERTFILE / _KEYFILE / _CERT_REQS"
+            ) from None
+        raise RedisUnavailable(
+            f"cannot reach Redis at {where} ({text}); check SESSIONIZER_REDIS_URL and that "
+            "Redis is running"
+        ) from None
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        text = str(seen).lower()
+        if "ssl" in text or "certificate" in text or "tls" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = unquote(parts.username or "")
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    return parts._replace(netloc=netloc).geturl()
