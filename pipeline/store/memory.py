@@ -125,5 +125,11 @@ class MemoryStore:
         found.sort(key=lambda item: item[0], reverse=True)
         return [orjson.loads(record) for _, record in found[:limit]]
 
+    async def get_closed_session(self, session_id: str) -> dict[str, Any] | None:
+        for shard in self.shards.values():
+            if session_id in shard.history:
+                return dict(orjson.loads(shard.history[session_id][1]))
+        return None
+
     async def close(self) -> None:
         pass
