@@ -65,6 +65,7 @@ from pipeline.gateway.mapping import (
 from pipeline.gateway.publisher import Publish, Ready, Record
 from pipeline.gateway.ratelimit import RateLimiter
 from pipeline.gateway.settings import GatewaySettings, load_gateway_settings
+from pipeline.report import setup_report
 
 log = logging.getLogger(__name__)
 
@@ -402,4 +403,5 @@ def create_app(
     app.router.add_post("/v1/events", gateway.spec_events)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/readyz", gateway.readyz)
+    setup_report(app)  # the Sessions report: /sessions, /api/sessions (pipeline.report)
     return app
