@@ -48,8 +48,17 @@ test-faults: venv
 demo: venv
 	$(BIN)/sessionizer dev
 
+# The benchmark (bench/README.md): installs bench/requirements.txt first; BENCH_ARGS passes
+# options through, e.g. make bench BENCH_ARGS="--events 100000 --only a,d"
 bench: venv
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# A tiny run of every phase (about a minute); results in artifacts/bench-smoke
+.PHONY: bench-smoke
+bench-smoke: venv
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(BIN)/python -m bench.run --smoke --out artifacts/bench-smoke $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

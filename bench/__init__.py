@@ -1,0 +1,1 @@
+"""The benchmark harness: ``python -m bench.run`` (``make bench``); see ``bench/README.md``."""

@@ -1,0 +1,337 @@
+"""Benchmark results: derived ratios, ``latest.json``, ``latest.md``, ``latest.png``; py-spy summaries."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+NAMES = {
+    "a": "raw aiokafka + orjson (ceiling)",
+    "b": "Quix Streams session_window",
+    "c": "bare faust agent",
+    "d": "sessionizer worker",
+}
+GOAL_EVENTS_PER_S = 50_000
+GOAL_VS_QUIX = 6.0
+GOAL_VS_RAW = 0.25
+
+
+def derive(results: dict[str, Any]) -> None:
+    """Add the ratios of (d) to the others and the goal checks."""
+    contenders = results.get("contenders", {})
+    d = contenders.get("d", {}).get("events_per_s")
+    ratios: dict[str, float | None] = {}
+    for key in ("a", "b", "c"):
+        other = contenders.get(key, {}).get("events_per_s")
+        ratios[f"d_vs_{key}"] = d / other if d and other else None
+    scaling = results.get("scaling")
+    if scaling and d:
+        scaling["vs_one_worker"] = scaling["events_per_s"] / d
+    results["ratios"] = ratios
+    results["goals"] = {
+        "events_per_s": {"goal": GOAL_EVENTS_PER_S, "value": d,
+                         "met": bool(d and d >= GOAL_EVENTS_PER_S)},
+        "vs_quix": {"goal": GOAL_VS_QUIX, "value": ratios.get("d_vs_b"),
+                    "met": bool(ratios.get("d_vs_b") and ratios["d_vs_b"] >= GOAL_VS_QUIX)},
+        "vs_raw": {"goal": GOAL_VS_RAW, "value": ratios.get("d_vs_a"),
+                   "met": bool(ratios.get("d_vs_a") and ratios["d_vs_a"] >= GOAL_VS_RAW)},
+    }
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    slim = json.loads(json.dumps(results, default=str))
+    for name in ("latency", "latency_light"):
+        if slim.get(name):  # the raw samples go to the plot, not the JSON
+            slim[name].pop("all_ms", None)
+    (out / "latest.json").write_text(json.dumps(slim, indent=2, sort_keys=False) + "\n")
+    (out / "latest.md").write_text(markdown(results))
+    try:
+        plot(results, out / "latest.png")
+    except ImportError as exc:  # matplotlib missing: everything else still stands
+        (out / "latest.png").unlink(missing_ok=True)
+        print(f"no plot: {exc}")
+
+
+# -- markdown --------------------------------------------------------------------------
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    c = results.get("contenders", {})
+    opts = results.get("options", {})
+    work = results.get("workload", {})
+    lines: list[str] = []
+    add = lines.append
+    smoke = " (smoke run: numbers mean nothing)" if opts.get("smoke") else ""
+    add(f"### Benchmark results{smoke}")
+    add("")
+    add(f"Workload: {opts.get('users', 0):,} users, {work.get('events_sent', 0):,} events in "
+        f"{work.get('records', 0):,} records ({work.get('batch_records', 0):,} client batches, "
+        f"{work.get('heartbeats', 0):,} heartbeats, {work.get('duplicates', 0):,} duplicates, "
+        f"{work.get('out_of_order', 0):,} late, {work.get('bad_records', 0):,} bad records; "
+        f"{work.get('sessions_started', 0):,} sessions, {work.get('sessions_ended_by_client', 0):,} "
+        f"ended by the client), {work.get('arrival_span_s', 0)} s of traffic, "
+        f"{opts.get('partitions')} partitions, seed {opts.get('seed')}; worker inactivity timeout "
+        f"{opts.get('inactivity_timeout_s', 0):g} s.")
+    add("")
+    ratios = results.get("ratios", {})
+    scaling = results.get("scaling")
+    if c or scaling:
+        add("| contender | events/s | (d) ÷ this | CPU s per 100k events | peak RSS "
+            "| broker CPU s per 100k | other load |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for key in ("a", "b", "c", "d"):
+        if key not in c:
+            continue
+        r = c[key]
+        ratio = "1.00x" if key == "d" else _x(ratios.get(f"d_vs_{key}"))
+        add(f"| ({key}) {NAMES[key]} | {_n(r['events_per_s'])} | {ratio} | {_n(r['cpu_s_per_100k'], 2)} "
+            f"| {_mib(r['peak_rss_bytes'])} | {_n(r.get('broker_cpu_s_per_100k'), 2)} "
+            f"| {_n(r.get('other_processes_cores'), 2)} |")
+    if scaling:
+        add(f"| (d) 2 worker processes | {_n(scaling['events_per_s'])} | "
+            f"{_x(scaling.get('vs_one_worker'))} of one | {_n(scaling['cpu_s_per_100k'], 2)} "
+            f"| {_mib(scaling['peak_rss_bytes'])} each at most | {_n(scaling.get('broker_cpu_s_per_100k'), 2)} "
+            f"| {_n(scaling.get('other_processes_cores'), 2)} |")
+    if c or scaling:
+        add("")
+        add("events/s: events (a batch record counts its elements) from partitions assigned "
+            "(Quix: its first record) to the last record processed (the worker: its applied "
+            "offsets in Redis at the end of the input). CPU: user + system of the contender's "
+            "process(es) in that window. Other load: cores used meanwhile by processes outside "
+            "the benchmark.")
+    goals = results.get("goals", {})
+    if goals and "d" in c:
+        add("")
+        marks = {True: "met", False: "**not met**"}
+        g = goals
+        add(f"Goals: ≥ {GOAL_EVENTS_PER_S:,} events/s: {_n(g['events_per_s']['value'])} "
+            f"({marks[g['events_per_s']['met']]}); ≥ {GOAL_VS_QUIX:g}x Quix: {_x(g['vs_quix']['value'])} "
+            f"({marks[g['vs_quix']['met']]}); ≥ {GOAL_VS_RAW:g}x raw: {_x(g['vs_raw']['value'])} "
+            f"({marks[g['vs_raw']['met']]}).")
+    d = c.get("d")
+    if d:
+        redis = d.get("redis", {})
+        out = d.get("outputs", {})
+        add("")
+        add(f"Worker (d): {d['seconds']:.1f} s for the input after {d.get('startup_s', 0):.1f} s of "
+            f"start-up; Redis CPU {_n(d.get('redis_cpu_s_per_100k'), 2)} s per 100k events; "
+            f"{out.get('session_records', 0):,} session records out ({_closes(out.get('close_reasons', {}))}), "
+            f"{out.get('dead_letters', 0):,} dead letters; Redis afterwards: "
+            f"{redis.get('open_sessions', 0):,} open sessions, {redis.get('history_sessions', 0):,} closed "
+            f"in the history, used_memory {_mib(redis.get('used_memory'))} = "
+            f"{_n(redis.get('bytes_per_open_session'))} bytes per open session (history included).")
+    lat = results.get("latency")
+    if lat:
+        add("")
+        add(f"Close latency under load (deadline to the closed record read from the sessions topic), "
+            f"live load {_n(lat['achieved_events_per_s'])} events/s for {lat['seconds']:.0f} s "
+            f"(worker CPU {_n((lat.get('worker_cpu_share') or 0) * 100)} % of a core), "
+            f"{lat['probe_sessions']:,} probe sessions:")
+        add("")
+        add("| live load | close | deadline | p50 | p99 | max | seen |")
+        add("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
+        for point in (lat, results.get("latency_light")):
+            if not point:
+                continue
+            for kind, deadline in (("timeout", f"last arrival + {point['probe_timeout_s']:g} s"),
+                                   ("ended", "arrival of the sessionend")):
+                s = point[kind]
+                add(f"| {_n(point['achieved_events_per_s'])} events/s | {kind} | {deadline} | "
+                    f"{_n(s['p50_ms'])} ms | {_n(s['p99_ms'])} ms | {_n(s['max_ms'])} ms | "
+                    f"{s['seen']:,} of {s['probes']:,} |")
+        light = results.get("latency_light")
+        if light:
+            add("")
+            add(f"The light-load row is a reference: {_n(light['achieved_events_per_s'])} events/s, "
+                f"worker CPU {_n((light.get('worker_cpu_share') or 0) * 100)} % of a core.")
+    mem = results.get("memory")
+    if mem and mem.get("points"):
+        add("")
+        add("Memory (fresh worker and Redis; each session opened by one `session` event with "
+            "environment and request data):")
+        add("")
+        add("| open sessions | Redis used_memory | bytes per session | worker RSS |")
+        add("| ---: | ---: | ---: | ---: |")
+        for point in mem["points"]:
+            add(f"| {point['open_sessions']:,} | {_mib(point['used_memory'])} | "
+                f"{_n(point.get('bytes_per_open_session'))} | {_mib(point['worker_rss_bytes'])} |")
+        bound = mem.get("cache_bound") or {}
+        if bound:
+            add("")
+            add(f"Key states the worker holds in memory: {bound.get('text')}.")
+    m = results.get("machine", {})
+    if m:
+        add("")
+        packages = ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())
+        add(f"Machine: {m.get('cpu', '?')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, "
+            f"Linux {m.get('kernel')}, Python {m.get('python')}; redis-server {m.get('redis_server')}, "
+            f"{m.get('tansu', 'tansu')}; {packages}. Broker, Redis, contender and harness share the machine. "
+            f"Run {results.get('generated_at')} at {m.get('commit', '?')}, {results.get('duration_s')} s.")
+    return "\n".join(lines) + "\n"
+
+
+def _closes(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in reasons.items()) or "none"
+
+
+# -- plot -------------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    c = results.get("contenders", {})
+    labels, values = [], []
+    for key in ("a", "b", "c", "d"):
+        if key in c:
+            labels.append(f"({key}) {NAMES[key]}")
+            values.append(c[key]["events_per_s"])
+    if results.get("scaling"):
+        labels.append("(d) 2 worker processes")
+        values.append(results["scaling"]["events_per_s"])
+    lat = results.get("latency")
+    fig, axes = plt.subplots(1, 2 if lat else 1, figsize=(13 if lat else 8, 4.8), squeeze=False)
+    ax = axes[0][0]
+    colors = ["#888888", "#4c72b0", "#dd8452", "#55a868", "#2d7a3e"][: len(values)]
+    bars = ax.barh(labels[::-1], values[::-1], color=colors[::-1])
+    for bar, value in zip(bars, values[::-1], strict=True):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}",
+                va="center", fontsize=9)
+    ax.axvline(GOAL_EVENTS_PER_S, color="#c44e52", linestyle="--", linewidth=1)
+    ax.text(GOAL_EVENTS_PER_S, -0.6, " goal 50k", color="#c44e52", fontsize=8, va="bottom")
+    ax.set_xlabel("events/s (one process each unless noted)")
+    ax.set_title("Throughput, same input, same broker")
+    ax.set_xlim(0, max([*values, GOAL_EVENTS_PER_S]) * 1.25)
+    if lat:
+        ax2 = axes[0][1]
+        drawn = False
+        for point, style in ((lat, "-"), (results.get("latency_light"), ":")):
+            if not point:
+                continue
+            for kind, color in (("timeout", "#4c72b0"), ("ended", "#dd8452")):
+                values_ms = [max(v, 1.0) for v in point.get("all_ms", {}).get(kind, [])]
+                if not values_ms:
+                    continue
+                ordered = sorted(values_ms)
+                ys = [(i + 1) / len(ordered) for i in range(len(ordered))]
+                s = point[kind]
+                ax2.plot(ordered, ys, style, color=color,
+                         label=f"{kind} @ {point['achieved_events_per_s']:,.0f}/s: p50 {s['p50_ms']:,.0f} ms, "
+                               f"p99 {s['p99_ms']:,.0f} ms")
+                drawn = True
+        if drawn:
+            ax2.set_xscale("log")
+            ax2.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            ax2.legend(loc="upper left", fontsize=8)
+            ax2.set_ylim(0, 1.02)
+        ax2.set_xlabel("deadline → closed record seen on the sessions topic (ms)")
+        ax2.set_ylabel("share of probe sessions")
+        ax2.set_title(f"Close latency under {lat['achieved_events_per_s']:,.0f} events/s live load")
+        ax2.grid(True, alpha=0.3)
+    machine = results.get("machine", {})
+    fig.suptitle(f"sessionizer benchmark, {machine.get('cores')} cores ({machine.get('cpu', '')})",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- py-spy ------------------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _short(frame: str) -> str:
+    found = _FRAME.match(frame.strip())
+    if not found:
+        return frame.strip()
+    path = found["file"]
+    for marker in ("site-packages/", "/lib/python3", "/work/main/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{found['func']} ({path})"
+
+
+def hotspots(collapsed: str, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive shares per function from py-spy's ``--format raw`` output."""
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    by_area: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
+        if not frames:
+            continue
+        total += count
+        names = [_short(f) for f in frames]
+        self_time[names[-1]] += count
+        for name in {n for n, f in zip(names, frames, strict=True) if _area(f) not in _FRAMEWORK}:
+            inclusive[name] += count
+        by_area[_area(frames[-1])] += count
+
+    def rows(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [{"function": k, "samples": v, "percent": round(100 * v / total, 1) if total else 0}
+                for k, v in counter.most_common(top)]
+
+    return {"samples": total, "self": rows(self_time), "inclusive": rows(inclusive),
+            "by_area": rows(by_area)}
+
+
+_FRAMEWORK = {"asyncio", "mode", "faust", "other", "threading / click / runpy"}
+
+
+def _area(frame: str) -> str:
+    if "(<string>" in frame:
+        return ("fastjsonschema (compiled validator)" if frame.startswith("validate")
+                else "generated code (dataclass __init__ ...)")
+    for needle, area in (("threading.py", "threading / click / runpy"), ("click/", "threading / click / runpy"),
+                         ("runpy", "threading / click / runpy"), ("(sessionizer)", "threading / click / runpy"),
+                         ("pipeline/cli.py", "threading / click / runpy"),
+                         ("pipeline/core", "pipeline.core (sessionizer engine, parse)"),
+                         ("pipeline/store", "pipeline.store (Redis store)"),
+                         ("pipeline/worker", "pipeline.worker (processor, sink, app)"),
+                         ("orjson", "orjson"), ("fastjsonschema", "fastjsonschema"), ("msgpack", "msgpack"),
+                         ("redis/", "redis-py"), ("aiokafka", "aiokafka"), ("faust", "faust"),
+                         ("mode/", "mode"), ("asyncio", "asyncio"), ("selectors.py", "asyncio"),
+                         ("hashlib", "hashlib"), ("json", "json")):
+        if needle in frame:
+            return area
+    return "other"
+
+
+def hotspots_text(summary: dict[str, Any]) -> str:
+    out = [f"py-spy samples: {summary['samples']:,} (non-idle threads of the worker)", ""]
+    for title, key in (("by area (self time)", "by_area"), ("self time", "self"),
+                       ("inclusive (self + callees; event loop, threads and CLI frames left out)", "inclusive")):
+        out.append(f"== {title}")
+        for row in summary[key]:
+            out.append(f"{row['percent']:5.1f}%  {row['function']}")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,82 @@
+"""The benchmark keeps working: a tiny run of every phase, end to end, speed not judged.
+
+``python -m bench.run --smoke`` (500 users, 5,000 events, 10,000 open sessions) starts
+its own broker and redis-server and runs all four contenders, two workers, the
+live close-latency phase and the memory phase. This checks that the result files
+are written and that every number that must be positive is; it asserts nothing
+about how fast anything is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MISSING = [name for name in ("quixstreams", "confluent_kafka", "matplotlib", "psutil")
+           if importlib.util.find_spec(name) is None]
+
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"the benchmark's packages are not installed ({', '.join(MISSING)}): "
+    "pip install -r bench/requirements.txt",
+)
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and value > 0
+
+
+@pytest.mark.timeout(280)
+def test_bench_smoke_runs_every_phase(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=260,
+    )
+    assert proc.returncode == 0, f"bench.run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+
+    for name in ("latest.json", "latest.md", "latest.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    results = json.loads((out / "latest.json").read_text())
+    work = results["workload"]
+    assert work["events_sent"] == 5000 and work["records"] > 0
+    for key in ("a", "b", "c", "d"):
+        contender = results["contenders"][key]
+        assert contender["events"] == work["events_sent"], key
+        for field in ("events_per_s", "seconds", "cpu_s_per_100k", "peak_rss_bytes"):
+            assert positive(contender[field]), (key, field, contender[field])
+    for ratio in ("d_vs_a", "d_vs_b", "d_vs_c"):
+        assert positive(results["ratios"][ratio]), ratio
+
+    worker = results["contenders"]["d"]
+    assert positive(worker["redis"]["open_sessions"])
+    assert positive(worker["redis"]["bytes_per_open_session"])
+    assert positive(worker["outputs"]["session_records"])
+    assert positive(worker["outputs"]["dead_letters"])  # the workload has bad records
+
+    scaling = results["scaling"]
+    assert scaling["workers"] == 2
+    assert positive(scaling["events_per_s"]) and positive(scaling["vs_one_worker"])
+
+    latency = results["latency"]
+    for kind in ("timeout", "ended"):
+        assert latency[kind]["seen"] > 0, kind
+        assert latency[kind]["p50_ms"] is not None and latency[kind]["p99_ms"] is not None, kind
+    assert latency["wrong_close_reason"] == 0
+
+    points = results["memory"]["points"]
+    assert [p["open_sessions"] for p in points] == [0, 1_000, 10_000]
+    assert all(positive(p["worker_rss_bytes"]) for p in points)
+    assert positive(points[-1]["bytes_per_open_session"])
+
+    table = (out / "latest.md").read_text()
+    assert "sessionizer worker" in table and "Quix Streams" in table
