@@ -45,8 +45,11 @@ class KafkaPublisher:
         *,
         timeout_s: float = 10.0,
         max_request_size: int = 1024 * 1024,
+        **client: object,
     ) -> None:
+        """``client`` options go to aiokafka (security: :func:`pipeline.security.aiokafka_options`)."""
         self.bootstrap = bootstrap
+        self._client = client
         self.topic = topic
         self.timeout_s = timeout_s
         self._max_request_size = max_request_size
@@ -62,6 +65,7 @@ class KafkaPublisher:
             request_timeout_ms=max(1000, int(self.timeout_s * 1000)),
             max_request_size=self._max_request_size,
             client_id="sessionizer-gateway",
+            **self._client,
         )
         aiokafka_log = logging.getLogger("aiokafka")
         level = aiokafka_log.level

@@ -13,6 +13,9 @@ from pipeline.exceptions import ConfigError
 from pipeline.gateway.app import create_app
 from pipeline.gateway.publisher import KafkaPublisher
 from pipeline.gateway.settings import GatewaySettings, load_gateway_settings
+from pipeline.logs import configure_logging
+from pipeline.metrics import GatewayMetrics
+from pipeline.security import aiokafka_options
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,7 @@ def run_gateway(
     (one line for the CLI) when a setting is wrong or the broker cannot be reached."""
     settings = settings or load_settings()
     gateway_settings = gateway_settings or load_gateway_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     if not settings.api_key_map:
         raise ConfigError(
             "SESSIONIZER_API_KEYS is empty, so the gateway would refuse every request; "
@@ -42,15 +42,18 @@ async def _serve(settings: Settings, gateway_settings: GatewaySettings) -> None:
         settings.events_topic,
         timeout_s=gateway_settings.publish_timeout,
         max_request_size=max(1024 * 1024, gateway_settings.max_body_bytes + 64 * 1024),
+        **aiokafka_options(settings),
     )
     await publisher.start()
+    metrics = GatewayMetrics()
     app = create_app(
         settings.api_key_map,
-        publisher,
+        metrics.instrument(publisher),
         settings=gateway_settings,
         max_event_bytes=settings.max_event_bytes,
         ready=publisher.ready,
     )
+    metrics.install(app)  # GET /metrics, and every request counted
     runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()

@@ -5,6 +5,9 @@ consumer's fetch loop (``_drain_messages``) hands each fetched batch to
 :class:`Runtime`, which owns offsets and commits itself: the applied offset per
 partition lives in Redis (written atomically with the state it covers), and
 Kafka's committed offset follows it for lag monitoring.
+
+The faust web server serves ``GET /healthz``, ``GET /stats`` and ``GET /metrics``
+(Prometheus, :mod:`pipeline.metrics`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.config import Settings
 from pipeline.exceptions import FencedError
-from pipeline.store.redis import RedisStore
+from pipeline.metrics import WorkerMetrics
+from pipeline.security import aiokafka_options, check_redis, faust_options, redis_options
+from pipeline.status import WORKER_RETENTION_S, worker_entry, workers_key
+from pipeline.store.redis import RedisStore, connect
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
 from pipeline.worker.routing import Router
 from pipeline.worker.sink import KafkaSink
@@ -47,12 +53,16 @@ class Runtime:
             sessions=settings.sessions_topic,
             updates=settings.updates_topic,
         )
-        self.store = RedisStore.from_url(
-            settings.redis_url, settings.redis_key_prefix,
+        self.metrics = WorkerMetrics()
+        self.store = RedisStore(
+            connect(settings.redis_url, **redis_options(settings)), settings.redis_key_prefix,
             history_retention_ms=round(settings.history_retention * 1000),
             history_max=settings.history_max_sessions,
         )
-        self.sink = KafkaSink(settings.kafka_bootstrap, self.topics, settings.kafka_idempotence)
+        self.sink = KafkaSink(
+            settings.kafka_bootstrap, self.topics, settings.kafka_idempotence, **aiokafka_options(settings)
+        )
+        self.sink.on_sent.append(self.metrics.on_sent)
         self.processors: dict[int, PartitionProcessor] = {}
         self.router: Router | None = None
         self.lock = asyncio.Lock()
@@ -63,10 +73,12 @@ class Runtime:
         self._expect: dict[TP, int] = {}  # first offset due after a claim (gap check)
         self.totals: defaultdict[str, int] = defaultdict(int)
         self.on_batch_hooks: list[Any] = []
+        self.web_url = ""  # set by build_app; announced for `sessionizer status`
+        self._last_prune = 0.0
 
     async def start(self) -> None:
         if not self.started:
-            await self.store.ping()
+            await check_redis(self.store.client, self.settings)
             await self.sink.start()
             self.started = True
 
@@ -92,13 +104,15 @@ class Runtime:
                     self._drop(partition)
             for partition in sorted(wanted - set(self.processors)):
                 await self._take(partition)
+        self.metrics.partitions.set(len(self.processors))
         log.info("assigned partitions %s", sorted(self.processors))
 
     async def _take(self, partition: int) -> None:
         assert self.router is not None
-        claim = await self.store.claim(partition)
+        store = self.metrics.timed(self.store)
+        claim = await store.claim(partition)
         processor = PartitionProcessor(
-            claim, rules=self.settings.rules, store=self.store, sink=self.sink,
+            claim, rules=self.settings.rules, store=store, sink=self.sink,
             topics=self.topics, router=self.router, on_batch=self._on_batch,
             project_rules=self.settings.project_rules,
             updates_interval_s=self.settings.updates_interval or None,
@@ -113,20 +127,25 @@ class Runtime:
                 resume = earliest.get(tp) or 0
             await consumer.seek(tp, resume)
             self._expect[tp] = resume
-        await processor.recover_outbox()
+        resent = await processor.recover_outbox()
         self.processors[partition] = processor
+        self.metrics.claims.inc()
+        self.metrics.outbox_resent.inc(resent)
+        self.metrics.epoch.labels(str(partition)).set(claim.epoch)
         log.info("partition %d: epoch %d, resuming at %s", partition, claim.epoch, claim.offsets)
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         async with self.lock:
             for partition in self._partitions_of(revoked):
                 self._drop(partition)
+            self.metrics.partitions.set(len(self.processors))
 
     def _drop(self, partition: int) -> None:
         if self.processors.pop(partition, None) is not None:
             self.store.release(partition)
             for topic in (self.topics.events, self.topics.repartition):
                 self._expect.pop(TP(topic, partition), None)
+            self.metrics.forget_partition(partition, (self.topics.events, self.topics.repartition))
             log.info("partition %d: released", partition)
 
     # -- batches -------------------------------------------------------------------
@@ -145,7 +164,7 @@ class Runtime:
                     continue
                 by_partition[tp.partition].extend(batch)
             if by_partition:
-                await asyncio.gather(*(self._guarded(p, self.processors[p].process, rs) for p, rs in by_partition.items()))
+                await asyncio.gather(*(self._guarded(p, self._process, rs) for p, rs in by_partition.items()))
             now = time.monotonic()
             if now - self._last_tick >= self.tick_interval:
                 self._last_tick = now
@@ -153,6 +172,12 @@ class Runtime:
             if now - self._last_commit >= 1.0:
                 self._last_commit = now
                 await self._commit_kafka()
+
+    async def _process(self, records: list[Any]) -> None:
+        """One partition's batch (all ``records`` are of one partition), timed."""
+        started = time.perf_counter()
+        await self.processors[records[0].partition].process(records)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _tick(self) -> None:
         consumer = self.app.consumer
@@ -181,9 +206,12 @@ class Runtime:
                 return
             except FencedError as exc:
                 log.warning("%s", exc)
+                self.metrics.partition_errors.labels("fenced").inc()
                 self._drop(partition)
+                self.metrics.partitions.set(len(self.processors))
                 return
             except TRANSIENT as exc:
+                self.metrics.partition_errors.labels("transient").inc()
                 log.warning("partition %d: transient failure (%s); retrying in %.1fs", partition, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -192,6 +220,7 @@ class Runtime:
                 # is consistent (the outbox holds what was not acknowledged), so
                 # re-claim the partition, which resends the outbox, and go on
                 log.exception("partition %d: %s; re-claiming it", partition, exc)
+                self.metrics.partition_errors.labels("reclaim").inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 self._drop(partition)
@@ -223,8 +252,68 @@ class Runtime:
             totals[f"rejected:{code}"] += n
         for reason, n in stats.closed.items():
             totals[f"closed:{reason}"] += n
+        self.metrics.observe_batch(stats)
         for hook in self.on_batch_hooks:
             hook(stats)
+
+    # -- gauges ----------------------------------------------------------------------
+    @staticmethod
+    async def _prune_workers(client: Any, workers: str, now_ms: int) -> None:
+        """Forget workers not heard of for WORKER_RETENTION_S (stopped or crashed)."""
+        import orjson
+
+        stale = []
+        for field, value in (await client.hgetall(workers)).items():
+            try:
+                seen_ms = int(orjson.loads(value)["seen_ms"])
+            except (ValueError, KeyError, TypeError):
+                seen_ms = 0
+            if now_ms - seen_ms > WORKER_RETENTION_S * 1000:
+                stale.append(field)
+        if stale:
+            await client.hdel(workers, *stale)
+    async def refresh_gauges(self) -> None:
+        """Open sessions (HLEN of each owned partition's open hash, one round trip),
+        consumer lag and stream-clock delay of each owned partition; and this worker's
+        entry in the workers hash that ``sessionizer status`` reads."""
+        metrics, processors = self.metrics, dict(self.processors)
+        now_ms = time.time_ns() // 1_000_000
+        consumer = self.app.consumer
+        for partition, processor in processors.items():
+            label = str(partition)
+            for topic in (self.topics.events, self.topics.repartition):
+                try:
+                    high = consumer.highwater(TP(topic, partition))
+                except Exception:
+                    high = None
+                if high is not None:
+                    resume = processor.resume_offset(topic) or 0
+                    metrics.lag.labels(topic, label).set(max(0, high - resume))
+            if processor.clock_ms > 0:
+                metrics.stream_delay.labels(label).set(max(0, now_ms - processor.clock_ms) / 1000)
+        client, keys = getattr(self.store, "client", None), getattr(self.store, "keys", None)
+        if client is None or keys is None:
+            return
+        workers = workers_key(self.settings.redis_key_prefix)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for partition in processors:
+                pipe.hlen(keys.open(partition))
+            worker_id, entry = worker_entry(
+                sorted(processors), {p: processors[p].epoch for p in processors}, self.web_url,
+                self.settings.metrics_interval, now_ms,
+            )
+            pipe.hset(workers, worker_id, entry)
+            counts = (await pipe.execute())[: len(processors)]
+            if time.monotonic() - self._last_prune >= 60:
+                self._last_prune = time.monotonic()
+                await self._prune_workers(client, workers, now_ms)
+        except Exception as exc:  # monitoring only; the next refresh tries again
+            log.debug("open-session gauge not refreshed: %s", exc)
+            return
+        for partition, count in zip(processors, counts, strict=True):
+            if partition in self.processors:
+                metrics.open_sessions.labels(str(partition)).set(int(count))
 
 
 class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -288,10 +377,18 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _advertised(host: str) -> str:
+    """The host name others reach this worker's web server by."""
+    import socket
+
+    return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+
 def build_app(settings: Settings) -> SessionizerApp:
     web_port = settings.web_port or free_port(settings.web_host)
     app = SessionizerApp(
         settings.consumer_group,
+        **faust_options(settings),
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         autodiscover=False,
         web_enabled=True,
@@ -310,6 +407,7 @@ def build_app(settings: Settings) -> SessionizerApp:
     )
     runtime = Runtime(app, settings)
     app.sessionizer = runtime  # type: ignore[attr-defined]
+    runtime.web_url = f"http://{_advertised(settings.web_host)}:{web_port}"
     for name in (settings.events_topic, settings.repartition_topic):
         app.topics.add(app.topic(name, key_serializer="raw", value_serializer="raw"))
 
@@ -328,5 +426,17 @@ def build_app(settings: Settings) -> SessionizerApp:
     @app.page("/stats")
     async def stats(web: Any, request: Any) -> Any:
         return web.json({"partitions": sorted(runtime.processors), "totals": dict(runtime.totals)})
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        body, content_type = runtime.metrics.exposition()
+        return web.bytes(body, headers={"Content-Type": content_type})
+
+    @app.timer(settings.metrics_interval, name="sessionizer-gauges")  # type: ignore[untyped-decorator]
+    async def _gauges() -> None:
+        try:
+            await runtime.refresh_gauges()
+        except Exception:  # monitoring only: never take the worker down for it
+            log.exception("refreshing the gauges failed")
 
     return app

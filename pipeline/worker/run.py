@@ -3,11 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from typing import Any
 
 from pipeline.config import Settings, load_settings
-from pipeline.exceptions import BrokerUnavailable, ConfigError
-from pipeline.store.redis import RedisStore
+from pipeline.exceptions import BrokerUnavailable, ConfigError, ServiceStartError
+from pipeline.security import check_redis, kafka_python_options, kafka_security, redis_options
+from pipeline.store.redis import connect
+
+
+def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) -> dict[str, int]:
+    """Create the missing topics of ``wanted`` (``{name: partitions}``) with the worker's
+    Kafka security settings; ``{name: partition count}`` as the broker reports them
+    (an existing topic keeps its count). Like :func:`pipeline.services.create_topics`."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="sessionizer-admin",
+        request_timeout_ms=int(timeout * 1000),
+        **kafka_python_options(settings),
+    )
+    try:
+        for name, count in wanted.items():
+            new = NewTopic(name, count, settings.topic_replication, topic_configs={"retention.ms": "-1"})
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([new])
+        while True:
+            found: dict[str, int] = {}
+            for info in admin.describe_topics(list(wanted)):
+                name = info.get("name", info.get("topic"))
+                parts: list[Any] = info.get("partitions") or []
+                if info.get("error_code", 0) == 0 and parts:
+                    found[name] = len(parts)
+            if set(wanted) <= set(found):
+                return {name: found[name] for name in wanted}
+            if time.monotonic() >= deadline:
+                raise ServiceStartError(
+                    f"topics {sorted(set(wanted) - set(found))} not visible after {timeout:.0f}s"
+                )
+            time.sleep(0.05)
+    finally:
+        admin.close()
 
 
 def preflight(settings: Settings) -> dict[str, int]:
@@ -18,31 +60,34 @@ def preflight(settings: Settings) -> dict[str, int]:
     """
     from kafka.errors import KafkaError
 
-    from pipeline.exceptions import ServiceStartError
-    from pipeline.services import create_topics
+    security = kafka_security(settings)  # a bad combination fails here, naming the variable
+    redis_kwargs = redis_options(settings)
 
     async def ping_redis() -> None:
-        store = RedisStore.from_url(settings.redis_url, settings.redis_key_prefix)
+        client = connect(settings.redis_url, **redis_kwargs)
         try:
-            await store.ping()
+            await check_redis(client, settings)
         finally:
-            await store.close()
+            await client.aclose()
 
     asyncio.run(ping_redis())
     try:
-        counts = create_topics(settings.kafka_bootstrap, {settings.events_topic: settings.topic_partitions},
-                               replication=settings.topic_replication, timeout=10)
+        counts = create_topics(settings, {settings.events_topic: settings.topic_partitions}, timeout=10)
         partitions = counts[settings.events_topic]
         counts.update(create_topics(
-            settings.kafka_bootstrap,
+            settings,
             {settings.repartition_topic: partitions, settings.sessions_topic: partitions,
              settings.dlq_topic: partitions},
-            replication=settings.topic_replication, timeout=15,
+            timeout=15,
         ))
     except (KafkaError, OSError, TimeoutError, ServiceStartError) as exc:
+        secured = (
+            f", the SESSIONIZER_KAFKA_SECURITY_PROTOCOL ({security.protocol}) / _SASL_* / _SSL_* settings"
+            if security.protocol != "PLAINTEXT" else ""
+        )
         raise BrokerUnavailable(
             f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc.__class__.__name__}); "
-            "check SESSIONIZER_KAFKA_BOOTSTRAP and that the broker is running"
+            f"check SESSIONIZER_KAFKA_BOOTSTRAP{secured} and that the broker is running"
         ) from None
     if counts[settings.repartition_topic] != counts[settings.events_topic]:
         raise ConfigError(
@@ -56,6 +101,7 @@ def preflight(settings: Settings) -> dict[str, int]:
 def run_worker(settings: Settings | None = None) -> None:
     import faust
 
+    from pipeline.logs import worker_logging_config
     from pipeline.worker.app import build_app
 
     settings = settings or load_settings()
@@ -64,5 +110,8 @@ def run_worker(settings: Settings | None = None) -> None:
     app = build_app(settings)
     level = settings.log_level.upper()
     logging.getLogger("pipeline").setLevel(level)
-    worker = faust.Worker(app, loglevel=level)
+    logging_config = worker_logging_config(settings)
+    # JSON logs: no start-up banner either, so every line of output is one JSON object
+    worker = faust.Worker(app, loglevel=level, logging_config=logging_config,
+                          quiet=logging_config is not None)
     worker.execute_from_commandline()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -22,6 +23,10 @@ class KafkaSink:
     plain acks=all when the broker refuses InitProducerId, as the embedded
     broker's memory engine does). Either way repeats after a crash are
     possible and recognisable (see :mod:`pipeline.worker.outbox`).
+
+    ``client`` options go to aiokafka (security: :func:`pipeline.security.aiokafka_options`).
+    Each function in ``on_sent`` is called after every acknowledged :meth:`send` with
+    the messages and the seconds the broker took (the worker's metrics).
     """
 
     def __init__(self, bootstrap: str, topics: Topics, idempotence: str = "auto", **client: object) -> None:
@@ -30,6 +35,7 @@ class KafkaSink:
         self.idempotence = idempotence
         self.client = client
         self.producer: AIOKafkaProducer | None = None
+        self.on_sent: list[Callable[[Sequence[Outgoing], float], None]] = []
         self._by_kind = {SESSION: topics.sessions, DEAD_LETTER: topics.dlq, FORWARD: topics.repartition,
                          UPDATE: topics.updates}
 
@@ -66,6 +72,7 @@ class KafkaSink:
         producer = self.producer
         if producer is None:
             raise RuntimeError("KafkaSink.send before start()")
+        started = time.perf_counter()
         futures = []
         for m in messages:
             headers = [(ORIGIN_HEADER, m.origin.encode())] if m.origin else None
@@ -77,6 +84,9 @@ class KafkaSink:
             )
         if futures:
             await asyncio.gather(*futures)
+            elapsed = time.perf_counter() - started
+            for hook in self.on_sent:
+                hook(messages, elapsed)
 
     async def stop(self) -> None:
         if self.producer is not None:

@@ -172,6 +172,20 @@ def test_faust_gets_credentials_aiokafka_understands(pki: dict[str, str]) -> Non
     assert credentials_to_aiokafka_auth(tls)["security_protocol"] == "SSL"
 
 
+def test_the_worker_app_and_sink_take_the_security_settings(pki: dict[str, str]) -> None:
+    from pipeline.worker.app import build_app
+
+    settings = Settings(
+        kafka_security_protocol="SASL_SSL", kafka_sasl_username="u", kafka_sasl_password="p",
+        kafka_ssl_cafile=pki["ca"], redis_password="rpw", web_port=1,
+    )
+    app = build_app(settings)
+    assert app.conf.broker_credentials is not None
+    runtime = app.sessionizer  # type: ignore[attr-defined]
+    assert runtime.sink.client["security_protocol"] == "SASL_SSL"
+    assert runtime.store.client.connection_pool.connection_kwargs["password"] == "rpw"
+
+
 # -- Redis --------------------------------------------------------------------------
 
 

@@ -1,0 +1,168 @@
+"""A real ``sessionizer worker`` process serves its metrics at ``GET /metrics`` and, with
+``SESSIONIZER_LOG_FORMAT=json``, logs nothing but JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.config import Settings
+from pipeline.services import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        env[f"SESSIONIZER_{name.upper()}"] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def sessionizer() -> list[str]:
+    script = Path(sys.executable).parent / "sessionizer"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+
+
+class Worker:
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings, self.log_path = settings, log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*sessionizer(), "worker"], cwd=REPO, env=settings_env(settings),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while "assigned partitions [0" not in self.log():
+            assert self.proc.poll() is None, f"worker exited:\n{self.log()[-3000:]}"
+            assert time.monotonic() < deadline, f"worker not ready:\n{self.log()[-3000:]}"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def worker(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Worker]:
+    settings = settings_factory(
+        redis_key_prefix=f"metrics-{uuid.uuid4().hex[:8]}",
+        web_port=free_port(),
+        metrics_interval=0.5,
+        inactivity_timeout=2,
+        log_format="json",
+    )
+    process = Worker(settings, tmp_path / "worker.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def scrape(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """The sum of ``name`` over the series that have ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+def test_the_worker_serves_its_metrics(worker: Worker) -> None:
+    settings = worker.settings
+    now_ms = int(time.time() * 1000)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    records: list[tuple[str, Any]] = []
+    for i in range(5):
+        user = f"metrics-user-{i}"
+        records.append((user, {"type": "session", "timestamp": now_ms, "user_id": user}))
+        records.append((user, {"type": "usage", "timestamp": now_ms + 10, "user_id": user, "source": "cart"}))
+    records.append(("metrics-user-9", {"type": "checkout-v2", "timestamp": now_ms, "user_id": "metrics-user-9"}))
+    records.append(("metrics-user-8", b"{not json"))
+    try:
+        for key, body in records:
+            value = body if isinstance(body, bytes) else orjson.dumps(body)
+            producer.send(settings.events_topic, key=key.encode(), value=value)
+            producer.flush(30)
+    finally:
+        producer.close(5)
+
+    # all six sessions go idle and close 2 s after their last arrival
+    deadline = time.monotonic() + 30
+    while True:
+        samples = scrape(settings)
+        closed = total(samples, "sessionizer_sessions_closed_total", reason="timeout")
+        if closed >= 6 and total(samples, "sessionizer_open_sessions") == 0:
+            break
+        assert time.monotonic() < deadline, f"closed {closed}:\n{worker.log()[-2000:]}"
+        time.sleep(0.5)
+
+    assert total(samples, "sessionizer_records_total") == 12
+    assert total(samples, "sessionizer_events_total", type="session") == 5
+    assert total(samples, "sessionizer_events_total", type="usage") == 5
+    assert total(samples, "sessionizer_events_total", type="other") == 1
+    assert total(samples, "sessionizer_events_rejected_total", reason="invalid_json") == 1
+    assert total(samples, "sessionizer_sessions_opened_total") == 6
+    assert total(samples, "sessionizer_sessions_closed_total") == 6
+    assert total(samples, "sessionizer_sink_messages_total", kind="session") == 6
+    assert total(samples, "sessionizer_sink_messages_total", kind="dead_letter") == 1
+    # every idle close was emitted within a second and a half of its deadline
+    assert total(samples, "sessionizer_close_latency_seconds_count") == 6
+    assert total(samples, "sessionizer_close_latency_seconds_bucket", le="1.5") == 6
+    assert total(samples, "sessionizer_batch_records_count") >= 1
+    assert total(samples, "sessionizer_batch_records_sum") == 12
+    assert total(samples, "sessionizer_redis_seconds_count", op="commit") >= 1
+    assert total(samples, "sessionizer_redis_seconds_count", op="claim") == 4
+    assert total(samples, "sessionizer_assigned_partitions") == 4
+    for p in range(4):
+        assert total(samples, "sessionizer_partition_epoch", partition=str(p)) >= 1
+        assert ("sessionizer_open_sessions", (("partition", str(p)),)) in samples
+        lag = total(samples, "sessionizer_consumer_lag", topic=settings.events_topic, partition=str(p))
+        assert lag == 0
+    assert total(samples, "process_resident_memory_bytes") > 0
+
+    # SESSIONIZER_LOG_FORMAT=json: every line of output is one JSON object
+    lines = [line for line in worker.log().splitlines() if line.strip()]
+    assert len(lines) > 10
+    for line in lines:
+        entry = json.loads(line)
+        assert {"ts", "level", "logger", "message", "extra"} <= set(entry), line
+    assert any(json.loads(line)["message"].startswith("assigned partitions") for line in lines)
