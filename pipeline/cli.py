@@ -49,6 +49,19 @@ def worker() -> None:
     run_worker()
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON document, for machines")
+@click.option("--sample", default=1.0, show_default=True,
+              help="seconds between the two end-offset samples the rates come from (0 = no rates)")
+@_clean_errors
+def status(as_json: bool, sample: float) -> None:
+    """The cluster at a glance: group members, partitions (owner, offsets, lag, open
+    sessions, epoch), workers, rates and the effective session rules."""
+    from pipeline.status import run_status
+
+    run_status(as_json=as_json, sample_s=sample)
+
+
 @main.group()
 def sessions() -> None:
     """Query live sessions in Redis."""
