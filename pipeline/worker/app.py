@@ -119,14 +119,18 @@ class Runtime:
             overlap_sends=True,
         )
         consumer = self.app.consumer
+        positions = {}
         for topic in (self.topics.events, self.topics.repartition):
             tp = TP(topic, partition)
             resume = processor.resume_offset(topic)
             if resume is None:
                 earliest = await consumer.earliest_offsets(tp)
                 resume = earliest.get(tp) or 0
-            await consumer.seek(tp, resume)
-            self._expect[tp] = resume
+            positions[tp] = resume
+        # in the consumer's thread: a seek from this one races the fetcher there
+        # (aiokafka's fetched_records and seek_to both delete the partition's buffer)
+        await consumer.seek_wait(positions)
+        self._expect.update(positions)
         resent = await processor.recover_outbox()
         self.processors[partition] = processor
         self.metrics.claims.inc()
@@ -160,7 +164,7 @@ class Runtime:
                 if expect is not None and batch[0].offset > expect:
                     # fetched from a position past the one we resume at: read again from there
                     log.info("%s: fetched from %d, resuming at %d", key, batch[0].offset, expect)
-                    await self.app.consumer.seek(key, expect)
+                    await self.app.consumer.seek_wait({key: expect})
                     continue
                 by_partition[tp.partition].extend(batch)
             if by_partition:
