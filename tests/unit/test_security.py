@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,3 +231,10 @@ def test_addresses_in_messages_leave_the_password_out() -> None:
     assert redis_address(url) == "redis://cache.internal:6380/2"
     assert "s3cret" not in redact(url) and "cache.internal:6380" in redact(url)
     assert redact("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_the_settings_table_in_the_readme_lists_every_security_variable() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in Settings.model_fields:
+        if name.startswith(("kafka_s", "redis_ssl", "redis_password", "log_format", "metrics_")):
+            assert f"SESSIONIZER_{name.upper()}" in readme, name
