@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -24,6 +24,9 @@ from prometheus_client.process_collector import ProcessCollector
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError
 from pipeline.store.base import Claim, Commit, SessionStore
+
+if TYPE_CHECKING:
+    from pipeline.worker.processor import BatchStats
 
 __all__ = [
     "CONTENT_TYPE",
@@ -199,12 +202,12 @@ class WorkerMetrics:
         return exposition(self.registry)
 
     # -- feeding ---------------------------------------------------------------------
-    def observe_batch(self, stats: Any, now_ms: int | None = None) -> None:
+    def observe_batch(self, stats: BatchStats, now_ms: int | None = None) -> None:
         """Count one batch's :class:`~pipeline.worker.processor.BatchStats`."""
         if stats.records:
             self.records.inc(stats.records)
             self.batch_records.observe(stats.records)
-        for kind, n in (getattr(stats, "types", None) or {}).items():
+        for kind, n in stats.types.items():
             self.events.labels(kind if kind in EVENT_TYPES else "other").inc(n)
         for reason, n in stats.rejected.items():
             self.rejected.labels(str(reason)).inc(n)
@@ -212,7 +215,7 @@ class WorkerMetrics:
             self.forwarded.inc(stats.forwarded)
         for reason, n in stats.closed.items():
             self.session_records.labels(reason).inc(n)
-        for name, n in (stats.counters or {}).items():
+        for name, n in stats.counters.items():
             if not n:
                 continue
             if name == "opened":
@@ -221,10 +224,9 @@ class WorkerMetrics:
                 self.closed.labels(name.removeprefix("closed_")).inc(n)
             elif name in _ENGINE_COUNTERS:
                 getattr(self, _ENGINE_COUNTERS[name]).inc(n)
-        deadlines = getattr(stats, "idle_deadlines_ms", None)
-        if deadlines:
+        if stats.idle_deadlines_ms:
             now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-            for deadline_ms in deadlines:
+            for deadline_ms in stats.idle_deadlines_ms:
                 self.close_latency.observe(max(0, now - deadline_ms) / 1000)
 
     def on_sent(self, messages: Sequence[Any], seconds: float) -> None:

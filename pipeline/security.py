@@ -32,7 +32,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from pipeline.config import Settings
 from pipeline.exceptions import ConfigError, RedisUnavailable
@@ -326,15 +326,3 @@ def _is_tls_failure(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = unquote(parts.username or "")
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return parts._replace(netloc=netloc).geturl()
