@@ -37,6 +37,16 @@ from pipeline.worker.sink import KafkaSink
 
 log = logging.getLogger("pipeline.worker")
 
+#: how recent the fetch response that says a partition is caught up must be (ms)
+CAUGHT_UP_FRESH_MS = 2_000
+
+
+def _last_fetch_ms(consumer: Any, tp: TP) -> float | None:
+    """When the broker last answered a fetch for ``tp`` (epoch ms), None if never."""
+    stamp = consumer._thread._ensure_consumer().last_poll_timestamp(tp)
+    return None if stamp is None else float(stamp)
+
+
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
@@ -185,17 +195,25 @@ class Runtime:
 
     async def _tick(self) -> None:
         consumer = self.app.consumer
+        now_ms = time.time() * 1000
         jobs = []
         for partition, processor in self.processors.items():
             caught_up = True
             for topic in (self.topics.events, self.topics.repartition):
                 tp = TP(topic, partition)
+                high: int | None
+                fetched_ms: float | None
                 try:
                     high = consumer.highwater(tp)
+                    fetched_ms = _last_fetch_ms(consumer, tp)
                 except Exception:
-                    high = None
+                    high = fetched_ms = None
                 resume = processor.resume_offset(topic) or 0
-                if high is not None and high > resume:
+                # caught up only on the broker's recent word: a highwater from before a
+                # broker outage, or from before this process was paused, says nothing
+                # about what came meanwhile, and the stream clock must not run on wall
+                # time past records it has not seen (they would find their sessions closed)
+                if high is None or high > resume or fetched_ms is None or now_ms - fetched_ms > CAUGHT_UP_FRESH_MS:
                     caught_up = False
             jobs.append(self._guarded(partition, processor.tick, caught_up))
         if jobs:
