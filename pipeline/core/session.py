@@ -11,6 +11,8 @@ from bisect import insort
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from pipeline.core.event import END, ERROR, HEARTBEAT, START, Event, SessionKey
 from pipeline.core.rules import SessionRules
 from pipeline.core.timefmt import format_ms
@@ -59,6 +61,8 @@ class Session:
     seq: int = 0
     # what changed in ``events``/``ids`` since the store last took it (see ``take_log``)
     log: list[Any] = field(default_factory=list, compare=False, repr=False)
+    # the serialized head (``to_state(with_log=False)``), kept until the session changes
+    head_cache: bytes | None = field(default=None, compare=False, repr=False)
 
     # -- the span of SPEC section 3 -----------------------------------------
     def floor_ms(self, rules: SessionRules) -> int:
@@ -94,6 +98,7 @@ class Session:
 
     def add(self, ev: Event, rules: SessionRules) -> None:
         """Put an event into this session (the caller decided it belongs here)."""
+        self.head_cache = None
         t = ev.time_ms
         if t < self.start_ms:
             self.start_ms = t
@@ -179,13 +184,25 @@ class Session:
         events.sort(key=lambda e: (e[_E_TIME], e[_E_SEQ]))
         self.events, self.ids, self.log = events, ids, []
 
+    def changed(self) -> None:
+        """Say that a field was changed from outside (the cached head is stale)."""
+        self.head_cache = None
+
+    def head_json(self) -> bytes:
+        """``to_state(with_log=False)`` as JSON, cached while the session is unchanged."""
+        if self.head_cache is None:
+            self.head_cache = orjson.dumps(self.to_state(with_log=False))
+        return self.head_cache
+
     def close(self, reason: str, closed_at_ms: int) -> None:
+        self.head_cache = None
         self.status = CLOSED
         self.close_reason = reason
         self.end_ms = self.last_activity_ms
         self.closed_at_ms = closed_at_ms
 
     def reopen(self) -> None:
+        self.head_cache = None
         self.status = OPEN
         self.close_reason = None
         self.end_ms = None
@@ -298,6 +315,14 @@ class KeyState:
             "o": self.open.to_state(with_log=with_log) if self.open is not None else None,
             "c": [c.to_state(with_log=with_log) for c in self.closed],
         }
+
+    def head_json(self) -> bytes:
+        """``to_state(with_log=False)`` as JSON; unchanged sessions reuse their bytes."""
+        return orjson.dumps({
+            "k": list(self.key),
+            "o": orjson.Fragment(self.open.head_json()) if self.open is not None else None,
+            "c": [orjson.Fragment(c.head_json()) for c in self.closed],
+        })
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> KeyState:

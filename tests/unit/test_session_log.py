@@ -52,3 +52,21 @@ def test_state_without_log_leaves_out_events_and_ids() -> None:
     assert "ev" not in state and "ids" not in state
     assert session.take_log() == [[10, "e0", "usage", None, None, None, 0, 0, 1]]
     assert session.take_log() == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 40), st.sampled_from(
+    ["usage", "heartbeat", "session", "sessionend", "error"])), min_size=1, max_size=40))
+def test_cached_head_always_equals_a_fresh_serialization(steps: list[tuple[int, int, str]]) -> None:
+    from pipeline.core.engine import Sessionizer
+
+    rules = SessionRules(inactivity_timeout_ms=5, reopen_grace_ms=20, max_session_duration_ms=30,
+                         max_events_per_session=3)
+    engine = Sessionizer(rules)
+    for n, (user, t, kind) in enumerate(steps):
+        ev = Event(type=kind, time_ms=t, arrival_ms=n + 1, project="p", user_id=f"u{user}",
+                   id=f"e{n % 7}", offset=n)
+        engine.apply(ev)
+        for state in engine.states.values():
+            assert orjson.loads(state.head_json()) == orjson.loads(
+                orjson.dumps(state.to_state(with_log=False)))
