@@ -271,7 +271,7 @@ class RedisStore:
                         logs.append([session.session_id, [dumps(item) for item in items]])
             states.append([
                 keyid(key),
-                b"" if state is None else dumps(state.to_state(with_log=False)),
+                b"" if state is None else state.head_json(),
                 -1 if due is None else due,
                 _index_of(state),
                 logs,
