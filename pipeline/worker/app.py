@@ -74,6 +74,7 @@ class Runtime:
         )
         self.sink.on_sent.append(self.metrics.on_sent)
         self.processors: dict[int, PartitionProcessor] = {}
+        self._assigned: set[int] = set()  # partitions of this worker's current assignment
         self.router: Router | None = None
         self.lock = asyncio.Lock()
         self.started = False
@@ -108,6 +109,7 @@ class Runtime:
             count = consumer.topic_partitions(self.topics.events) or self.settings.topic_partitions
             self.router = Router(count)
         wanted = self._partitions_of(assigned)
+        self._assigned = set(wanted)
         async with self.lock:
             for partition in list(self.processors):
                 if partition not in wanted:
@@ -150,6 +152,7 @@ class Runtime:
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         async with self.lock:
+            self._assigned -= self._partitions_of(revoked)
             for partition in self._partitions_of(revoked):
                 self._drop(partition)
             self.metrics.partitions.set(len(self.processors))
@@ -244,13 +247,25 @@ class Runtime:
                 log.exception("partition %d: %s; re-claiming it", partition, exc)
                 self.metrics.partition_errors.labels("reclaim").inc()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self._drop(partition)
-                try:
-                    await self._take(partition)
-                except Exception:
-                    log.exception("partition %d: re-claim failed", partition)
+                await self._rebuild(partition)
                 return
+
+    async def _rebuild(self, partition: int) -> None:
+        """Claim ``partition`` again from what Redis holds (a new epoch, the outbox
+        resent, the input replayed after the applied offsets), retrying with backoff
+        while it stays assigned to this worker: a partition is never left without a
+        processor while its records are fetched (they would be skipped)."""
+        self._drop(partition)
+        delay = 0.1
+        while partition in self._assigned:
+            try:
+                await self._take(partition)
+                return
+            except Exception as exc:
+                log.warning("partition %d: claiming it again failed (%s); retrying in %.1fs",
+                            partition, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _commit_kafka(self) -> None:
         offsets = {}
