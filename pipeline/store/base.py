@@ -13,6 +13,15 @@ from typing import Any, Protocol
 
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
+from pipeline.exceptions import FencedError
+
+
+class StaleStateError(FencedError):
+    """A write refused because the store holds older state than this worker last wrote
+    for the partition: it lost writes (a Redis restarted from an append-only file that
+    missed its last second). Nothing was written. Unlike another owner's fencing, the
+    partition is still this worker's: claim it again and replay the input from the
+    applied offset the store holds."""
 
 
 @dataclass(slots=True)
@@ -23,6 +32,7 @@ class Claim:
     epoch: int
     offsets: dict[str, int]  # topic -> last applied offset (resume at +1)
     clock_ms: int
+    token: str = ""  # the last commit's token ("" before the first commit)
 
 
 @dataclass(slots=True)
@@ -37,6 +47,13 @@ class Commit:
     acked: int = 0  # messages at the outbox head the broker has acknowledged (trimmed)
     dropped: list[tuple[SessionKey, str]] = field(default_factory=list)  # sessions past the grace
     history: list[tuple[str, int, bytes]] = field(default_factory=list)  # (session_id, end_ms, record)
+    #: written with the commit, so the next one can tell the store is where it left it
+    #: (None: no check, no token)
+    token: str | None = None
+    #: the tokens the store may hold now: the writer's last known one, and those of
+    #: commits whose reply was lost (they may or may not have applied). Holding any
+    #: other, the store lost writes, and refuses (StaleStateError).
+    expect: tuple[str, ...] = ()
 
 
 class SessionStore(Protocol):
@@ -52,7 +69,10 @@ class SessionStore(Protocol):
 
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         """Apply atomically. False: the offsets were already applied (nothing done).
-        Raises :class:`~pipeline.exceptions.FencedError` when the epoch is stale."""
+        Raises :class:`~pipeline.exceptions.FencedError` when the epoch is stale, and
+        :class:`StaleStateError` when the store is behind what was written (its epoch
+        lower than ``epoch``, or its token none of ``commit.expect``). Both the commit
+        and the already-applied answer leave ``commit.token`` as the store's token."""
         ...
 
     async def outbox(self, partition: int) -> list[bytes]:

@@ -9,7 +9,9 @@ key                                    type     holds (TTL: none unless said)
 =====================================  =======  ============================================
 ``sz:shards``                          set      partition numbers that hold state (for queries)
 ``sz:{pP}:meta``                       hash     ``epoch`` (fencing), ``clock_ms`` (stream clock),
-                                                ``off:<topic>`` (last applied input offset)
+                                                ``off:<topic>`` (last applied input offset),
+                                                ``token`` (written by every commit; the next
+                                                one checks it: lost writes show)
 ``sz:{pP}:states``                     hash     keyid -> one session key's state (orjson), without the
                                                 event lists (see ``e:``): its open
                                                 session with its events, and the sessions

@@ -15,13 +15,14 @@ import orjson
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError
-from pipeline.store.base import Claim, Commit
+from pipeline.store.base import Claim, Commit, StaleStateError
 from pipeline.store.keys import keyid
 
 
 @dataclass
 class _Shard:
     epoch: int = 0
+    token: str = ""
     clock_ms: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
     states: dict[str, bytes] = field(default_factory=dict)
@@ -39,7 +40,7 @@ class MemoryStore:
     async def claim(self, partition: int) -> Claim:
         shard = self.shards.setdefault(partition, _Shard())
         shard.epoch += 1
-        return Claim(partition, shard.epoch, dict(shard.offsets), shard.clock_ms)
+        return Claim(partition, shard.epoch, dict(shard.offsets), shard.clock_ms, shard.token)
 
     def release(self, partition: int) -> None:
         pass
@@ -61,10 +62,17 @@ class MemoryStore:
         shard = self.shards.get(partition)
         if shard is None:  # never claimed: no epoch is current, as in Redis
             raise FencedError(f"partition {partition}: epoch {epoch} is stale (never claimed)")
+        if shard.epoch < epoch:
+            raise StaleStateError(f"partition {partition}: epoch {shard.epoch} < {epoch}: writes lost")
         if shard.epoch != epoch:
             raise FencedError(f"partition {partition}: epoch {epoch} is stale (now {shard.epoch})")
+        if commit.token and shard.token not in commit.expect:
+            raise StaleStateError(f"partition {partition}: commit token {shard.token!r} is not one "
+                                  "this worker wrote last")
         for topic, offset in commit.offsets.items():
             if shard.offsets.get(topic, -1) >= offset:
+                if commit.token:
+                    shard.token = commit.token
                 return False
         shard.offsets.update(commit.offsets)
         for key, state in commit.states.items():
@@ -85,6 +93,8 @@ class MemoryStore:
         for sid, end_ms, record in commit.history:
             shard.history[sid] = (end_ms, record)
         shard.clock_ms = commit.clock_ms
+        if commit.token:
+            shard.token = commit.token
         return True
 
     async def outbox(self, partition: int) -> list[bytes]:

@@ -22,12 +22,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError, RedisUnavailable
-from pipeline.store.base import Claim, Commit
+from pipeline.store.base import Claim, Commit, StaleStateError
 from pipeline.store.keys import Keys, keyid
 
 # KEYS: meta, due, open, outbox, idx, hist, states
 # ARGV: epoch, clock_ms, shard prefix, payload (msgpack, one argument: packing many
-#       small arguments costs the client more than the whole script costs Redis):
+#       small arguments costs the client more than the whole script costs Redis),
+#       token (written to meta by the commit, "" = none and no check),
+#       expected tokens* (meta must hold one of them, "" standing for none):
 #   [offsets [[topic, offset]...],
 #    dropped [[keyid, session_id]...]                        (event logs to delete),
 #    states  [[keyid, blob|"", due|-1, index|"", [[session_id, [item...]]...]]...],
@@ -39,7 +41,22 @@ COMMIT_LUA = """
 local meta, due, open, outbox, idx, hist, heads = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local epoch = redis.call('HGET', meta, 'epoch')
 if epoch ~= ARGV[1] then
+  if not epoch or tonumber(epoch) < tonumber(ARGV[1]) then
+    -- epochs only grow: a lower one (or none) is Redis having lost the claim
+    return redis.error_reply('STALE epoch ' .. tostring(epoch) .. ' < ' .. ARGV[1])
+  end
   return redis.error_reply('FENCED epoch ' .. tostring(epoch) .. ' ~= ' .. ARGV[1])
+end
+local token = ARGV[5]
+if token ~= '' then
+  local held = redis.call('HGET', meta, 'token') or ''
+  local known = false
+  for x = 6, #ARGV do
+    if ARGV[x] == held then known = true end
+  end
+  if not known then
+    return redis.error_reply('STALE commit token ' .. held .. ' is not one this worker wrote last')
+  end
 end
 local shard = ARGV[3]
 local p = cmsgpack.unpack(ARGV[4])
@@ -47,6 +64,7 @@ local offsets, dropped, states, outgoing, acked, history = p[1], p[2], p[3], p[4
 for _, o in ipairs(offsets) do
   local stored = redis.call('HGET', meta, 'off:' .. o[1])
   if stored and tonumber(stored) >= tonumber(o[2]) then
+    if token ~= '' then redis.call('HSET', meta, 'token', token) end
     return 0
   end
 end
@@ -147,6 +165,7 @@ if extra > 0 then
   forget(redis.call('ZRANGE', hist, 0, math.min(extra, 1000) - 1))
 end
 redis.call('HSET', meta, 'clock_ms', ARGV[2])
+if token ~= '' then redis.call('HSET', meta, 'token', token) end
 return 1
 """
 
@@ -214,7 +233,8 @@ class RedisStore:
         )
         fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         offsets = {k[4:]: int(v) for k, v in fields.items() if k.startswith("off:")}
-        return Claim(partition, int(epoch), offsets, int(fields.get("clock_ms", 0)))
+        return Claim(partition, int(epoch), offsets, int(fields.get("clock_ms", 0)),
+                     fields.get("token", ""))
 
     def release(self, partition: int) -> None:
         """Nothing to let go of: no per-partition state lives in this client."""
@@ -286,7 +306,7 @@ class RedisStore:
             commit.clock_ms - self.history_retention_ms,
             self.history_max,
         ], use_bin_type=False)  # Redis's cmsgpack reads bytes as the old raw type
-        args = [epoch, commit.clock_ms, k.shard(partition), payload]
+        args = [epoch, commit.clock_ms, k.shard(partition), payload, commit.token or "", *commit.expect]
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
                 k.index(partition), k.history(partition), k.states(partition)]
         try:
@@ -296,6 +316,10 @@ class RedisStore:
                 raise FencedError(
                     f"partition {partition}: another worker took it over ({exc}); "
                     "this worker's writes for it are refused"
+                ) from None
+            if "STALE" in str(exc):
+                raise StaleStateError(
+                    f"partition {partition}: Redis lost writes ({exc}); nothing written"
                 ) from None
             raise
         return bool(applied)

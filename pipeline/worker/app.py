@@ -30,6 +30,7 @@ from pipeline.exceptions import FencedError
 from pipeline.metrics import WorkerMetrics
 from pipeline.security import aiokafka_options, check_redis, faust_options, redis_options
 from pipeline.status import WORKER_RETENTION_S, worker_entry, workers_key
+from pipeline.store.base import StaleStateError
 from pipeline.store.redis import RedisStore, connect
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
 from pipeline.worker.routing import Router
@@ -228,6 +229,14 @@ class Runtime:
         while partition in self.processors:
             try:
                 await func(arg)
+                return
+            except StaleStateError as exc:
+                # Redis lost writes (restarted from an AOF missing its last second), or
+                # a commit whose reply was lost did apply: what this worker holds is
+                # ahead of Redis. Start over from what Redis holds.
+                log.warning("%s; rebuilding from the input log", exc)
+                self.metrics.partition_errors.labels("reclaim").inc()
+                await self._rebuild(partition)
                 return
             except FencedError as exc:
                 log.warning("%s", exc)

@@ -120,6 +120,11 @@ class PartitionProcessor:
     ) -> None:
         self.partition = claim.partition
         self.epoch = claim.epoch
+        # the store's commit token as this worker left it, and those of commits whose
+        # reply was lost (they may have applied): the next commit expects one of them
+        self.token = claim.token
+        self._unsure: list[str] = []
+        self._commits = 0
         self.applied: dict[str, int] = dict(claim.offsets)
         self.clock_ms = claim.clock_ms
         self.rules = rules
@@ -357,14 +362,23 @@ class PartitionProcessor:
             acked=self.sent_unacked,
             history=history,
             dropped=engine.take_dropped(),
+            token=f"{self.epoch}.{self._commits}",
+            expect=(self.token, *self._unsure),
         )
+        self._commits += 1
         self.outbox_unknown = True
         try:
             applied_ok = await self.store.commit(self.partition, self.epoch, commit)
-        except FencedError:
+        except FencedError:  # another owner, or the store lost writes (StaleStateError)
             self.outbox_unknown = False  # refused: nothing was written
             raise
+        except BaseException:
+            assert commit.token is not None
+            self._unsure.append(commit.token)
+            raise
         self.outbox_unknown = False
+        assert commit.token is not None
+        self.token, self._unsure = commit.token, []
         if not applied_ok:  # nothing written, nothing trimmed
             log.warning("partition %d: batch at %s was applied already; skipped", self.partition, offsets)
             outgoing.clear()
