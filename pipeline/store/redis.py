@@ -169,10 +169,9 @@ if token ~= '' then redis.call('HSET', meta, 'token', token) end
 return 1
 """
 
-# KEYS: meta; ARGV: shards set name, partition
+# KEYS: meta (one slot: safe on Redis Cluster)
 CLAIM_LUA = """
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('SADD', ARGV[1], ARGV[2])
 return {epoch, redis.call('HGETALL', KEYS[1])}
 """
 
@@ -228,9 +227,9 @@ class RedisStore:
             ) from None
 
     async def claim(self, partition: int) -> Claim:
-        epoch, flat = await self._claim(
-            keys=[self.keys.meta(partition)], args=[self.keys.shards, partition]
-        )
+        epoch, flat = await self._claim(keys=[self.keys.meta(partition)], args=[])
+        # the list of partitions with state, for queries: its own slot, so not in the script
+        await self.client.sadd(self.keys.shards, partition)
         fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         offsets = {k[4:]: int(v) for k, v in fields.items() if k.startswith("off:")}
         return Claim(partition, int(epoch), offsets, int(fields.get("clock_ms", 0)),
