@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="worker web/metrics bind address")
     web_port: int = Field(0, ge=0, le=65535, description="worker web/metrics port; 0 = any free port")
     kafka_session_timeout: float = Field(10.0, gt=0, description="consumer group session timeout (s)")
+    state_cache_keys: int = Field(
+        100_000, ge=1_000,
+        description="session keys a worker keeps in memory between batches, all its partitions "
+        "together (least recently used go back to Redis): bounds the worker's memory",
+    )
     batch_max_records: int = Field(5000, ge=1, description="records taken per partition per batch")
     tick_interval: float = Field(0.25, gt=0, description="how often idle sessions are checked (s)")
     kafka_idempotence: str = Field(

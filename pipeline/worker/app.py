@@ -117,8 +117,14 @@ class Runtime:
                     self._drop(partition)
             for partition in sorted(wanted - set(self.processors)):
                 await self._take(partition)
+            for processor in self.processors.values():  # the budget is per worker
+                processor.cache_keys = self._cache_keys_each()
         self.metrics.partitions.set(len(self.processors))
         log.info("assigned partitions %s", sorted(self.processors))
+
+    def _cache_keys_each(self) -> int:
+        """Each partition's share of the key states this worker keeps in memory."""
+        return max(1_000, self.settings.state_cache_keys // max(1, len(self._assigned)))
 
     async def _take(self, partition: int) -> None:
         assert self.router is not None
@@ -130,6 +136,7 @@ class Runtime:
             project_rules=self.settings.project_rules,
             updates_interval_s=self.settings.updates_interval or None,
             overlap_sends=True,
+            cache_keys=self._cache_keys_each(),
         )
         consumer = self.app.consumer
         positions = {}
