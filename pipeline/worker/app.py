@@ -39,7 +39,7 @@ from pipeline.worker.sink import KafkaSink
 log = logging.getLogger("pipeline.worker")
 
 #: how recent the fetch response that says a partition is caught up must be (ms)
-CAUGHT_UP_FRESH_MS = 2_000
+CAUGHT_UP_FRESH_MS = 1_500
 
 
 def _last_fetch_ms(consumer: Any, tp: TP) -> float | None:
@@ -76,6 +76,7 @@ class Runtime:
         self.sink.on_sent.append(self.metrics.on_sent)
         self.processors: dict[int, PartitionProcessor] = {}
         self._assigned: set[int] = set()  # partitions of this worker's current assignment
+        self._heard: dict[int, float] = {}  # partition -> when the broker last answered for it (ms)
         self.router: Router | None = None
         self.lock = asyncio.Lock()
         self.started = False
@@ -171,6 +172,7 @@ class Runtime:
             for topic in (self.topics.events, self.topics.repartition):
                 self._expect.pop(TP(topic, partition), None)
             self.metrics.forget_partition(partition, (self.topics.events, self.topics.repartition))
+            self._heard.pop(partition, None)
             log.info("partition %d: released", partition)
 
     # -- batches -------------------------------------------------------------------
@@ -206,10 +208,11 @@ class Runtime:
 
     async def _tick(self) -> None:
         consumer = self.app.consumer
-        now_ms = time.time() * 1000
+        now = time.time()
         jobs = []
         for partition, processor in self.processors.items():
             caught_up = True
+            heard_ms: float | None = now * 1000
             for topic in (self.topics.events, self.topics.repartition):
                 tp = TP(topic, partition)
                 high: int | None
@@ -220,12 +223,23 @@ class Runtime:
                 except Exception:
                     high = fetched_ms = None
                 resume = processor.resume_offset(topic) or 0
-                # caught up only on the broker's recent word: a highwater from before a
-                # broker outage, or from before this process was paused, says nothing
-                # about what came meanwhile, and the stream clock must not run on wall
-                # time past records it has not seen (they would find their sessions closed)
-                if high is None or high > resume or fetched_ms is None or now_ms - fetched_ms > CAUGHT_UP_FRESH_MS:
+                if high is None or high > resume:
                     caught_up = False
+                heard_ms = None if fetched_ms is None or heard_ms is None else min(heard_ms, fetched_ms)
+            # caught up only on the broker's recent word: a highwater from before a broker
+            # outage, or from before this process was stopped, says nothing about what
+            # came meanwhile. The stream clock must not run on wall time past records it
+            # has not seen (they would find their sessions closed), and once the broker
+            # answers again the silence does not count either: records held up by it (in
+            # the broker, or in producers that could not reach it) may come right after
+            # an answer that did not have them yet.
+            if heard_ms is None or now * 1000 - heard_ms > CAUGHT_UP_FRESH_MS:
+                caught_up = False
+            if heard_ms is not None:
+                before = self._heard.get(partition)
+                if before is not None and heard_ms - before > CAUGHT_UP_FRESH_MS:
+                    processor.hold_clock((heard_ms - before) / 1000)
+                self._heard[partition] = heard_ms
             jobs.append(self._guarded(partition, processor.tick, caught_up))
         if jobs:
             await asyncio.gather(*jobs)

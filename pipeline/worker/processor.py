@@ -188,6 +188,12 @@ class PartitionProcessor:
             self.sent_unacked += len(messages)
             del self.unsent[: len(messages)]
 
+    def hold_clock(self, seconds: float) -> None:
+        """Leave ``seconds`` of wall time out of the stream clock: the broker was silent
+        that long (down, paused, or this process stopped), so being caught up could not
+        be known, and records it held meanwhile come next."""
+        self.read_at = min(self.wall(), self.read_at + max(0.0, seconds))
+
     def stream_clock_ms(self, caught_up: bool) -> int:
         if not caught_up:
             return self.max_arrival_ms
