@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.query import human_ms
+from pipeline.display import format_duration
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, free_port
 
 
@@ -80,7 +80,7 @@ class _View:
             reason = r.get("close_reason", "?")
             latest.add_row(
                 r["end"][11:19], r["project"], r["user_name"] or r["user_id"] or "-", r["session_id"][:12],
-                human_ms(r["duration_ms"]), f"[{colors.get(reason, 'white')}]{reason}[/]",
+                format_duration(r["duration_ms"]), f"[{colors.get(reason, 'white')}]{reason}[/]",
                 str(r["event_count"]), "yes" if r["has_error"] else "", str(r["revision"]),
             )
         return Group(head, summary, latest)

@@ -12,18 +12,8 @@ from rich.table import Table
 
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import parse_timestamp_ms
+from pipeline.display import format_duration
 from pipeline.store.redis import RedisStore
-
-
-def human_ms(ms: int) -> str:
-    seconds = ms // 1000
-    if seconds < 60:
-        return f"{ms / 1000:.1f}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 async def _with_store(settings: Settings, func: Any) -> Any:
@@ -53,7 +43,7 @@ def live(project: str | None, user: str | None, limit: int, as_json: bool, setti
         start = parse_timestamp_ms(r["start"])
         table.add_row(
             r["session_id"], r["project"], r["user_name"] or r["user_id"] or "-", r["start"],
-            human_ms(max(0, now_ms - start)), str(r["event_count"]),
+            format_duration(max(0, now_ms - start)), str(r["event_count"]),
             "yes" if r["has_error"] else "", r["end"],
         )
     console.print(table)
