@@ -10,12 +10,15 @@ reads them as integer milliseconds through the ``*_ms`` properties.
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.core.rules import SessionRules
 from pipeline.exceptions import ConfigError
+
+_S = TypeVar("_S", bound=BaseSettings)
 
 
 def _ms(seconds: float) -> int:
@@ -216,13 +219,20 @@ def parse_project_settings(text: str, defaults: SessionRules) -> dict[str, Sessi
     return rules
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings; a bad value raises :class:`ConfigError` naming the variable."""
+def read_settings(cls: type[_S], name: str, **overrides: object) -> _S:
+    """Build a settings class from the environment; a bad value raises :class:`ConfigError`
+    naming each variable (``cls.model_config["env_prefix"]`` + field) and what is wrong."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
         problems = "; ".join(
-            f"SESSIONIZER_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        raise ConfigError(f"invalid {name}: {problems}") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a bad value raises :class:`ConfigError` naming the variable."""
+    return read_settings(Settings, "settings", **overrides)

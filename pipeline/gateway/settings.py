@@ -18,10 +18,10 @@ variable                                    default    meaning
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.exceptions import ConfigError
+from pipeline.config import read_settings
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_EVENTS_PER_BATCH = 1000
@@ -56,11 +56,4 @@ class GatewaySettings(BaseSettings):
 
 def load_gateway_settings(**overrides: object) -> GatewaySettings:
     """Read the gateway settings; a bad value raises :class:`ConfigError` naming the variable."""
-    try:
-        return GatewaySettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"SESSIONIZER_GATEWAY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid gateway settings: {problems}") from None
+    return read_settings(GatewaySettings, "gateway settings", **overrides)

@@ -17,10 +17,10 @@ variable                              default    meaning
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.exceptions import ConfigError
+from pipeline.config import read_settings
 
 
 class ReportSettings(BaseSettings):
@@ -34,11 +34,4 @@ class ReportSettings(BaseSettings):
 
 def load_report_settings(**overrides: object) -> ReportSettings:
     """Read the report settings; a bad value raises :class:`ConfigError` naming the variable."""
-    try:
-        return ReportSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"SESSIONIZER_REPORT_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid report settings: {problems}") from None
+    return read_settings(ReportSettings, "report settings", **overrides)
