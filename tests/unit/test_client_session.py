@@ -186,7 +186,9 @@ def test_custom_exception_type_is_qualified() -> None:
 
 def test_batches_go_out_when_full_and_after_the_flush_interval() -> None:
     transport = FakeTransport()
-    c = client(transport, batch_size=3, flush_interval=0.2)
+    # a flush interval long enough that a busy machine cannot flush a part-filled batch
+    # while the seven events are submitted; the seventh goes out when it expires
+    c = client(transport, batch_size=3, flush_interval=1.0)
     c.set_user_identity("a")
     for n in range(7):
         c.submit_event("usage", value=n)
