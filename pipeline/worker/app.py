@@ -236,8 +236,10 @@ class Runtime:
             if heard_ms is None or now * 1000 - heard_ms > CAUGHT_UP_FRESH_MS:
                 caught_up = False
             if heard_ms is not None:
-                before = self._heard.get(partition)
-                if before is not None and heard_ms - before > CAUGHT_UP_FRESH_MS:
+                # the last answer seen before this one (or the last record read, whichever
+                # is later: the processor may be new, or no tick ran since its last read)
+                before = max(self._heard.get(partition, 0.0), processor.read_at * 1000)
+                if heard_ms - before > CAUGHT_UP_FRESH_MS:
                     processor.hold_clock((heard_ms - before) / 1000)
                 self._heard[partition] = heard_ms
             jobs.append(self._guarded(partition, processor.tick, caught_up))

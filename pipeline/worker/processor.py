@@ -248,7 +248,12 @@ class PartitionProcessor:
 
     async def tick(self, caught_up: bool) -> BatchStats | None:
         """Close what fell due by the stream clock, with no new input."""
+        started = self.wall()
         await self._flush()
+        if self.wall() - started > 1.0:
+            # waited that long for the broker to acknowledge: ``caught_up`` was decided
+            # before, and may be stale (the broker could have been away meanwhile)
+            caught_up = False
         await self.publish_updates()
         clock = self.stream_clock_ms(caught_up)
         if clock <= self.clock_ms and not self.sent_unacked:
