@@ -33,6 +33,7 @@ class Claim:
     offsets: dict[str, int]  # topic -> last applied offset (resume at +1)
     clock_ms: int
     token: str = ""  # the last commit's token ("" before the first commit)
+    clock_at_ms: int = 0  # wall time (epoch ms) when clock_ms was committed; 0: unknown
 
 
 @dataclass(slots=True)
@@ -54,6 +55,9 @@ class Commit:
     #: commits whose reply was lost (they may or may not have applied). Holding any
     #: other, the store lost writes, and refuses (StaleStateError).
     expect: tuple[str, ...] = ()
+    #: the writer's wall time (epoch ms): a new owner's stream clock goes on from
+    #: ``clock_ms`` as of then (0: not recorded)
+    at_ms: int = 0
 
 
 class SessionStore(Protocol):

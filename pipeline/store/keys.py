@@ -8,7 +8,8 @@ Redis Cluster (the tag keeps a partition's keys in one slot).
 key                                    type     holds (TTL: none unless said)
 =====================================  =======  ============================================
 ``sz:shards``                          set      partition numbers that hold state (for queries)
-``sz:{pP}:meta``                       hash     ``epoch`` (fencing), ``clock_ms`` (stream clock),
+``sz:{pP}:meta``                       hash     ``epoch`` (fencing), ``clock_ms`` (stream clock)
+                                                and ``clock_at_ms`` (wall time it was committed),
                                                 ``off:<topic>`` (last applied input offset),
                                                 ``token`` (written by every commit; the next
                                                 one checks it: lost writes show)

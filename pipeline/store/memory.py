@@ -24,6 +24,7 @@ class _Shard:
     epoch: int = 0
     token: str = ""
     clock_ms: int = 0
+    clock_at_ms: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
     states: dict[str, bytes] = field(default_factory=dict)
     due: dict[str, int] = field(default_factory=dict)
@@ -40,7 +41,8 @@ class MemoryStore:
     async def claim(self, partition: int) -> Claim:
         shard = self.shards.setdefault(partition, _Shard())
         shard.epoch += 1
-        return Claim(partition, shard.epoch, dict(shard.offsets), shard.clock_ms, shard.token)
+        return Claim(partition, shard.epoch, dict(shard.offsets), shard.clock_ms, shard.token,
+                     shard.clock_at_ms)
 
     def release(self, partition: int) -> None:
         pass
@@ -93,6 +95,8 @@ class MemoryStore:
         for sid, end_ms, record in commit.history:
             shard.history[sid] = (end_ms, record)
         shard.clock_ms = commit.clock_ms
+        if commit.at_ms > 0:
+            shard.clock_at_ms = commit.at_ms
         if commit.token:
             shard.token = commit.token
         return True

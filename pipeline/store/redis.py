@@ -35,7 +35,8 @@ from pipeline.store.keys import Keys, keyid
 #    states  [[keyid, blob|"", due|-1, index|"", [[session_id, [item...]]...]]...],
 #    outgoing [message...]       (appended to the outbox list, in order),
 #    acked                       (messages trimmed from the outbox head: sent and acknowledged),
-#    history [[session_id, end_ms, record]...], history_min_ms, history_max]
+#    history [[session_id, end_ms, record]...], history_min_ms, history_max,
+#    at_ms                       (the writer's wall time, kept with clock_ms; 0 = not given)]
 #   index: "<sid>\x1f<project>\x1f<user>" of the key's open session
 COMMIT_LUA = """
 local meta, due, open, outbox, idx, hist, heads = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -165,6 +166,7 @@ if extra > 0 then
   forget(redis.call('ZRANGE', hist, 0, math.min(extra, 1000) - 1))
 end
 redis.call('HSET', meta, 'clock_ms', ARGV[2])
+if p[9] and p[9] > 0 then redis.call('HSET', meta, 'clock_at_ms', p[9]) end
 if token ~= '' then redis.call('HSET', meta, 'token', token) end
 return 1
 """
@@ -233,7 +235,7 @@ class RedisStore:
         fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         offsets = {k[4:]: int(v) for k, v in fields.items() if k.startswith("off:")}
         return Claim(partition, int(epoch), offsets, int(fields.get("clock_ms", 0)),
-                     fields.get("token", ""))
+                     fields.get("token", ""), int(fields.get("clock_at_ms", 0)))
 
     def release(self, partition: int) -> None:
         """Nothing to let go of: no per-partition state lives in this client."""
@@ -304,6 +306,7 @@ class RedisStore:
             [[sid, end_ms, record] for sid, end_ms, record in commit.history],
             commit.clock_ms - self.history_retention_ms,
             self.history_max,
+            commit.at_ms,
         ], use_bin_type=False)  # Redis's cmsgpack reads bytes as the old raw type
         args = [epoch, commit.clock_ms, k.shard(partition), payload, commit.token or "", *commit.expect]
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),

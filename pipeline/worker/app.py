@@ -238,7 +238,7 @@ class Runtime:
             if heard_ms is not None:
                 # the last answer seen before this one (or the last record read, whichever
                 # is later: the processor may be new, or no tick ran since its last read)
-                before = max(self._heard.get(partition, 0.0), processor.read_at * 1000)
+                before = max(self._heard.get(partition, 0.0), processor.last_read * 1000)
                 if heard_ms - before > CAUGHT_UP_FRESH_MS:
                     processor.hold_clock((heard_ms - before) / 1000)
                 self._heard[partition] = heard_ms

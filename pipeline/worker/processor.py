@@ -137,7 +137,10 @@ class PartitionProcessor:
         self.on_batch = on_batch
         self.cache_keys = cache_keys
         self.max_arrival_ms = claim.clock_ms
-        self.read_at = wall()
+        # the stream clock goes on from the claim's: its wall time counts from when it was
+        # committed (the sessions of a partition that moved close on time), where known
+        self.read_at = claim.clock_at_ms / 1000 if claim.clock_at_ms > 0 else wall()
+        self.last_read = wall()  # when this processor last read a record (or was made)
         self.sent_unacked = 0  # outbox head entries sent and acknowledged, not yet trimmed
         self.unsent: list[Outgoing] = []
         self._sending: asyncio.Future[None] | None = None
@@ -218,6 +221,7 @@ class PartitionProcessor:
             arrival = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else int(now * 1000)
             if arrival >= self.max_arrival_ms:
                 self.max_arrival_ms, self.read_at = arrival, now
+            self.last_read = now
             origin = _origin_of(record) if topic != events_topic else None
             src_partition, src_offset = (origin[0], origin[1]) if origin else (record.partition, offset)
             items = parse_record(
@@ -375,6 +379,7 @@ class PartitionProcessor:
             dropped=engine.take_dropped(),
             token=f"{self.epoch}.{self._commits}",
             expect=(self.token, *self._unsure),
+            at_ms=int(self.wall() * 1000),
         )
         self._commits += 1
         self.outbox_unknown = True
