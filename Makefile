@@ -37,13 +37,14 @@ typecheck: venv
 	$(BIN)/mypy pipeline
 
 test: venv lint typecheck
-	$(PYTEST) -q
+	$(PYTEST) -q -m "not faults or routine"
 
 test-unit: venv
 	$(PYTEST) -q tests/unit
 
+# The full fault run (the reduced one is part of `make test`); FAULTS_SEED=<n> for another seed.
 test-faults: venv
-	$(PYTEST) -q -m faults tests/faults
+	$(PYTEST) -q -s -m "faults and not routine" tests/faults
 
 demo: venv
 	$(BIN)/sessionizer dev
