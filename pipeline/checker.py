@@ -340,6 +340,7 @@ class CheckReport:
     differing_duplicates: int = 0
     exact_sessions: int = 0
     revision_only: int = 0
+    revision_only_ids: list[str] = field(default_factory=list, repr=False)
     mismatched_sessions: int = 0
     missing_sessions: int = 0
     unexpected_sessions: int = 0
@@ -436,6 +437,7 @@ def compare(exp: Expected, live: Live, report: CheckReport | None = None) -> Che
             rep.exact_sessions += 1
         elif _without_revision(got) == _without_revision(want) and got["revision"] > want["revision"]:
             rep.revision_only += 1
+            rep.revision_only_ids.append(sid)
         else:
             rep.mismatched_sessions += 1
             diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want)

@@ -406,6 +406,7 @@ class Lateness:
 
     quiet: list[float] = field(default_factory=list)
     near_fault: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # late ones away from faults
 
     @staticmethod
     def _summary(values: list[float]) -> str:
@@ -419,16 +420,30 @@ class Lateness:
         return f"away from faults {self._summary(self.quiet)}; near faults {self._summary(self.near_fault)}"
 
 
+def amended_near(report: CheckReport, seen: dict[tuple[str, int], float], faults: list[Fault],
+                 t0: float, margin_s: float = 15.0) -> Counter[str]:
+    """The sessions that differ from the offline core in revision number only, by the
+    fault whose window (start .. end + ``margin_s``) held their first revision's close."""
+    found: Counter[str] = Counter()
+    for sid in report.revision_only_ids:
+        first = seen.get((sid, 1))
+        near = [f.kind for f in faults
+                if first is not None and t0 + f.started_s <= first <= t0 + f.ended_s + margin_s]
+        found[near[-1] if near else "no fault"] += 1
+    return found
+
+
 def lateness(report: CheckReport, seen: dict[tuple[str, int], float], faults: list[Fault], t0: float,
-             margin_s: float = 15.0) -> Lateness:
+             before_s: float = 5.0, after_s: float = 15.0) -> Lateness:
     """Sessions the live pipeline closed for inactivity: first seen on the sessions topic
     minus their deadline (their events' latest arrival + the inactivity timeout). Near a
-    fault: the deadline within ``margin_s`` after a fault's start..end."""
+    fault: the deadline from ``before_s`` before a fault's start (a close committed then
+    may still be on its way to the broker) to ``after_s`` after its end."""
     out = Lateness()
     exp, live = report.expected, report.live
     if exp is None or live is None:
         return out
-    windows = [(t0 + f.started_s, t0 + f.ended_s + margin_s) for f in faults]
+    windows = [(t0 + f.started_s - before_s, t0 + f.ended_s + after_s) for f in faults]
     for sid, rec in live.final.items():
         if rec.get("close_reason") != "timeout" or sid not in exp.session_arrival_ms:
             continue
@@ -441,6 +456,8 @@ def lateness(report: CheckReport, seen: dict[tuple[str, int], float], faults: li
             out.near_fault.append(late)
         else:
             out.quiet.append(late)
+            if late > 2.0:
+                out.notes.append(f"session {sid} due at {due - t0:.1f} s closed {late:.1f} s late")
     return out
 
 
@@ -623,6 +640,7 @@ class RunResult:
     problems: list[str]
     root: Path
     late: Lateness = field(default_factory=Lateness)
+    amended: Counter[str] = field(default_factory=Counter)
     cluster: Cluster | None = None
 
     @property
@@ -662,6 +680,8 @@ class RunResult:
                         f"{secs(self.lag_zero_after_fault_s)} after the last fault"),
             ("idle closes late by", self.late.text()),
         ]
+        if self.amended:
+            extra.append(("revision-only, near", ", ".join(f"{kind} {n}" for kind, n in self.amended.most_common())))
         text = self.report.table(extra)
         if self.problems:
             text += "\nrun problems: " + "; ".join(self.problems)
@@ -769,6 +789,7 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
         say("checking")
         report = check_pipeline(settings)
         late = lateness(report, watch.seen, faults, t0)
+        amended = amended_near(report, watch.seen, faults, t0)
         counts: Counter[str] = Counter()
         for worker in cluster.all_workers:
             text = worker.log_text()
@@ -779,9 +800,11 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
             lag_zero_after_fault_s=None if lag_zero_at is None else max(0.0, lag_zero_at - last_fault),
             lag_zero_after_publish_s=None if lag_zero_at is None else lag_zero_at - published_at,
             drained_s=None if drained_at is None else drained_at - published_at,
-            log_counts=counts, problems=problems, root=root, late=late,
+            log_counts=counts, problems=problems, root=root, late=late, amended=amended,
         )
         note(result.table())
+        for text in late.notes:
+            note(f"late: {text}")
         for text in report.examples:
             note(f"example: {text}")
         if keep_on_failure and not result.ok:
