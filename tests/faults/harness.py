@@ -531,12 +531,17 @@ class Injector(threading.Thread):
             fault.ended_s = self.now_s()
             self.say(f"[{fault.started_s:6.1f}s -> {fault.ended_s:6.1f}s] {fault.kind}: {fault.detail}")
 
-    def _victim(self) -> Worker:
-        """A worker holding partitions (any worker when none does yet)."""
-        with self.cluster.lock:
-            workers = list(self.cluster.workers)
-        busy = [w for w in workers if w.assigned()]
-        return self.rng.choice(busy or workers)
+    def _victim(self, wait_s: float = 30.0) -> Worker:
+        """A worker holding partitions; waits up to ``wait_s`` for one (a worker just
+        restarted takes a few seconds), then takes any."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self.cluster.lock:
+                workers = list(self.cluster.workers)
+            busy = [w for w in workers if w.assigned()]
+            if busy or time.monotonic() > deadline:
+                return self.rng.choice(busy or workers)
+            time.sleep(0.2)
 
     def _kill(self, fault: Fault) -> str:
         victim = self._victim()
