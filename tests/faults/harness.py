@@ -19,7 +19,9 @@ Timeline of a run::
 
 The broker is Tansu with memory storage: it is only ever paused, never killed
 (a killed broker forgets every topic). Redis is killed (SIGKILL) and restarted on
-the same port from its append-only file.
+the same port from its append-only file; for lost writes, from a copy of that file
+taken a few seconds earlier. Worker processes are this module's own (the files of a
+run: ``run.log``, ``worker-N.log``, the Redis data and ``table.txt``, under ``root``).
 """
 
 from __future__ import annotations
@@ -81,9 +83,6 @@ TRAFFIC: dict[str, Any] = {
     "offline_min_after_abandon_s": 15.0,
     "ramp_s": 15.0,
 }
-
-FAULT_KINDS = ("kill", "zombie", "scale_up", "scale_down", "redis_kill", "redis_rollback", "broker_pause")
-
 
 @dataclass
 class Scenario:
@@ -729,7 +728,6 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
     cluster = Cluster(root, values)
     problems: list[str] = []
     keep = False
-    say = note
     try:
         settings = cluster.start()
         first = cluster.add_worker()
@@ -742,10 +740,10 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
         t0 = load.start_ms / 1000
         rng = random.Random(scenario.seed)
         faults = plan_faults(scenario, (8.0, max(30.0, load_s - 5.0)), rng)
-        say(f"{scenario.name}: {len(load.records):,} records ({load.model_events:,} events) over "
+        note(f"{scenario.name}: {len(load.records):,} records ({load.model_events:,} events) over "
             f"{load_s:.0f} s; faults at {[(f.kind, f.at_s) for f in faults]}; files in {root}")
         publisher = Publisher(settings.kafka_bootstrap, settings.events_topic, load)
-        injector = Injector(cluster, faults, t0, rng, say)
+        injector = Injector(cluster, faults, t0, rng, note)
         watch = SessionWatch(settings.kafka_bootstrap, settings.sessions_topic)
         watch.start()
         publisher.start()
@@ -758,9 +756,11 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
                             f"{publisher.errors[:3]}")
         published_at = publisher.finished_at or time.time()
         last_fault = t0 + max((f.ended_s for f in faults), default=0.0)
-        say(f"published {publisher.acked:,} records; draining")
+        note(f"published {publisher.acked:,} records; draining")
 
         drained_at = lag_zero_at = None
+        lag: int | None = None
+        left: dict[str, int] = {}
         deadline = time.time() + scenario.drain_timeout_s
         good = 0
         while time.time() < deadline:
@@ -769,7 +769,7 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
                                        [settings.events_topic, settings.repartition_topic]).values())
                 left = redis_leftovers(settings.redis_url, settings.redis_key_prefix)
             except Exception as exc:  # a service still recovering: ask again
-                say(f"drain probe failed: {exc!r}")
+                note(f"drain probe failed: {exc!r}")
                 time.sleep(1)
                 continue
             now = time.time()
@@ -791,7 +791,7 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
         watch.join(10)
         for worker in list(cluster.workers):
             worker.stop()
-        say("checking")
+        note("checking")
         report = check_pipeline(settings)
         late = lateness(report, watch.seen, faults, t0)
         amended = amended_near(report, watch.seen, faults, t0)
