@@ -284,6 +284,10 @@ class TimedStore:
         result: Claim = await self._timed("claim", self.store.claim(partition))
         return result
 
+    async def has_due(self, partition: int, until_ms: int) -> bool:
+        result: bool = await self._timed("has_due", self.store.has_due(partition, until_ms))
+        return result
+
     async def load(
         self, partition: int, keys: Iterable[Any], due_until_ms: int | None, due_limit: int
     ) -> list[KeyState]:

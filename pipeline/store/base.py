@@ -71,6 +71,10 @@ class SessionStore(Protocol):
         """States of ``keys`` plus of up to ``due_limit`` keys due by ``due_until_ms``."""
         ...
 
+    async def has_due(self, partition: int, until_ms: int) -> bool:
+        """Whether any key of the partition falls due by ``until_ms`` (nothing is loaded)."""
+        ...
+
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         """Apply atomically. False: the offsets were already applied (nothing done).
         Raises :class:`~pipeline.exceptions.FencedError` when the epoch is stale, and

@@ -60,6 +60,10 @@ class MemoryStore:
             KeyState.from_state(orjson.loads(shard.states[kid])) for kid in wanted if kid in shard.states
         ]
 
+    async def has_due(self, partition: int, until_ms: int) -> bool:
+        shard = self.shards.get(partition)
+        return shard is not None and any(d <= until_ms for d in shard.due.values())
+
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         shard = self.shards.get(partition)
         if shard is None:  # never claimed: no epoch is current, as in Redis

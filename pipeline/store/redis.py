@@ -278,6 +278,9 @@ class RedisStore:
                 session.replay_log([loads(item) for item in items])
         return [state for _, state in states]
 
+    async def has_due(self, partition: int, until_ms: int) -> bool:
+        return bool(await self.client.zcount(self.keys.due(partition), "-inf", until_ms))
+
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         k = self.keys
         dumps = orjson.dumps

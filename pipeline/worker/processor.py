@@ -263,13 +263,13 @@ class PartitionProcessor:
         if clock <= self.clock_ms and not self.sent_unacked:
             return None
         engine_due = self.engine.next_due_ms()
-        if (engine_due is None or engine_due > clock) and not self.sent_unacked:
-            # nothing due among the keys held in memory; ask Redis about the others
-            stored_due = await self.store.load(self.partition, (), clock, 1)
-            if not stored_due:
-                self.clock_ms = max(self.clock_ms, clock)  # recorded with the next commit
-                self.engine.clock_ms = self.clock_ms
-                return None
+        nothing_held_due = engine_due is None or engine_due > clock
+        # nothing due among the keys held in memory; ask Redis about the others
+        if (nothing_held_due and not self.sent_unacked
+                and not await self.store.has_due(self.partition, clock)):
+            self.clock_ms = max(self.clock_ms, clock)  # recorded with the next commit
+            self.engine.clock_ms = self.clock_ms
+            return None
         stats = BatchStats()
         await self._run([], clock, {}, [], stats, {})
         return stats

@@ -292,6 +292,19 @@ async def test_load_returns_asked_keys_plus_keys_due_by_the_clock(backend: Backe
 
 
 @contract
+async def test_has_due_answers_by_the_due_index_alone(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(1)
+    assert not await store.has_due(1, 10**15)  # nothing stored
+    keys = [user_key("early"), user_key("late")]
+    states = {k: open_state(k, f"s{i}") for i, k in enumerate(keys)}
+    assert await put(store, 1, claim.epoch, states, due={keys[0]: 200, keys[1]: 400})
+    assert not await store.has_due(1, 199)
+    assert await store.has_due(1, 200)  # inclusive, like load's bound
+    assert not await store.has_due(2, 10**15)  # per partition
+
+
+@contract
 async def test_a_none_state_deletes_the_key_and_its_due_entry(backend: Backend) -> None:
     store = backend.store()
     claim = await store.claim(0)
