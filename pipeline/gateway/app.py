@@ -152,6 +152,16 @@ class Gateway:
             )
         return key, project
 
+    async def _admit_events(self, request: web.Request) -> tuple[str, list[Any]] | web.Response:
+        """``(project, raw events)`` of an event POST, or its 401/429/413/400 refusal."""
+        admitted = self._admit(request)
+        if isinstance(admitted, web.Response):
+            return admitted
+        raws = await self._read_events(request)
+        if isinstance(raws, web.Response):
+            return raws
+        return admitted[1], raws
+
     async def _read_events(self, request: web.Request) -> list[Any] | web.Response:
         limit = self.settings.max_body_bytes
         too_large = refusal(
@@ -218,13 +228,10 @@ class Gateway:
 
     async def exceptionless_events(self, request: web.Request) -> web.Response:
         received_ms = self.clock_ms()
-        admitted = self._admit(request)
+        admitted = await self._admit_events(request)
         if isinstance(admitted, web.Response):
             return admitted
-        _, project = admitted
-        raws = await self._read_events(request)
-        if isinstance(raws, web.Response):
-            return raws
+        project, raws = admitted
         mapped: list[dict[str, Any]] = []
         mapped_raws: list[Any] = []
         indexes: list[int] = []
@@ -303,13 +310,10 @@ class Gateway:
 
     async def spec_events(self, request: web.Request) -> web.Response:
         received_ms = self.clock_ms()
-        admitted = self._admit(request)
+        admitted = await self._admit_events(request)
         if isinstance(admitted, web.Response):
             return admitted
-        _, project = admitted
-        raws = await self._read_events(request)
-        if isinstance(raws, web.Response):
-            return raws
+        project, raws = admitted
         mapped: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         for index, raw in enumerate(raws):
