@@ -23,6 +23,11 @@ ENDED = "ended"
 TIMEOUT = "timeout"
 MAX_DURATION = "max_duration"
 
+#: the fields of a session's head (its state without events, ids and data), in the
+#: order :meth:`Session.head_json` writes them as an array
+HEAD_FIELDS = ("sid", "p", "m", "s", "la", "ar", "u", "ut", "n", "nt", "hs", "st", "cr", "e", "ca",
+               "r", "ec", "hc", "dc", "tc", "he", "tr", "q")
+
 # index of each field in a stored event entry (a list, compact in Redis)
 _E_TIME, _E_ID, _E_TYPE, _E_SOURCE, _E_MESSAGE, _E_VALUE, _E_PARTITION, _E_OFFSET, _E_SEQ = range(9)
 
@@ -189,10 +194,20 @@ class Session:
         self.head_cache = None
 
     def head_json(self) -> bytes:
-        """``to_state(with_log=False)`` as JSON, cached while the session is unchanged."""
-        if self.head_cache is None:
-            self.head_cache = orjson.dumps(self.to_state(with_log=False))
-        return self.head_cache
+        """The head (``to_state(with_log=False)``) as a compact JSON array of its values
+        in :data:`HEAD_FIELDS` order, which :meth:`from_state` reads back; cached while
+        the session is unchanged."""
+        cached = self.head_cache
+        if cached is None:
+            cached = self.head_cache = orjson.dumps([
+                self.session_id, self.project, self.manual, self.start_ms, self.last_activity_ms,
+                self.last_arrival_ms, self.user_id, self.user_id_ms, self.user_name,
+                self.user_name_ms, self.has_start, self.status, self.close_reason, self.end_ms,
+                self.closed_at_ms, self.revision, self.event_count, self.heartbeat_count,
+                self.duplicate_events, self.type_counts, self.has_error, self.events_truncated,
+                self.seq,
+            ])
+        return cached
 
     def close(self, reason: str, closed_at_ms: int) -> None:
         self.head_cache = None
@@ -268,7 +283,10 @@ class Session:
         return state
 
     @classmethod
-    def from_state(cls, s: dict[str, Any]) -> Session:
+    def from_state(cls, s: dict[str, Any] | list[Any]) -> Session:
+        """A session from :meth:`to_state`'s dict or :meth:`head_json`'s array."""
+        if isinstance(s, list):
+            s = dict(zip(HEAD_FIELDS, s, strict=True))
         return cls(
             session_id=s["sid"], project=s["p"], manual=s["m"], start_ms=s["s"],
             last_activity_ms=s["la"], last_arrival_ms=s["ar"], user_id=s["u"], user_id_ms=s["ut"],
@@ -336,6 +354,7 @@ class KeyState:
 
 __all__ = [
     "CLOSED",
+    "HEAD_FIELDS",
     "END",
     "ENDED",
     "MAX_DURATION",

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.core.event import Event
 from pipeline.core.rules import SessionRules
-from pipeline.core.session import Session
+from pipeline.core.session import HEAD_FIELDS, KeyState, Session
 
 RULES = SessionRules(max_events_per_session=3)
 
@@ -68,5 +68,11 @@ def test_cached_head_always_equals_a_fresh_serialization(steps: list[tuple[int, 
                    id=f"e{n % 7}", offset=n)
         engine.apply(ev)
         for state in engine.states.values():
-            assert orjson.loads(state.head_json()) == orjson.loads(
-                orjson.dumps(state.to_state(with_log=False)))
+            fresh = orjson.loads(orjson.dumps(state.to_state(with_log=False)))
+            head = orjson.loads(state.head_json())
+            assert KeyState.from_state(head).to_state(with_log=False) == fresh
+            for session, row in zip(state.sessions(), [head["o"]] * (state.open is not None) + head["c"],
+                                    strict=True):
+                assert list(session.to_state(with_log=False)) == list(HEAD_FIELDS)
+                assert dict(zip(HEAD_FIELDS, row, strict=True)) == orjson.loads(
+                    orjson.dumps(session.to_state(with_log=False)))
