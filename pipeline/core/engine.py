@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.core.event import END, START, Event, RejectCode, Rejection, SessionKey
 from pipeline.core.rules import SessionRules
-from pipeline.core.session import ENDED, MAX_DURATION, TIMEOUT, KeyState, Session
+from pipeline.core.session import ENDED, MAX_DURATION, OPEN, TIMEOUT, KeyState, Session
 
 Record = dict[str, Any]
 
@@ -142,7 +142,11 @@ class Sessionizer:
     # -- events --------------------------------------------------------------------
     def apply(self, ev: Event) -> Applied:
         """Place one event (SPEC section 3, rules 1-5), after advancing to its arrival."""
-        out = Applied(self.advance(ev.arrival_ms))
+        heap = self._heap
+        if ev.arrival_ms > self.clock_ms or (heap and heap[0][0] <= self.clock_ms):
+            out = Applied(self.advance(ev.arrival_ms))
+        else:
+            out = Applied()
         if ev.clamped:  # SPEC 3: an event time too far ahead is clamped and counted
             self.counters["clamped_events"] += 1
         key = ev.key
@@ -150,14 +154,14 @@ class Sessionizer:
         if state is None:
             state = KeyState(key)
             self.states[key] = state
-        else:
+        elif state.closed:
             self._expire_closed(state)
         self._place(state, ev, out)
         self._touch(state)
         return out
 
     def _place(self, state: KeyState, ev: Event, out: Applied) -> None:
-        rules, t = self.rules_for(ev.project), ev.time_ms
+        rules, t = self.project_rules.get(ev.project, self.rules), ev.time_ms
         opened = state.open
 
         if ev.id is not None:
@@ -166,12 +170,16 @@ class Sessionizer:
                 opened.changed()
                 self.counters["duplicate_events"] += 1
                 return
-            if any(ev.id in c.ids for c in state.closed):
+            if state.closed and any(ev.id in c.ids for c in state.closed):
                 self.counters["duplicate_events_closed"] += 1
                 return
 
-        # rule 1: inside the open session's span
-        if opened is not None and opened.holds(t, rules):
+        # rule 1: inside the open session's span (Session.holds, inlined: the common case)
+        if opened is not None and (
+            (opened.start_ms if opened.has_start else opened.start_ms - rules.inactivity_timeout_ms)
+            <= t <= opened.last_activity_ms + rules.inactivity_timeout_ms
+            if opened.status == OPEN else opened.holds(t, rules)
+        ):
             start, last = min(opened.start_ms, t), max(opened.last_activity_ms, t)
             if last - start > rules.max_session_duration_ms:
                 self._close(state, opened, MAX_DURATION, out)
@@ -183,7 +191,7 @@ class Sessionizer:
             return
 
         # rule 2: into a recently closed session whose span holds the event
-        if ev.manual or ev.type != START:
+        if state.closed and (ev.session_id is not None or ev.type != START):
             holding = [c for c in state.closed if c.holds(t, rules)]
             if holding:
                 amended = max(holding, key=lambda c: c.start_ms)
@@ -264,17 +272,19 @@ class Sessionizer:
 
     # -- bookkeeping -----------------------------------------------------------------
     def _touch(self, state: KeyState) -> None:
-        self._changed.add(state.key)
-        if state.is_empty():
-            del self.states[state.key]
-            self._due.pop(state.key, None)
+        key = state.key
+        self._changed.add(key)
+        if state.open is None and not state.closed:
+            del self.states[key]
+            self._due.pop(key, None)
             return
         self._schedule(state)
 
     def _schedule(self, state: KeyState) -> None:
-        due = state.next_due_ms(self.rules_for(state.key[0]))
+        key = state.key
+        due = state.next_due_ms(self.project_rules.get(key[0], self.rules))
         if due is None:
-            self._due.pop(state.key, None)
-        elif self._due.get(state.key) != due:
-            self._due[state.key] = due
-            heapq.heappush(self._heap, (due, state.key))
+            self._due.pop(key, None)
+        elif self._due.get(key) != due:
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, key))
