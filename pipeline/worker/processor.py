@@ -209,42 +209,65 @@ class PartitionProcessor:
         outgoing: list[Outgoing] = []
         offsets: dict[str, int] = {}
         raw_of: RawOf = {}
-        rules, router, me = self.rules, self.router, self.partition
+        rules, route, me = self.rules, self.router.partition_of, self.partition
         events_topic = self.topics.events
+        applied = self.applied
+        # the records of one batch were fetched together: one reading time for them all
+        now = self.wall()
+        now_ms = int(now * 1000)
+        max_arrival = self.max_arrival_ms
+        read_at = self.read_at
+        topic = ""
+        last = floor = -1
         for record in records:
-            topic, offset = record.topic, record.offset
-            if offset <= self.applied.get(topic, -1) or offset <= offsets.get(topic, -1):
+            offset = record.offset
+            if record.topic != topic:
+                if last >= 0:
+                    offsets[topic] = last
+                topic = record.topic
+                floor = max(applied.get(topic, -1), offsets.get(topic, -1))
+                last = -1
+            if offset <= floor:
                 continue  # applied already (a replay after a crash or a rebalance)
-            offsets[topic] = offset
+            floor = last = offset
             stats.records += 1
-            now = self.wall()
-            arrival = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else int(now * 1000)
-            if arrival >= self.max_arrival_ms:
-                self.max_arrival_ms, self.read_at = arrival, now
-            self.last_read = now
-            origin = _origin_of(record) if topic != events_topic else None
-            src_partition, src_offset = (origin[0], origin[1]) if origin else (record.partition, offset)
+            arrival = record.timestamp
+            if arrival is None or arrival < 0:
+                arrival = now_ms
+            if arrival >= max_arrival:
+                max_arrival, read_at = arrival, now
+            value = record.value
+            if topic != events_topic:
+                origin = _origin_of(record)
+                src_partition, src_offset = (origin[0], origin[1]) if origin else (record.partition, offset)
+            else:
+                origin, src_partition, src_offset = None, record.partition, offset
             items = parse_record(
-                record.value, arrival_ms=arrival, partition=src_partition, offset=src_offset, rules=rules
+                value, arrival_ms=arrival, partition=src_partition, offset=src_offset, rules=rules
             )
-            batch_record = len(items) > 1 or (record.value or b"").lstrip()[:1] == b"["
+            batch_record = len(items) > 1 or _is_array(value)
             for item in items:
-                if isinstance(item, Rejection):
+                if type(item) is Rejection:
                     outgoing.append(self._dead_letter(item, record, arrival))
                     stats.rejected[item.code] = stats.rejected.get(item.code, 0) + 1
                     continue
+                assert isinstance(item, Event)
                 if origin is not None:
                     item.index = origin[2]
                 elif not batch_record:
                     item.index = None
-                if topic == events_topic and router.partition_of(item.routing_key) != me:
+                if topic == events_topic and route(item.routing_key) != me:
                     outgoing.append(self._forward(item, record, arrival, batch_record))
                     stats.forwarded += 1
                     continue
-                raw_of[(item.partition, item.offset, item.index)] = (record.key, record.value, arrival)
+                raw_of[(item.partition, item.offset, item.index)] = (record.key, value, arrival)
                 events.append(item)
+        if last >= 0:
+            offsets[topic] = last
+        self.max_arrival_ms, self.read_at = max_arrival, read_at
         if not offsets:
             return stats
+        self.last_read = now
         stats.events = len(events)
         stats.types = dict(Counter(ev.type for ev in events))
         await self._run(events, self.max_arrival_ms, offsets, outgoing, stats, raw_of)
@@ -468,6 +491,16 @@ class PartitionProcessor:
             FORWARD, ev.routing_key.encode(), value or b"", arrival,
             partition=self.router.partition_of(ev.routing_key), origin=origin,
         )
+
+
+def _is_array(value: bytes | None) -> bool:
+    """Whether a record value is a JSON array (a batch), by its first non-blank byte."""
+    if not value:
+        return False
+    first = value[:1]
+    if first in b" \t\r\n":
+        first = value.lstrip(b" \t\r\n")[:1]
+    return first == b"["
 
 
 def _element(value: bytes | None, index: int) -> bytes:
