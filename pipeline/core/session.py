@@ -354,9 +354,9 @@ class KeyState:
 
 __all__ = [
     "CLOSED",
-    "HEAD_FIELDS",
     "END",
     "ENDED",
+    "HEAD_FIELDS",
     "MAX_DURATION",
     "OPEN",
     "TIMEOUT",
