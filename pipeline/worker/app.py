@@ -13,6 +13,7 @@ The faust web server serves ``GET /healthz``, ``GET /stats`` and ``GET /metrics`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -79,6 +80,9 @@ class Runtime:
         self._heard: dict[int, float] = {}  # partition -> when the broker last answered for it (ms)
         self.router: Router | None = None
         self.lock = asyncio.Lock()
+        # partition -> its latest step (a batch or a tick); a partition's steps run one
+        # after the other, different partitions' side by side
+        self._steps: dict[int, asyncio.Future[None]] = {}
         self.started = False
         self.tick_interval = settings.tick_interval
         self._last_tick = 0.0
@@ -96,6 +100,7 @@ class Runtime:
             self.started = True
 
     async def stop(self) -> None:
+        await self._settle()
         await self.sink.stop()
         await self.store.close()
 
@@ -113,6 +118,7 @@ class Runtime:
         wanted = self._partitions_of(assigned)
         self._assigned = set(wanted)
         async with self.lock:
+            await self._settle()
             for partition in list(self.processors):
                 if partition not in wanted:
                     self._drop(partition)
@@ -162,6 +168,7 @@ class Runtime:
     async def on_revoked(self, revoked: set[TP]) -> None:
         async with self.lock:
             self._assigned -= self._partitions_of(revoked)
+            await self._settle(self._partitions_of(revoked))
             for partition in self._partitions_of(revoked):
                 self._drop(partition)
             self.metrics.partitions.set(len(self.processors))
@@ -177,21 +184,19 @@ class Runtime:
 
     # -- batches -------------------------------------------------------------------
     async def handle(self, records: Mapping[Any, list[Any]]) -> None:
-        by_partition: dict[int, list[Any]] = defaultdict(list)
+        """Start one step per partition for a fetched batch, and return once the steps
+        started by the call before have ended: each partition's next batch is parsed
+        and applied while its last commit is in flight, and the fetch goes on meanwhile."""
+        by_partition: dict[int, list[tuple[TP, list[Any]]]] = defaultdict(list)
         async with self.lock:
+            previous = [step for step in self._steps.values() if not step.done()]
             for tp, batch in sorted(records.items(), key=lambda item: (item[0].partition, item[0].topic != self.topics.events)):
-                if not batch or tp.partition not in self.processors:
-                    continue
-                key = TP(tp.topic, tp.partition)
-                expect = self._expect.pop(key, None)
-                if expect is not None and batch[0].offset > expect:
-                    # fetched from a position past the one we resume at: read again from there
-                    log.info("%s: fetched from %d, resuming at %d", key, batch[0].offset, expect)
-                    await self.app.consumer.seek_wait({key: expect})
-                    continue
-                by_partition[tp.partition].extend(batch)
-            if by_partition:
-                await asyncio.gather(*(self._guarded(p, self._process, rs) for p, rs in by_partition.items()))
+                if batch and tp.partition in self.processors:
+                    by_partition[tp.partition].append((TP(tp.topic, tp.partition), batch))
+            for partition, batches in by_partition.items():
+                self._chain(partition, self._batch_step(partition, batches))
+            if previous:
+                await asyncio.wait(previous)
             now = time.monotonic()
             if now - self._last_tick >= self.tick_interval:
                 self._last_tick = now
@@ -200,16 +205,57 @@ class Runtime:
                 self._last_commit = now
                 await self._commit_kafka()
 
+    def _chain(self, partition: int, step: Any) -> None:
+        """Run the coroutine ``step`` after the partition's steps before it."""
+        before = self._steps.get(partition)
+
+        async def after() -> None:
+            if before is not None and not before.done():
+                await asyncio.wait([before])
+            await step
+
+        self._steps[partition] = asyncio.ensure_future(after())
+
+    async def _settle(self, partitions: set[int] | None = None) -> None:
+        """Wait for the steps in flight (of ``partitions``; default: all)."""
+        steps = [s for p, s in self._steps.items() if partitions is None or p in partitions]
+        if steps:
+            await asyncio.wait(steps)
+        for partition in list(self._steps):
+            if self._steps[partition].done():
+                del self._steps[partition]
+
+    async def _batch_step(self, partition: int, batches: list[tuple[TP, list[Any]]]) -> None:
+        records: list[Any] = []
+        for tp, batch in batches:
+            expect = self._expect.pop(tp, None)
+            if expect is not None and batch[0].offset > expect:
+                # fetched from a position past the one we resume at: read again from there
+                log.info("%s: fetched from %d, resuming at %d", tp, batch[0].offset, expect)
+                await self.app.consumer.seek_wait({tp: expect})
+                continue
+            records.extend(batch)
+        if records:
+            await self._guarded(partition, self._process, records)
+
     async def _process(self, records: list[Any]) -> None:
-        """One partition's batch (all ``records`` are of one partition), timed."""
+        """One partition's batch (all ``records`` are of one partition), timed; by the
+        processor that owns the partition when the step runs (a rebuild replaces it)."""
+        processor = self.processors.get(records[0].partition)
+        if processor is None:
+            return
         started = time.perf_counter()
-        await self.processors[records[0].partition].process(records)
+        await processor.process(records)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _tick_one(self, partition: int, caught_up: bool) -> None:
+        processor = self.processors.get(partition)
+        if processor is not None:
+            await processor.tick(caught_up)
 
     async def _tick(self) -> None:
         consumer = self.app.consumer
         now = time.time()
-        jobs = []
         for partition, processor in self.processors.items():
             caught_up = True
             heard_ms: float | None = now * 1000
@@ -242,9 +288,7 @@ class Runtime:
                 if heard_ms - before > CAUGHT_UP_FRESH_MS:
                     processor.hold_clock((heard_ms - before) / 1000)
                 self._heard[partition] = heard_ms
-            jobs.append(self._guarded(partition, processor.tick, caught_up))
-        if jobs:
-            await asyncio.gather(*jobs)
+            self._chain(partition, self._guarded(partition, functools.partial(self._tick_one, partition), caught_up))
 
     async def _guarded(self, partition: int, func: Any, arg: Any) -> None:
         """Run one partition's step; retry transient failures; never lose a batch."""
