@@ -105,6 +105,10 @@ class Session:
         """Put an event into this session (the caller decided it belongs here)."""
         self.head_cache = None
         t = ev.time_ms
+        # every data value was taken from an event of this session, so at or before its
+        # last activity: an event no earlier than that, whose data names are all known
+        # already, changes no data value (the first value of a name wins)
+        data_settled = t >= self.last_activity_ms
         if t < self.start_ms:
             self.start_ms = t
         if t > self.last_activity_ms:
@@ -121,7 +125,7 @@ class Session:
             self.user_name, self.user_name_ms = ev.user_name, t
         if ev.user_id and (self.user_id is None or t < self.user_id_ms):
             self.user_id, self.user_id_ms = ev.user_id, t
-        if ev.data:
+        if ev.data and not (data_settled and ev.data.keys() <= self.data_ms.keys()):
             data, data_ms = self.data, self.data_ms
             for name, value in ev.data.items():
                 seen = data_ms.get(name)

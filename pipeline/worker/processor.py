@@ -368,7 +368,11 @@ class PartitionProcessor:
     ) -> None:
         engine = self.engine
         held = engine.states
-        missing = {ev.key for ev in events if ev.key not in held}
+        missing = set()
+        for ev in events:
+            wanted = ev.key
+            if wanted not in held:
+                missing.add(wanted)
         for state in await self.store.load(self.partition, missing, clock_ms, self.due_limit):
             if state.key not in held:
                 engine.load(state)

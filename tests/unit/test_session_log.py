@@ -76,3 +76,27 @@ def test_cached_head_always_equals_a_fresh_serialization(steps: list[tuple[int, 
                 assert list(session.to_state(with_log=False)) == list(HEAD_FIELDS)
                 assert dict(zip(HEAD_FIELDS, row, strict=True)) == orjson.loads(
                     orjson.dumps(session.to_state(with_log=False)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=st.lists(st.tuples(
+    st.integers(0, 30),
+    st.dictionaries(st.sampled_from(["os", "browser", "path", "ip"]), st.integers(0, 3), max_size=4),
+), min_size=1, max_size=30))
+def test_data_keeps_the_earliest_value_of_each_name(steps: list[tuple[int, dict[str, int]]]) -> None:
+    """``data`` holds, per name, the value of the earliest event that carried it (the
+    first added among equal times), however the events arrive."""
+    session = Session.begin("s1", event(0, steps[0][0]))
+    expected: dict[str, tuple[int, int]] = {}
+    for i, (t, data) in enumerate(steps):
+        ev = event(i, t)
+        ev.data = dict(data)
+        session.add(ev, RULES)
+        for name, value in data.items():
+            if name not in expected or t < expected[name][0]:
+                expected[name] = (t, value)
+    assert session.data == {name: value for name, (_, value) in expected.items()}
+    assert session.data_ms == {name: t for name, (t, _) in expected.items()}
+    rebuilt = Session.from_state(orjson.loads(session.head_json()))
+    rebuilt.replay_log(orjson.loads(orjson.dumps(session.take_log())))
+    assert rebuilt.data == session.data and rebuilt.data_ms == session.data_ms
