@@ -31,13 +31,22 @@ exactly ``max_event_bytes`` long, exactly ``max_future_skew`` ahead or exactly
 
 The event schema is read from ``schemas/event.schema.json`` at the repository
 root (or from the folder named by ``SESSIONIZER_SCHEMA_DIR``) and compiled once,
-on first use.
+on first use. When the schema read is the bundled one (its constraints, titles
+and descriptions aside), an event first goes through a hand-written check of
+that schema, which only ever passes events the schema accepts; anything else
+(a failure, a ``null``, a float timestamp, ...) goes to the compiled validator,
+which gives the verdict and the error message. A schema from elsewhere always
+goes to the compiled validator. Likewise a string time of the usual shape
+(digit first, ``Z`` or a digit last, ``T`` at [10]) skips the preparation that
+:func:`~pipeline.core.timefmt.parse_timestamp_ms` does and gets the same result.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -86,8 +95,44 @@ DEFAULT_PROJECT: Final = "default"
 
 _JSON_WHITESPACE: Final = b" \t\n\r"
 
+#: The constraints of the bundled ``event.schema.json`` (without ``anyOf``, titles and
+#: descriptions), the ones :func:`_parse_event`'s hand-written check implements.
+_BUNDLED_EVENT_SCHEMA: Final[dict[str, Any]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["type", "timestamp"],
+    "properties": {
+        "type": {"type": "string", "minLength": 1, "maxLength": 100},
+        "timestamp": {"type": ["string", "integer"]},
+        "user_id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "session_id": {
+            "type": "string",
+            "minLength": 8,
+            "maxLength": 100,
+            "pattern": "^[A-Za-z0-9-]*$",
+        },
+        "id": {"type": "string", "minLength": 1, "maxLength": 100},
+        "project": {"type": "string", "minLength": 1, "maxLength": 100, "default": "default"},
+        "user_name": {"type": "string"},
+        "source": {"type": "string"},
+        "message": {"type": "string"},
+        "value": {"type": "number"},
+        "close": {"type": "boolean"},
+        "sent_at": {"type": ["string", "integer"]},
+        "data": {"type": "object"},
+    },
+    "additionalProperties": True,
+}
+_ANNOTATIONS: Final = ("title", "description")
+#: ``^[A-Za-z0-9-]*$`` as the compiled validator applies it (``$`` as ``\Z``).
+_SESSION_ID_CHARS: Final = re.compile(r"[A-Za-z0-9-]*")
+
 Validator = Callable[..., Any]
 _validator: Validator | None = None
+#: Whether the compiled schema is the bundled one, so the hand-written check applies.
+_bundled_schema = False
+#: Tests set this to False to send every event through the general code.
+FAST_PATHS = True
 #: The last ``sent_at`` text parsed, and its value (see :func:`_sent_at_ms`).
 _last_sent_at: tuple[object, int] = (object(), 0)
 
@@ -102,7 +147,7 @@ def schema_dir() -> Path:
 
 def event_validator() -> Validator:
     """The compiled event schema (without its identity ``anyOf``), compiled on first use."""
-    global _validator
+    global _validator, _bundled_schema
     if _validator is None:
         path = schema_dir() / EVENT_SCHEMA_FILE
         try:
@@ -115,14 +160,42 @@ def event_validator() -> Validator:
         # The schema's ``anyOf`` (user_id or session_id) is checked before the
         # schema, with its own code (``no_identity``): no need to check it twice.
         definition.pop("anyOf", None)
+        bundled = _is_bundled_schema(definition)
         _validator = fastjsonschema.compile(definition, use_default=False)
+        _bundled_schema = bundled
     return _validator
 
 
 def reset_event_validator() -> None:
     """Forget the compiled schema, so the next parse reads it again (tests, reloads)."""
-    global _validator
+    global _validator, _bundled_schema
+    _bundled_schema = False
     _validator = None
+
+
+def _is_bundled_schema(definition: object) -> bool:
+    """Whether ``definition`` (without ``anyOf``) constrains exactly what the bundled
+    schema does: equal to it once titles and descriptions are left out, compared as
+    canonical JSON (so ``1`` is not ``true`` nor ``1.0``)."""
+    if type(definition) is not dict:
+        return False
+    stripped = {k: v for k, v in definition.items() if k not in _ANNOTATIONS}
+    properties = stripped.get("properties")
+    if type(properties) is dict:
+        stripped["properties"] = {
+            name: (
+                {k: v for k, v in schema.items() if k not in _ANNOTATIONS}
+                if type(schema) is dict
+                else schema
+            )
+            for name, schema in properties.items()
+        }
+    try:
+        return orjson.dumps(stripped, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+            _BUNDLED_EVENT_SCHEMA, option=orjson.OPT_SORT_KEYS
+        )
+    except TypeError:
+        return False
 
 
 def parse_record(
@@ -262,8 +335,9 @@ def _parse_event(
     rules: SessionRules,
 ) -> Event | Rejection:
     """One event object (decoded, within size) to an event or a rejection."""
-    user_id = obj.get("user_id")
-    session_id = obj.get("session_id")
+    get = obj.get
+    user_id = get("user_id")
+    session_id = get("session_id")
     if (user_id is None or user_id == "") and (session_id is None or session_id == ""):
         return Rejection(
             RejectCode.NO_IDENTITY,
@@ -274,22 +348,77 @@ def _parse_event(
             raw,
         )
 
+    # Loading the schema also tells whether it is the bundled one (``_bundled_schema``).
     validate = _validator if _validator is not None else event_validator()
-    try:
-        validate(obj, name_prefix="event")
-    except fastjsonschema.JsonSchemaValueException as exc:
-        return Rejection(
-            RejectCode.INVALID_EVENT,
-            _where(index) + f"invalid event: {exc.message}",
-            partition,
-            offset,
-            index,
-            raw,
+    etype = get("type")
+    stamp = get("timestamp")
+    event_id = get("id")
+    project = get("project")
+    user_name = get("user_name")
+    source = get("source")
+    message = get("message")
+    value = get("value")
+    close = get("close")
+    sent = get("sent_at")
+    data: dict[str, Any] | None = get("data")
+    # The bundled schema, by hand: true only for events it accepts (exact types, as
+    # orjson gives them; a field given as null is not absent). Anything else goes to
+    # the compiled validator, whose verdict and message count.
+    if not (
+        _bundled_schema
+        and FAST_PATHS
+        and type(etype) is str
+        and 1 <= len(etype) <= 100
+        and (type(stamp) is int or type(stamp) is str)
+        and (
+            ("user_id" not in obj)
+            if user_id is None
+            else (type(user_id) is str and 1 <= len(user_id) <= 256)
         )
+        and (
+            ("session_id" not in obj)
+            if session_id is None
+            else (
+                type(session_id) is str
+                and 8 <= len(session_id) <= 100
+                and _SESSION_ID_CHARS.fullmatch(session_id) is not None
+            )
+        )
+        and (
+            ("id" not in obj)
+            if event_id is None
+            else (type(event_id) is str and 1 <= len(event_id) <= 100)
+        )
+        and (
+            ("project" not in obj)
+            if project is None
+            else (type(project) is str and 1 <= len(project) <= 100)
+        )
+        and (("user_name" not in obj) if user_name is None else type(user_name) is str)
+        and (("source" not in obj) if source is None else type(source) is str)
+        and (("message" not in obj) if message is None else type(message) is str)
+        and (
+            ("value" not in obj) if value is None else (type(value) is int or type(value) is float)
+        )
+        and (("close" not in obj) if close is None else type(close) is bool)
+        and (("sent_at" not in obj) if sent is None else (type(sent) is int or type(sent) is str))
+        and (("data" not in obj) if data is None else type(data) is dict)
+    ):
+        try:
+            validate(obj, name_prefix="event")
+        except fastjsonschema.JsonSchemaValueException as exc:
+            return Rejection(
+                RejectCode.INVALID_EVENT,
+                _where(index) + f"invalid event: {exc.message}",
+                partition,
+                offset,
+                index,
+                raw,
+            )
+    # Valid from here: a known field that is None is absent.
 
-    stamp = obj["timestamp"]
     try:
-        time_ms = stamp if type(stamp) is int else parse_timestamp_ms(stamp)
+        time_ms = stamp if type(stamp) is int else _stamp_ms(stamp)
     except TimestampError as exc:
         return Rejection(
             RejectCode.INVALID_EVENT,
@@ -299,7 +428,6 @@ def _parse_event(
             index,
             raw,
         )
-    sent = obj.get("sent_at")
     if sent is not None:
         try:
             sent_ms = sent if type(sent) is int else _sent_at_ms(sent)
@@ -331,7 +459,6 @@ def _parse_event(
             raw,
         )
 
-    data: dict[str, Any] | None = obj.get("data")
     if data is None:
         data = {}
     if not KNOWN_FIELDS.issuperset(obj):
@@ -339,35 +466,96 @@ def _parse_event(
             if name not in KNOWN_FIELDS:
                 data.setdefault(name, field_value)
 
-    return Event(
-        type=obj["type"],
-        time_ms=time_ms,
-        arrival_ms=arrival_ms,
-        project=obj.get("project", DEFAULT_PROJECT),
-        user_id=user_id,
-        session_id=session_id,
-        id=obj.get("id"),
-        user_name=obj.get("user_name"),
-        source=obj.get("source"),
-        message=obj.get("message"),
-        value=obj.get("value"),
-        close=obj.get("close", False),
-        data=data,
-        partition=partition,
-        offset=offset,
-        index=0 if index is None else index,
-        clamped=clamped,
+    return _new_event(
+        etype,
+        time_ms,
+        arrival_ms,
+        DEFAULT_PROJECT if project is None else project,
+        user_id,
+        session_id,
+        event_id,
+        user_name,
+        source,
+        message,
+        value,
+        False if close is None else close,
+        data,
+        partition,
+        offset,
+        0 if index is None else index,
+        clamped,
     )
 
 
+#: :class:`Event`'s fields in the order :func:`_parse_event` passes them.
+_EVENT_FIELDS: Final = (
+    "type",
+    "time_ms",
+    "arrival_ms",
+    "project",
+    "user_id",
+    "session_id",
+    "id",
+    "user_name",
+    "source",
+    "message",
+    "value",
+    "close",
+    "data",
+    "partition",
+    "offset",
+    "index",
+    "clamped",
+)
+
+
+def _event_by_name(*args: Any) -> Event:
+    return Event(**dict(zip(_EVENT_FIELDS, args, strict=True)))
+
+
+#: ``Event`` itself when its fields come in that order (positional arguments are the
+#: quicker call), else a constructor that passes them by name.
+_new_event: Callable[..., Event] = (
+    Event if Event.__match_args__ == _EVENT_FIELDS else _event_by_name
+)
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_fromisoformat: Final = datetime.fromisoformat
+
+
+def _stamp_ms(value: object) -> int:
+    """:func:`parse_timestamp_ms`, quicker for a string of the usual shape.
+
+    A string that starts with an ASCII digit, ends with ``Z`` or an ASCII digit and
+    has ``T`` at [10] (length 20 or more) is what ``parse_timestamp_ms`` would hand
+    to ``datetime.fromisoformat`` unchanged (nothing to strip, no lower-case ``t``
+    or ``z``), so that call and the same arithmetic give the same result. Anything
+    else, or a parse that fails or lacks an offset, goes to ``parse_timestamp_ms``
+    (which fails the same way, with its message).
+    """
+    if type(value) is str and FAST_PATHS and len(value) >= 20 and value[10] == "T":
+        first = value[0]
+        last = value[-1]
+        if "0" <= first <= "9" and (last == "Z" or "0" <= last <= "9"):
+            try:
+                parsed = _fromisoformat(value)
+            except ValueError:
+                pass
+            else:
+                if parsed.tzinfo is not None:
+                    delta = parsed - _EPOCH
+                    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    return parse_timestamp_ms(value)
+
+
 def _sent_at_ms(sent: object) -> int:
-    """``parse_timestamp_ms`` remembering its last answer: the events of one batch
+    """``_stamp_ms`` remembering its last answer: the events of one batch
     usually share their ``sent_at``, so each batch parses it once."""
     global _last_sent_at
     last = _last_sent_at
     if last[0] == sent:
         return last[1]
-    sent_ms = parse_timestamp_ms(sent)
+    sent_ms = _stamp_ms(sent)
     _last_sent_at = (sent, sent_ms)
     return sent_ms
 
