@@ -32,6 +32,7 @@ from pipeline.store.redis import RedisStore
 from pipeline.worker.outbox import Outgoing
 from pipeline.worker.processor import PartitionProcessor, Topics
 from pipeline.worker.routing import Router
+from pipeline.worker.run import tune_gc
 
 
 @dataclass(slots=True)
@@ -66,6 +67,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = workload.build(args.users, args.events)
     topics = Topics("events", "events-repartition", "dlq", "sessions")
     parts = partitioned(work.records, args.partitions, topics.events)
+    if not args.default_gc:
+        tune_gc()  # as the worker does
     rules = SessionRules(inactivity_timeout_ms=args.timeout * 1000)
     with EmbeddedRedis(appendonly=True) as redis:
         store = RedisStore.from_url(redis.url, "hot")
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1000, help="records per partition per batch")
     parser.add_argument("--timeout", type=int, default=120, help="inactivity timeout, seconds")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="leave the garbage collector at Python's defaults (the worker tunes it)")
     parser.add_argument("--profile", type=int, nargs="?", const=30, default=0, metavar="N",
                         help="print cProfile's top N functions by self time")
     asyncio.run(run(parser.parse_args(argv)))

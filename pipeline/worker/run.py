@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from typing import Any
@@ -98,6 +99,22 @@ def preflight(settings: Settings) -> dict[str, int]:
     return counts
 
 
+#: the cyclic garbage collector's first-generation threshold in the worker (Python's
+#: default is 700 allocations). The hot path allocates a few dozen containers per event
+#: and almost none of them in cycles (reference counting frees them), while every
+#: collection of the older generations walks the key states held in memory; at the
+#: default a quarter of the worker's CPU went to the collector.
+GC_THRESHOLD = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect cycles less often, and leave what start-up built (modules, classes,
+    the app) out of every collection from now on."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def run_worker(settings: Settings | None = None) -> None:
     import faust
 
@@ -114,4 +131,5 @@ def run_worker(settings: Settings | None = None) -> None:
     # JSON logs: no start-up banner either, so every line of output is one JSON object
     worker = faust.Worker(app, loglevel=level, logging_config=logging_config,
                           quiet=logging_config is not None)
+    tune_gc()
     worker.execute_from_commandline()
