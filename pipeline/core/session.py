@@ -340,11 +340,12 @@ class KeyState:
 
     def head_json(self) -> bytes:
         """``to_state(with_log=False)`` as JSON; unchanged sessions reuse their bytes."""
-        return orjson.dumps({
-            "k": list(self.key),
-            "o": orjson.Fragment(self.open.head_json()) if self.open is not None else None,
-            "c": [orjson.Fragment(c.head_json()) for c in self.closed],
-        })
+        opened = self.open
+        return b"".join((
+            b'{"k":', orjson.dumps(self.key),
+            b',"o":', b"null" if opened is None else opened.head_json(),
+            b',"c":[', b",".join([c.head_json() for c in self.closed]), b"]}",
+        ))
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> KeyState:

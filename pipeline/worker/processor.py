@@ -497,14 +497,17 @@ class PartitionProcessor:
         )
 
 
+_BLANKS = frozenset(b" \t\r\n")
+
+
 def _is_array(value: bytes | None) -> bool:
     """Whether a record value is a JSON array (a batch), by its first non-blank byte."""
     if not value:
         return False
-    first = value[:1]
-    if first in b" \t\r\n":
-        first = value.lstrip(b" \t\r\n")[:1]
-    return first == b"["
+    first = value[0]
+    if first in _BLANKS:
+        return value.lstrip(b" \t\r\n")[:1] == b"["
+    return first == 0x5B  # "["
 
 
 def _element(value: bytes | None, index: int) -> bytes:
