@@ -336,6 +336,7 @@ class SessionClient:
             with self._wake:
                 count = min(self._batch_limit, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(count)]
+                taken_at = self._flush_at
             if not batch:
                 return
             sent_at = format_ms(self._clock_ms())
@@ -350,7 +351,15 @@ class SessionClient:
                 self._retry_delay = 0.0
                 self._retry_at = 0.0
                 self.last_error = None
-                self._flush_at = time.monotonic() if self._queue else math.inf
+                # what came in meanwhile: a full batch (or one asked for soon) goes
+                # now; a part-filled one waits for more, as any new batch does
+                now, queued = time.monotonic(), len(self._queue)
+                if not queued:
+                    self._flush_at = math.inf
+                elif queued >= self._batch_limit:
+                    self._flush_at = now
+                elif self._flush_at == taken_at:  # nobody asked for sooner meanwhile
+                    self._flush_at = now + self.flush_interval
 
     def _failed(self, batch: list[dict[str, Any]], exc: TransportError) -> None:
         with self._wake:
