@@ -26,18 +26,26 @@ from pipeline.store.base import Claim, Commit, StaleStateError
 from pipeline.store.keys import Keys, keyid
 
 # KEYS: meta, due, open, outbox, idx, hist, states
-# ARGV: epoch, clock_ms, shard prefix, payload (msgpack, one argument: packing many
-#       small arguments costs the client more than the whole script costs Redis),
+# ARGV: epoch, clock_ms, shard prefix, payload (msgpack, one argument: redis-py packs
+#       each argument in Python, half a µs apiece: a batch's heads and event items as
+#       arguments cost the client four times what msgpack takes for the whole payload),
 #       token (written to meta by the commit, "" = none and no check),
 #       expected tokens* (meta must hold one of them, "" standing for none):
-#   [offsets [[topic, offset]...],
-#    dropped [[keyid, session_id]...]                        (event logs to delete),
-#    states  [[keyid, blob|"", due|-1, index|"", [[session_id, [item...]]...]]...],
-#    outgoing [message...]       (appended to the outbox list, in order),
-#    acked                       (messages trimmed from the outbox head: sent and acknowledged),
-#    history [[session_id, end_ms, record]...], history_min_ms, history_max,
-#    at_ms                       (the writer's wall time, kept with clock_ms; 0 = not given)]
+#   [offsets  [topic, offset, ...],
+#    dropped  [event log key, ...]                          (event logs to delete),
+#    logs     [event log key, n, item1, ..., itemn, ...]    (appended to the event logs),
+#    heads    [keyid, blob, ...]   (states written),   gone  [keyid, ...] (states deleted),
+#    due      [due_ms, keyid, ...] (deadlines set; due_ms in decimal: Lua formats numbers
+#             slowly),                                 undue [keyid, ...] (deadlines removed),
+#    checked  [keyid, ...], entries [index|"", ...]    (every key of the commit, its entry),
+#    outgoing [message, ...]      (appended to the outbox list, in order),
+#    acked                        (messages trimmed from the outbox head: sent and acknowledged),
+#    history  [session_id, end_ms, record, ...], history_min_ms, history_max,
+#    at_ms                        (the writer's wall time, kept with clock_ms; 0 = not given)]
 #   index: "<sid>\x1f<project>\x1f<user>" of the key's open session
+# Flat arrays, a few long ones: cmsgpack builds a Lua table per array, one element at a
+# time, and a Lua string per string, hashed in full (as the payload itself is): with a
+# table per key and per event log, unpacking took a quarter longer.
 COMMIT_LUA = """
 local meta, due, open, outbox, idx, hist, heads = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -61,17 +69,43 @@ if token ~= '' then
 end
 local shard = ARGV[3]
 local p = cmsgpack.unpack(ARGV[4])
-local offsets, dropped, states, outgoing, acked, history = p[1], p[2], p[3], p[4], p[5], p[6]
-for _, o in ipairs(offsets) do
-  local stored = redis.call('HGET', meta, 'off:' .. o[1])
-  if stored and tonumber(stored) >= tonumber(o[2]) then
+local offsets = p[1]
+for x = 1, #offsets, 2 do
+  local stored = redis.call('HGET', meta, 'off:' .. offsets[x])
+  if stored and tonumber(stored) >= tonumber(offsets[x + 1]) then
     if token ~= '' then redis.call('HSET', meta, 'token', token) end
     return 0
   end
 end
-for _, o in ipairs(offsets) do
-  redis.call('HSET', meta, 'off:' .. o[1], o[2])
+for x = 1, #offsets, 2 do
+  redis.call('HSET', meta, 'off:' .. offsets[x], offsets[x + 1])
 end
+local dropped, logs = p[2], p[3]
+for x = 1, #dropped do
+  redis.call('DEL', dropped[x])
+end
+local x, n = 1, #logs
+while x <= n do
+  local key, last = logs[x], x + 1 + logs[x + 1]
+  if last - x <= 501 then
+    redis.call('RPUSH', key, unpack(logs, x + 2, last))
+  else
+    for y = x + 2, last, 500 do
+      redis.call('RPUSH', key, unpack(logs, y, math.min(y + 499, last)))
+    end
+  end
+  x = last + 1
+end
+local function chunked(command, key, args, step)
+  for y = 1, #args, step do
+    redis.call(command, key, unpack(args, y, math.min(y + step - 1, #args)))
+  end
+end
+chunked('HSET', heads, p[4], 500)
+chunked('HDEL', heads, p[5], 500)
+chunked('ZADD', due, p[6], 500)
+chunked('ZREM', due, p[7], 500)
+-- the query indexes: only where a key's open session (or its user) changed
 local function split(entry)
   local a = string.find(entry, '\\31', 1, true)
   local b = string.find(entry, '\\31', a + 1, true)
@@ -91,51 +125,14 @@ local function index(entry, add, kid)
     if user ~= '' then redis.call('SREM', ukey, sid) end
   end
 end
-local function push(key, items)
-  for x = 1, #items, 500 do
-    redis.call('RPUSH', key, unpack(items, x, math.min(x + 499, #items)))
-  end
-end
-for _, d in ipairs(dropped) do
-  redis.call('DEL', shard .. 'e:' .. d[1] .. '|' .. d[2])
-end
--- the states: one multi-field write per kind of change, in chunks
-local sets, dels, zadds, zrems, kids = {}, {}, {}, {}, {}
-for _, st in ipairs(states) do
-  local kid, blob, d = st[1], st[2], st[3]
-  for _, log in ipairs(st[5]) do
-    push(shard .. 'e:' .. kid .. '|' .. log[1], log[2])
-  end
-  if blob == '' then
-    dels[#dels + 1] = kid
-  else
-    sets[#sets + 1] = kid
-    sets[#sets + 1] = blob
-  end
-  if d < 0 then
-    zrems[#zrems + 1] = kid
-  else
-    zadds[#zadds + 1] = d
-    zadds[#zadds + 1] = kid
-  end
-  kids[#kids + 1] = kid
-end
-local function chunked(command, key, args, step)
-  for x = 1, #args, step do
-    redis.call(command, key, unpack(args, x, math.min(x + step - 1, #args)))
-  end
-end
-chunked('HSET', heads, sets, 500)
-chunked('HDEL', heads, dels, 500)
-chunked('ZADD', due, zadds, 500)
-chunked('ZREM', due, zrems, 500)
--- the query indexes: only where a key's open session (or its user) changed
-for x = 1, #kids, 500 do
-  local last = math.min(x + 499, #kids)
-  local olds = redis.call('HMGET', idx, unpack(kids, x, last))
-  for y = x, last do
-    local old, new, kid = olds[y - x + 1] or '', states[y][4], kids[y]
+local checked, entries = p[8], p[9]
+for y = 1, #checked, 500 do
+  local last = math.min(y + 499, #checked)
+  local olds = redis.call('HMGET', idx, unpack(checked, y, last))
+  for z = y, last do
+    local old, new = olds[z - y + 1] or '', entries[z]
     if old ~= new then
+      local kid = checked[z]
       if old ~= '' then index(old, false, kid) end
       if new ~= '' then
         index(new, true, kid)
@@ -146,13 +143,14 @@ for x = 1, #kids, 500 do
     end
   end
 end
-if acked > 0 then
-  redis.call('LTRIM', outbox, acked, -1)
+if p[11] > 0 then
+  redis.call('LTRIM', outbox, p[11], -1)
 end
-push(outbox, outgoing)
-for _, h in ipairs(history) do
-  redis.call('ZADD', hist, h[2], h[1])
-  redis.call('SET', shard .. 'h:' .. h[1], h[3])
+chunked('RPUSH', outbox, p[10], 500)
+local history = p[12]
+for y = 1, #history, 3 do
+  redis.call('ZADD', hist, history[y + 1], history[y])
+  redis.call('SET', shard .. 'h:' .. history[y], history[y + 2])
 end
 local function forget(sids)
   for _, sid in ipairs(sids) do
@@ -160,13 +158,13 @@ local function forget(sids)
     redis.call('DEL', shard .. 'h:' .. sid)
   end
 end
-forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. p[7], 'LIMIT', 0, 1000))
-local extra = redis.call('ZCARD', hist) - p[8]
+forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. p[13], 'LIMIT', 0, 1000))
+local extra = redis.call('ZCARD', hist) - p[14]
 if extra > 0 then
   forget(redis.call('ZRANGE', hist, 0, math.min(extra, 1000) - 1))
 end
 redis.call('HSET', meta, 'clock_ms', ARGV[2])
-if p[9] and p[9] > 0 then redis.call('HSET', meta, 'clock_at_ms', p[9]) end
+if p[15] > 0 then redis.call('HSET', meta, 'clock_at_ms', p[15]) end
 if token ~= '' then redis.call('HSET', meta, 'token', token) end
 return 1
 """
@@ -176,6 +174,7 @@ CLAIM_LUA = """
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 return {epoch, redis.call('HGETALL', KEYS[1])}
 """
+
 
 def _index_of(state: KeyState | None) -> str:
     """What the query indexes hold for a key: its open session, project and user."""
@@ -283,33 +282,62 @@ class RedisStore:
 
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         k = self.keys
+        events = k.shard(partition) + "e:"
         dumps = orjson.dumps
-        states = []
+        due_ms = commit.due_ms
+        logs: list[Any] = []
+        append = logs.append
+        heads: list[Any] = []
+        gone: list[str] = []
+        dues: list[str] = []
+        undue: list[str] = []
+        checked: list[str] = []
+        entries: list[str] = []
         for key, state in commit.states.items():
-            due = commit.due_ms.get(key)
-            logs = []
-            if state is not None:
-                for session in state.sessions():
-                    items = session.take_log()
+            project, kind, ident = key
+            kid = f"{kind}{len(project)}:{project}:{ident}"  # keyid(key), inlined
+            checked.append(kid)
+            if state is None:
+                gone.append(kid)
+                entries.append("")
+            else:
+                s = state.open
+                if s is None:
+                    entries.append("")
+                else:
+                    entries.append(f"{s.session_id}\x1f{s.project}\x1f{s.user_id or ''}")
+                    items = s.take_log()
                     if items:
-                        logs.append([session.session_id, [dumps(item) for item in items]])
-            states.append([
-                keyid(key),
-                b"" if state is None else state.head_json(),
-                -1 if due is None else due,
-                _index_of(state),
-                logs,
-            ])
+                        append(f"{events}{kid}|{s.session_id}")  # k.events(...)
+                        append(len(items))
+                        if len(items) == 1:
+                            append(dumps(items[0]))
+                        else:
+                            logs += map(dumps, items)
+                for c in state.closed:
+                    items = c.take_log()
+                    if items:
+                        append(f"{events}{kid}|{c.session_id}")
+                        append(len(items))
+                        logs += map(dumps, items)
+                heads += (kid, state.head_json())
+            due = due_ms.get(key)
+            if due is None or due < 0:
+                undue.append(kid)
+            else:
+                dues += (str(due), kid)  # a string: Lua formats a number slowly
+        offsets: list[Any] = []
+        for topic, offset in commit.offsets.items():
+            offsets += (topic, offset)
+        history: list[Any] = []
+        for sid, end_ms, record in commit.history:
+            history += (sid, end_ms, record)
         payload = msgpack.packb([
-            [[topic, offset] for topic, offset in commit.offsets.items()],
-            [[keyid(key), sid] for key, sid in commit.dropped],
-            states,
-            commit.outgoing,
-            commit.acked,
-            [[sid, end_ms, record] for sid, end_ms, record in commit.history],
-            commit.clock_ms - self.history_retention_ms,
-            self.history_max,
-            commit.at_ms,
+            offsets,
+            [k.events(partition, keyid(key), sid) for key, sid in commit.dropped],
+            logs, heads, gone, dues, undue, checked, entries,
+            commit.outgoing, commit.acked, history,
+            commit.clock_ms - self.history_retention_ms, self.history_max, commit.at_ms,
         ], use_bin_type=False)  # Redis's cmsgpack reads bytes as the old raw type
         args = [epoch, commit.clock_ms, k.shard(partition), payload, commit.token or "", *commit.expect]
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
