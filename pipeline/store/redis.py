@@ -4,11 +4,14 @@ The key layout is in :mod:`pipeline.store.keys`. Each batch costs one read
 round trip (a pipeline: the batch's key states plus the keys falling due) and
 one write round trip (the ``COMMIT`` script below, atomic: it checks the epoch
 and the applied offsets, then writes states, deadlines, indexes, outbox and
-offsets together, or nothing).
+offsets together, or nothing; a second one only when the index entries the
+store kept from its last commit turn out not to be Redis's, see
+:meth:`RedisStore.commit`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,7 +40,10 @@ from pipeline.store.keys import Keys, keyid
 #    heads    [keyid, blob, ...]   (states written),   gone  [keyid, ...] (states deleted),
 #    due      [due_ms, keyid, ...] (deadlines set; due_ms in decimal: Lua formats numbers
 #             slowly),                                 undue [keyid, ...] (deadlines removed),
-#    checked  [keyid, ...], entries [index|"", ...]    (every key of the commit, its entry),
+#    checked  [keyid, ...], entries [index|"", ...]    (the keys whose index entry may change),
+#    since    token: every key not in checked keeps its index entry as the commit that
+#             wrote this token left it; meta holding another token, the script refuses
+#             with RECHECK, writing nothing ("" = every key of the commit is in checked),
 #    outgoing [message, ...]      (appended to the outbox list, in order),
 #    acked                        (messages trimmed from the outbox head: sent and acknowledged),
 #    history  [session_id, end_ms, record, ...], history_min_ms, history_max,
@@ -57,8 +63,9 @@ if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. tostring(epoch) .. ' ~= ' .. ARGV[1])
 end
 local token = ARGV[5]
+local held
 if token ~= '' then
-  local held = redis.call('HGET', meta, 'token') or ''
+  held = redis.call('HGET', meta, 'token') or ''
   local known = false
   for x = 6, #ARGV do
     if ARGV[x] == held then known = true end
@@ -69,6 +76,10 @@ if token ~= '' then
 end
 local shard = ARGV[3]
 local p = cmsgpack.unpack(ARGV[4])
+local since = p[10]
+if since ~= '' and since ~= (held or redis.call('HGET', meta, 'token') or '') then
+  return redis.error_reply('RECHECK index entries: the commit token moved on')
+end
 local offsets = p[1]
 for x = 1, #offsets, 2 do
   local stored = redis.call('HGET', meta, 'off:' .. offsets[x])
@@ -143,11 +154,11 @@ for y = 1, #checked, 500 do
     end
   end
 end
-if p[11] > 0 then
-  redis.call('LTRIM', outbox, p[11], -1)
+if p[12] > 0 then
+  redis.call('LTRIM', outbox, p[12], -1)
 end
-chunked('RPUSH', outbox, p[10], 500)
-local history = p[12]
+chunked('RPUSH', outbox, p[11], 500)
+local history = p[13]
 for y = 1, #history, 3 do
   redis.call('ZADD', hist, history[y + 1], history[y])
   redis.call('SET', shard .. 'h:' .. history[y], history[y + 2])
@@ -158,13 +169,13 @@ local function forget(sids)
     redis.call('DEL', shard .. 'h:' .. sid)
   end
 end
-forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. p[13], 'LIMIT', 0, 1000))
-local extra = redis.call('ZCARD', hist) - p[14]
+forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. p[14], 'LIMIT', 0, 1000))
+local extra = redis.call('ZCARD', hist) - p[15]
 if extra > 0 then
   forget(redis.call('ZRANGE', hist, 0, math.min(extra, 1000) - 1))
 end
 redis.call('HSET', meta, 'clock_ms', ARGV[2])
-if p[15] > 0 then redis.call('HSET', meta, 'clock_at_ms', p[15]) end
+if p[16] > 0 then redis.call('HSET', meta, 'clock_at_ms', p[16]) end
 if token ~= '' then redis.call('HSET', meta, 'token', token) end
 return 1
 """
@@ -174,6 +185,10 @@ CLAIM_LUA = """
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 return {epoch, redis.call('HGETALL', KEYS[1])}
 """
+
+
+class _Recheck(Exception):
+    """The commit script's RECHECK: the index entries the store kept are not Redis's."""
 
 
 def _index_of(state: KeyState | None) -> str:
@@ -206,9 +221,15 @@ class RedisStore:
         *,
         history_retention_ms: int = 86_400_000,
         history_max: int = 50_000,
+        index_memory: int = 100_000,
     ) -> None:
         self.history_retention_ms = history_retention_ms
         self.history_max = history_max
+        # per partition: the token of the last commit that applied, and the index entry
+        # (idx) it left for each key it wrote: a commit whose token Redis still holds
+        # leaves the keys whose entry is unchanged out of the index checks
+        self.index_memory = index_memory
+        self._indexed: dict[int, tuple[str, dict[str, str]]] = {}
         # decode_responses=False: every reply is bytes (typed loosely by redis-py)
         self.client: Any = client
         self.keys = Keys(prefix)
@@ -228,6 +249,7 @@ class RedisStore:
             ) from None
 
     async def claim(self, partition: int) -> Claim:
+        self._indexed.pop(partition, None)
         epoch, flat = await self._claim(keys=[self.keys.meta(partition)], args=[])
         # the list of partitions with state, for queries: its own slot, so not in the script
         await self.client.sadd(self.keys.shards, partition)
@@ -237,7 +259,8 @@ class RedisStore:
                      fields.get("token", ""), int(fields.get("clock_at_ms", 0)))
 
     def release(self, partition: int) -> None:
-        """Nothing to let go of: no per-partition state lives in this client."""
+        """Forget the partition's index entries kept from its last commit."""
+        self._indexed.pop(partition, None)
 
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int
@@ -281,10 +304,25 @@ class RedisStore:
         return bool(await self.client.zcount(self.keys.due(partition), "-inf", until_ms))
 
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
+        """Apply ``commit`` with the ``COMMIT`` script.
+
+        The query indexes change only where a key's entry (its open session and user)
+        does, and finding out costs Redis a read of the key's entry. So the store keeps,
+        per partition, the entries its last applied commit left and that commit's token:
+        while Redis holds that token nothing else wrote there since (every commit writes
+        its own token; a token names one commit, a new owner has its own), and the keys
+        whose entry is unchanged are left out of the checks. Redis holding another token,
+        the script refuses before writing anything, and the commit goes again with every
+        key checked. A commit that raises or was applied already keeps nothing.
+        """
         k = self.keys
         events = k.shard(partition) + "e:"
         dumps = orjson.dumps
         due_ms = commit.due_ms
+        # taken out while the commit is under way: back (with its entries) once applied;
+        # none for a commit without a token (the next one could not tell)
+        kept = self._indexed.pop(partition, None)
+        since, indexed = kept if kept is not None and commit.token else ("", {})
         logs: list[Any] = []
         append = logs.append
         heads: list[Any] = []
@@ -296,16 +334,17 @@ class RedisStore:
         for key, state in commit.states.items():
             project, kind, ident = key
             kid = f"{kind}{len(project)}:{project}:{ident}"  # keyid(key), inlined
-            checked.append(kid)
             if state is None:
                 gone.append(kid)
-                entries.append("")
+                if indexed.pop(kid, None) != "":
+                    checked.append(kid)
+                    entries.append("")
             else:
                 s = state.open
                 if s is None:
-                    entries.append("")
+                    entry = ""
                 else:
-                    entries.append(f"{s.session_id}\x1f{s.project}\x1f{s.user_id or ''}")
+                    entry = f"{s.session_id}\x1f{s.project}\x1f{s.user_id or ''}"  # _index_of
                     items = s.take_log()
                     if items:
                         append(f"{events}{kid}|{s.session_id}")  # k.events(...)
@@ -321,6 +360,10 @@ class RedisStore:
                         append(len(items))
                         logs += map(dumps, items)
                 heads += (kid, state.head_json())
+                if indexed.get(kid) != entry:
+                    checked.append(kid)
+                    entries.append(entry)
+                    indexed[kid] = entry
             due = due_ms.get(key)
             if due is None or due < 0:
                 undue.append(kid)
@@ -332,19 +375,44 @@ class RedisStore:
         history: list[Any] = []
         for sid, end_ms, record in commit.history:
             history += (sid, end_ms, record)
-        payload = msgpack.packb([
+        payload = [
             offsets,
             [k.events(partition, keyid(key), sid) for key, sid in commit.dropped],
-            logs, heads, gone, dues, undue, checked, entries,
+            logs, heads, gone, dues, undue, checked, entries, since,
             commit.outgoing, commit.acked, history,
             commit.clock_ms - self.history_retention_ms, self.history_max, commit.at_ms,
-        ], use_bin_type=False)  # Redis's cmsgpack reads bytes as the old raw type
-        args = [epoch, commit.clock_ms, k.shard(partition), payload, commit.token or "", *commit.expect]
+        ]
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
                 k.index(partition), k.history(partition), k.states(partition)]
+        args = [epoch, commit.clock_ms, k.shard(partition), b"", commit.token or "", *commit.expect]
         try:
-            applied = await self._commit(keys=keys, args=args)
+            applied = await self._run_commit(partition, keys, args, payload)
+        except _Recheck:  # nothing written: again, every key's entry checked
+            indexed = {}
+            checked.clear()
+            entries.clear()
+            for key, state in commit.states.items():
+                kid, entry = keyid(key), _index_of(state)
+                checked.append(kid)
+                entries.append(entry)
+                if state is not None:
+                    indexed[kid] = entry
+            payload[9] = ""  # since
+            applied = await self._run_commit(partition, keys, args, payload)
+        if applied and commit.token:
+            self._keep_indexed(partition, commit.token, indexed)
+        return bool(applied)
+
+    async def _run_commit(
+        self, partition: int, keys: list[str], args: list[Any], payload: list[Any]
+    ) -> Any:
+        # use_bin_type=False: Redis's cmsgpack reads bytes as the old raw type
+        args[3] = msgpack.packb(payload, use_bin_type=False)
+        try:
+            return await self._commit(keys=keys, args=args)
         except ResponseError as exc:
+            if str(exc).startswith("RECHECK"):
+                raise _Recheck() from None
             if "FENCED" in str(exc):
                 raise FencedError(
                     f"partition {partition}: another worker took it over ({exc}); "
@@ -355,7 +423,17 @@ class RedisStore:
                     f"partition {partition}: Redis lost writes ({exc}); nothing written"
                 ) from None
             raise
-        return bool(applied)
+
+    def _keep_indexed(self, partition: int, token: str, indexed: dict[str, str]) -> None:
+        """Keep the index entries a commit left: at most ``index_memory`` in all, the
+        longest kept going first."""
+        self._indexed[partition] = (token, indexed)
+        room = self.index_memory // len(self._indexed)
+        if room <= 0:
+            del self._indexed[partition]
+        elif len(indexed) > room:
+            for kid in list(itertools.islice(indexed, len(indexed) - room * 3 // 4)):
+                del indexed[kid]
 
     async def outbox(self, partition: int) -> list[bytes]:
         return list(await self.client.lrange(self.keys.outbox(partition), 0, -1))

@@ -1,0 +1,402 @@
+"""The Redis commit's own workings, beyond the store contract.
+
+:meth:`RedisStore.commit` leaves out of the index checks the keys whose entry is
+unchanged since its last applied commit, trusting what it kept while Redis holds
+that commit's token. These tests check that this writes exactly what checking
+every key writes (over random batches, with refused, skipped and foreign
+commits between), that the script refuses and the commit goes again when the
+token moved on, and that the entries kept stay bounded and are dropped when
+they cannot be trusted. Also: long event logs go in chunks, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgpack
+import pytest
+
+from pipeline.core.event import Event, SessionKey
+from pipeline.core.rules import SessionRules
+from pipeline.core.session import ENDED, KeyState, Session
+from pipeline.exceptions import FencedError
+from pipeline.store.base import Commit
+from pipeline.store.keys import keyid
+from pipeline.store.redis import RedisStore
+
+T0 = 1_764_237_600_000
+RULES = SessionRules()
+CHECKED = 7  # the payload's list of keys whose index entry is checked
+
+
+def run(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(body())
+
+
+def prefix() -> str:
+    return f"sz-commit-{uuid.uuid4().hex[:12]}"
+
+
+def event(key: SessionKey, at_ms: int, n: int, user: str | None = None) -> Event:
+    project, kind, ident = key
+    return Event(
+        type="session" if n == 0 else "log", time_ms=at_ms, arrival_ms=at_ms, project=project,
+        user_id=ident if kind == "u" else user, session_id=ident if kind == "s" else None,
+        id=f"{ident}-{at_ms}-{n}", message=f"m{n}", partition=0, offset=n,
+    )
+
+
+def opened(key: SessionKey, session_id: str, at_ms: int, user: str | None = None) -> Session:
+    ev = event(key, at_ms, 0, user)
+    session = Session.begin(session_id, ev)
+    session.add(ev, RULES)
+    return session
+
+
+class Spy:
+    """Records the payload of every commit script call of a store."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.payloads: list[list[Any]] = []
+        inner = store._commit
+
+        async def call(keys: list[str], args: list[Any]) -> Any:
+            self.payloads.append(msgpack.unpackb(args[3], raw=False))
+            return await inner(keys=keys, args=args)
+
+        store._commit = call  # type: ignore[assignment]
+
+    def checked(self) -> list[list[str]]:
+        return [p[CHECKED] for p in self.payloads]
+
+
+async def dump(store: RedisStore, name: str) -> dict[bytes, Any]:
+    """Every key under the store's prefix (renamed to ``name``), with its value."""
+    client, old = store.client, store.keys.prefix.encode()
+    found: dict[bytes, Any] = {}
+    async for key in client.scan_iter(match=f"{store.keys.prefix}:*", count=1000):
+        kind = await client.type(key)
+        if kind == b"string":
+            value: Any = await client.get(key)
+        elif kind == b"hash":
+            value = await client.hgetall(key)
+        elif kind == b"set":
+            value = await client.smembers(key)
+        elif kind == b"zset":
+            value = await client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = await client.lrange(key, 0, -1)
+        found[key.replace(old, name.encode(), 1)] = (kind, value)
+    return found
+
+
+# -- the same data as checking every key ------------------------------------------------
+
+
+async def drive(url: str, store: RedisStore, seed: int, steps: int) -> None:
+    """Random batches over a few keys, committed with tokens as the worker does, with
+    now and then a skipped commit (offsets applied already), a claim again, and another
+    writer with the same epoch deleting a key behind the store's back."""
+    rng = random.Random(seed)
+    keys: list[SessionKey] = [("shop", "u", f"u{i}") for i in range(6)]
+    keys += [("blog", "u", f"u{i}") for i in range(3)]
+    keys += [("shop", "s", f"c{i}") for i in range(5)]
+    held: dict[SessionKey, KeyState] = {}
+    epoch = (await store.claim(0)).epoch
+    token, offset, n = "", 0, 0
+    victim = keys[0]
+    for step in range(steps):
+        clock = T0 + step * 60_000
+        roll = rng.random()
+        if roll < 0.06 and offset > 0:  # applied already: nothing written, the token still is
+            skipped = Commit(states={}, due_ms={}, offsets={"events": offset}, clock_ms=clock,
+                             token=f"t{step}", expect=(token,))
+            assert not await store.commit(0, epoch, skipped)
+            token = f"t{step}"
+            continue
+        if roll < 0.1:
+            epoch = (await store.claim(0)).epoch
+        if roll > 0.9 and held:  # another writer (same epoch) deletes a key
+            other = RedisStore.from_url(url, prefix=store.keys.prefix)
+            try:
+                victim = rng.choice(sorted(held))
+                offset += 1
+                foreign = Commit(states={victim: None}, due_ms={}, offsets={"events": offset},
+                                 clock_ms=clock, token=f"x{step}", expect=(token,))
+                assert await other.commit(0, epoch, foreign)
+            finally:
+                await other.close()
+            token = f"x{step}"
+        changes: dict[SessionKey, KeyState | None] = {}
+        if token.startswith("x"):  # the deleted key again, its entry as the store kept it
+            changes[victim] = held[victim]
+        for key in rng.sample(keys, rng.randint(1, len(keys))):
+            if key in changes:
+                continue
+            n += 1
+            st = held.get(key)
+            user = rng.choice(["ann", "bob", None]) if key[1] == "s" else None
+            r = rng.random()
+            if st is None:
+                st = held[key] = KeyState(key, open=opened(key, f"{key[2]}-{n}", clock, user))
+            elif st.open is not None and r < 0.4:
+                st.open.add(event(key, clock, n, st.open.user_id), RULES)
+            elif st.open is not None and r < 0.55:
+                st.open.close(ENDED, clock)
+                st.closed.append(st.open)
+                st.open = None
+            elif st.open is not None and r < 0.7:
+                st.open.user_id = rng.choice(["ann", "bob", "cy"])
+                st.open.changed()
+            elif r < 0.8:
+                del held[key]
+                st = None
+            elif st.open is not None:  # closes, and a new session opens, in one batch
+                st.open.close(ENDED, clock)
+                st.closed.append(st.open)
+                st.open = opened(key, f"{key[2]}-{n}", clock, user)
+            else:
+                st.open = opened(key, f"{key[2]}-{n}", clock, user)
+            changes[key] = st
+        offset += 1
+        batch = Commit(
+            states=changes,
+            due_ms={k: clock + 1000 for k, v in changes.items() if v is not None and rng.random() < 0.8},
+            offsets={"events": offset}, clock_ms=clock, token=f"t{step}", expect=(token,),
+        )
+        assert await store.commit(0, epoch, batch)
+        token = f"t{step}"
+        await audit(store, held)
+
+
+async def audit(store: RedisStore, held: dict[SessionKey, KeyState]) -> None:
+    """The query indexes hold exactly the open sessions of ``held``."""
+    client, k = store.client, store.keys
+    want = {
+        keyid(key): (st.open.session_id, st.open.project, st.open.user_id or "")
+        for key, st in held.items() if st.open is not None
+    }
+    idx = await client.hgetall(k.index(0))
+    assert {kid.decode(): e.decode() for kid, e in idx.items()} == {
+        kid: "\x1f".join(entry) for kid, entry in want.items()}
+    opened = await client.hgetall(k.open(0))
+    assert {sid.decode(): kid.decode() for sid, kid in opened.items()} == {
+        sid: kid for kid, (sid, _, _) in want.items()}
+    for project in ("shop", "blog"):
+        members = {m.decode() for m in await client.smembers(k.project(0, project))}
+        assert members == {sid for sid, p, _ in want.values() if p == project}
+        for user in ("ann", "bob", "cy", *(f"u{i}" for i in range(6))):
+            members = {m.decode() for m in await client.smembers(k.user(0, project, user))}
+            assert members == {sid for sid, p, u in want.values() if p == project and u == user}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_kept_index_entries_write_what_checking_every_key_writes(redis_server: Any, seed: int) -> None:
+    async def body() -> None:
+        kept = RedisStore.from_url(redis_server.url, prefix=prefix())
+        every = RedisStore.from_url(redis_server.url, prefix=prefix(), index_memory=0)
+        kept_spy, every_spy = Spy(kept), Spy(every)
+        try:
+            await drive(redis_server.url, kept, seed, 60)
+            await drive(redis_server.url, every, seed, 60)
+            assert await dump(kept, "p") == await dump(every, "p")
+            # and the kept entries were used: fewer keys checked
+            checked_kept = sum(len(c) for c in kept_spy.checked())
+            checked_every = sum(len(c) for c in every_spy.checked())
+            assert checked_kept < checked_every
+        finally:
+            await kept.close()
+            await every.close()
+
+    run(body)
+
+
+# -- the token moved on ----------------------------------------------------------------
+
+
+def test_a_commit_whose_kept_entries_are_stale_is_refused_and_goes_again(redis_server: Any) -> None:
+    async def body() -> None:
+        name = prefix()
+        store = RedisStore.from_url(redis_server.url, prefix=name)
+        other = RedisStore.from_url(redis_server.url, prefix=name)
+        spy = Spy(store)
+        try:
+            key: SessionKey = ("shop", "u", "alice")
+            epoch = (await store.claim(0)).epoch
+            state = KeyState(key, open=opened(key, "s1", T0))
+            assert await store.commit(0, epoch, Commit(
+                states={key: state}, due_ms={}, offsets={"events": 1}, clock_ms=T0, token="a", expect=("",)))
+            # another handle, same epoch: the key's session closes there
+            ended = KeyState.from_state(state.to_state())
+            assert ended.open is not None
+            ended.open.close(ENDED, T0 + 1)
+            ended.closed, ended.open = [ended.open], None
+            assert await other.commit(0, epoch, Commit(
+                states={key: ended}, due_ms={}, offsets={"events": 2}, clock_ms=T0 + 1,
+                token="b", expect=("a",)))
+            assert await store.get_session("s1") is None
+
+            # the store's own state for the key is unchanged: its entry too, as it kept it
+            state.open.add(event(key, T0 + 2, 1), RULES)  # type: ignore[union-attr]
+            spy.payloads.clear()
+            assert await store.commit(0, epoch, Commit(
+                states={key: state}, due_ms={}, offsets={"events": 3}, clock_ms=T0 + 2,
+                token="c", expect=("b",)))
+            # first without the key (refused: RECHECK), then with every key checked
+            assert spy.checked() == [[], [keyid(key)]]
+            assert spy.payloads[0][9] == "a" and spy.payloads[1][9] == ""
+            found = await store.get_session("s1")
+            assert found is not None and found["session_id"] == "s1"
+            assert [r["session_id"] for r in await store.open_sessions(project="shop", user_id="alice")] == ["s1"]
+            [loaded] = await store.load(0, [key], None, 0)
+            assert loaded.to_state() == state.to_state()
+        finally:
+            await store.close()
+            await other.close()
+
+    run(body)
+
+
+def test_unchanged_entries_are_checked_once_then_left_out(redis_server: Any) -> None:
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix())
+        spy = Spy(store)
+        try:
+            keys: list[SessionKey] = [("shop", "s", f"c{i}") for i in range(3)]
+            states = {k: KeyState(k, open=opened(k, f"s{i}", T0, "ann")) for i, k in enumerate(keys)}
+            epoch = (await store.claim(0)).epoch
+
+            async def commit(changes: dict[SessionKey, KeyState | None], offset: int) -> None:
+                assert await store.commit(0, epoch, Commit(
+                    states=changes, due_ms={}, offsets={"events": offset}, clock_ms=T0 + offset,
+                    token=f"t{offset}", expect=(f"t{offset - 1}" if offset > 1 else "",)))
+
+            await commit(dict(states), 1)
+            for k in keys:
+                states[k].open.add(event(k, T0 + 2, 2, "ann"), RULES)  # type: ignore[union-attr]
+            await commit(dict(states), 2)
+            moved = states[keys[1]].open
+            assert moved is not None
+            moved.user_id = "bob"
+            moved.changed()
+            await commit(dict(states), 3)
+            await commit({keys[2]: None}, 4)
+            assert spy.checked() == [[keyid(k) for k in keys], [], [keyid(keys[1])], [keyid(keys[2])]]
+            assert [r["session_id"] for r in await store.open_sessions(user_id="bob")] == ["s1"]
+            assert [r["session_id"] for r in await store.open_sessions()] == ["s0", "s1"]
+
+            # claimed again: nothing kept, every key checked
+            epoch = (await store.claim(0)).epoch
+            await commit({keys[0]: states[keys[0]]}, 5)
+            assert spy.checked()[-1] == [keyid(keys[0])]
+            # released: the same
+            await commit({keys[0]: states[keys[0]]}, 6)
+            assert spy.checked()[-1] == []
+            store.release(0)
+            await commit({keys[0]: states[keys[0]]}, 7)
+            assert spy.checked()[-1] == [keyid(keys[0])]
+        finally:
+            await store.close()
+
+    run(body)
+
+
+def test_a_commit_that_raises_or_was_applied_already_keeps_nothing(redis_server: Any) -> None:
+    async def body() -> None:
+        name = prefix()
+        store = RedisStore.from_url(redis_server.url, prefix=name)
+        spy = Spy(store)
+        try:
+            key: SessionKey = ("shop", "s", "c1")
+            state = KeyState(key, open=opened(key, "s1", T0, "ann"))
+            epoch = (await store.claim(0)).epoch
+            assert await store.commit(0, epoch, Commit(
+                states={key: state}, due_ms={}, offsets={"events": 1}, clock_ms=T0, token="a",
+                expect=("",)))
+            # the session's user changes in a batch applied already: nothing written
+            assert state.open is not None
+            state.open.user_id = "bob"
+            state.open.changed()
+            assert not await store.commit(0, epoch, Commit(
+                states={key: state}, due_ms={}, offsets={"events": 1}, clock_ms=T0, token="b",
+                expect=("a",)))
+            assert [r["session_id"] for r in await store.open_sessions(user_id="ann")] == ["s1"]
+            # the same change again, applied this time: the entry it did not write is not kept
+            assert await store.commit(0, epoch, Commit(
+                states={key: state}, due_ms={}, offsets={"events": 2}, clock_ms=T0, token="c",
+                expect=("b",)))
+            assert await store.open_sessions(user_id="ann") == []
+            assert [r["session_id"] for r in await store.open_sessions(user_id="bob")] == ["s1"]
+            assert spy.checked() == [[keyid(key)], [keyid(key)], [keyid(key)]]
+            assert [p[9] for p in spy.payloads] == ["", "a", ""]
+
+            # fenced: refused, and nothing kept either
+            other = RedisStore.from_url(redis_server.url, prefix=name)
+            await other.claim(0)
+            await other.close()
+            with pytest.raises(FencedError):
+                await store.commit(0, epoch, Commit(
+                    states={key: state}, due_ms={}, offsets={"events": 3}, clock_ms=T0,
+                    token="d", expect=("c",)))
+            assert store._indexed == {}
+            # without a token: none kept (the next commit could not tell)
+            epoch = (await store.claim(0)).epoch
+            assert await store.commit(0, epoch, Commit(
+                states={key: state}, due_ms={}, offsets={"events": 4}, clock_ms=T0))
+            assert store._indexed == {}
+        finally:
+            await store.close()
+
+    run(body)
+
+
+def test_the_entries_kept_are_bounded(redis_server: Any) -> None:
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix(), index_memory=8)
+        try:
+            keys: list[SessionKey] = [("shop", "u", f"u{i}") for i in range(20)]
+            epoch = (await store.claim(0)).epoch
+            assert await store.commit(0, epoch, Commit(
+                states={k: KeyState(k, open=opened(k, f"s{i}", T0)) for i, k in enumerate(keys)},
+                due_ms={}, offsets={"events": 1}, clock_ms=T0, token="a", expect=("",)))
+            token, kept = store._indexed[0]
+            assert token == "a"
+            assert 0 < len(kept) <= 8
+            assert set(kept) <= {keyid(k) for k in keys[12:]}  # the newest stay
+            assert len(await store.open_sessions()) == 20
+        finally:
+            await store.close()
+
+    run(body)
+
+
+# -- event logs ----------------------------------------------------------------------------
+
+
+def test_a_long_event_log_is_appended_in_chunks_in_order(redis_server: Any) -> None:
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix())
+        try:
+            key: SessionKey = ("shop", "u", "alice")
+            session = opened(key, "s1", T0)
+            for n in range(1, 1300):  # past the 1000-event cap: drop marks too
+                session.add(event(key, T0 + n, n), RULES)
+            state = KeyState(key, open=session)
+            expected = state.to_state()
+            items = len(session.log)
+            epoch = (await store.claim(0)).epoch
+            assert await store.commit(0, epoch, Commit(
+                states={key: state}, due_ms={key: T0 + 10**6}, offsets={"events": 1}, clock_ms=T0))
+            log = await store.client.lrange(store.keys.events(0, keyid(key), "s1"), 0, -1)
+            assert len(log) == items > 1000
+            [loaded] = await store.load(0, [key], None, 0)
+            assert loaded.to_state() == expected
+            assert await store.client.zscore(store.keys.due(0), keyid(key)) == T0 + 10**6
+        finally:
+            await store.close()
+
+    run(body)
