@@ -76,6 +76,16 @@ class Sessionizer:
         """Drop a key from memory (its state is safe in the store)."""
         self.states.pop(key, None)
         self._due.pop(key, None)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the deadline heap from the live deadlines once superseded entries
+        (a key's earlier deadlines, forgotten keys') outnumber them: the heap stays
+        in proportion to the keys held, however many events and keys went through."""
+        heap, due = self._heap, self._due
+        if len(heap) > 2 * len(due) + 1024:
+            heap[:] = [(at, key) for key, at in due.items()]  # in place: advance() holds it
+            heapq.heapify(heap)
 
     def take_changes(self) -> dict[SessionKey, KeyState | None]:
         """Keys changed since the last call: their state, or None once nothing is left."""
@@ -288,3 +298,5 @@ class Sessionizer:
         elif self._due.get(key) != due:
             self._due[key] = due
             heapq.heappush(self._heap, (due, key))
+            if len(self._heap) > 2 * len(self._due) + 1024:
+                self._compact()

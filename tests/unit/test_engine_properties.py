@@ -232,3 +232,22 @@ def test_records_are_well_formed(log: list[Event]) -> None:
         seen.add((r["session_id"], r["revision"]))
         assert r["revision"] > last_revision.get(r["session_id"], 0)
         last_revision[r["session_id"]] = r["revision"]
+
+
+def test_the_deadline_heap_stays_in_proportion_to_the_keys_held() -> None:
+    """Superseded deadlines (each event moves its key's) and forgotten keys' do not pile
+    up: the heap is rebuilt from the live deadlines, and the closes stay the same."""
+    from pipeline.core.engine import Sessionizer
+    from pipeline.core.event import Event
+    from pipeline.core.rules import SessionRules
+
+    engine = Sessionizer(SessionRules(inactivity_timeout_ms=1_000_000))
+    for n in range(50_000):
+        engine.apply(Event(type="usage", time_ms=n, arrival_ms=n, project="p", user_id=f"u{n % 100}"))
+        if n % 7 == 0:
+            engine.forget(("p", "u", f"u{n % 100}"))
+    assert len(engine._heap) <= 2 * len(engine._due) + 1024
+    held_open = {state.open.session_id for state in engine.states.values() if state.open is not None}
+    assert held_open
+    closed = engine.advance(10_000_000)
+    assert {r["session_id"] for r in closed} == held_open and len(closed) == len(held_open)
