@@ -19,6 +19,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from test_store_contract import dump_keys
 
 from pipeline.core.event import Event, SessionKey
 from pipeline.core.rules import SessionRules
@@ -75,23 +76,10 @@ class Spy:
 
 
 async def dump(store: RedisStore, name: str) -> dict[bytes, Any]:
-    """Every key under the store's prefix (renamed to ``name``), with its value."""
-    client, old = store.client, store.keys.prefix.encode()
-    found: dict[bytes, Any] = {}
-    async for key in client.scan_iter(match=f"{store.keys.prefix}:*", count=1000):
-        kind = await client.type(key)
-        if kind == b"string":
-            value: Any = await client.get(key)
-        elif kind == b"hash":
-            value = await client.hgetall(key)
-        elif kind == b"set":
-            value = await client.smembers(key)
-        elif kind == b"zset":
-            value = await client.zrange(key, 0, -1, withscores=True)
-        else:
-            value = await client.lrange(key, 0, -1)
-        found[key.replace(old, name.encode(), 1)] = (kind, value)
-    return found
+    """Every key under the store's prefix (renamed to ``name``), with its type and value."""
+    old, new = store.keys.prefix.encode(), name.encode()
+    found = await dump_keys(store.client, store.keys.prefix)
+    return {key.replace(old, new, 1): value for key, value in found.items()}
 
 
 # -- the same data as checking every key ------------------------------------------------
