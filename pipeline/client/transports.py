@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.client.exceptions import TransportError
+from pipeline.core.timefmt import TimestampError, parse_timestamp_ms
 
 
 class Transport(Protocol):
@@ -93,7 +94,7 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
 class KafkaTransport:
     """Produces to the events topic with kafka-python, one record per event.
 
-    Key = session id, else user id; record timestamp = the time sent; every
+    Key = session id, else user id; record timestamp = the batch's ``sent_at``; every
     event is stamped with ``project``. The producer connects on the first send.
     """
 
@@ -138,13 +139,30 @@ class KafkaTransport:
 
         producer = self._connect()
         now_ms = time.time_ns() // 1_000_000
+        stamps: dict[Any, int] = {}
+
+        def stamp(event: dict[str, Any]) -> int:
+            # the record time is the event's sent_at, read off the same clock at the same
+            # moment: the pipeline's skew correction (timestamp + arrival - sent_at) then
+            # adds nothing, where a time taken here would add the client's own delay
+            # (connecting, serializing) to one batch and not to the next
+            sent = event.get("sent_at")
+            if sent is None:
+                return now_ms
+            if sent not in stamps:
+                try:
+                    stamps[sent] = parse_timestamp_ms(sent)
+                except TimestampError:
+                    stamps[sent] = now_ms
+            return stamps[sent]
+
         try:
             futures = [
                 producer.send(
                     self.topic,
                     value=orjson.dumps({**event, "project": event.get("project") or self.project}),
                     key=routing_key(event),
-                    timestamp_ms=now_ms,
+                    timestamp_ms=stamp(event),
                 )
                 for event in events
             ]

@@ -20,6 +20,7 @@ from pipeline.client import (
     SessionClient,
     TransportError,
 )
+from pipeline.core.timefmt import parse_timestamp_ms
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -425,3 +426,17 @@ def test_kafka_transport_keys_by_session_then_user_and_stamps_the_project() -> N
     assert orjson.loads(v1)["project"] == "shop"
     assert ts1 >= before
     assert producer.closed
+
+
+def test_kafka_transport_stamps_records_with_the_batch_sent_at() -> None:
+    """The record time is the batch's sent_at: the pipeline's clock-skew correction
+    (timestamp + arrival - sent_at) then adds nothing for a direct send, whatever the
+    delay between stamping the batch and handing it to the producer."""
+    producer = FakeProducer()
+    transport = KafkaTransport("b:9092", topic="ev", producer=producer)
+    sent_at = "2026-11-27T10:00:00.040Z"
+    transport.send([
+        {"type": "session", "user_id": "u", "timestamp": "2026-11-27T10:00:00.030Z", "sent_at": sent_at},
+        {"type": "usage", "user_id": "u", "timestamp": "2026-11-27T10:00:00.035Z", "sent_at": sent_at},
+    ])
+    assert [ts for *_, ts in producer.sent] == [parse_timestamp_ms(sent_at)] * 2
