@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.core.event import END, START, Event, RejectCode, Rejection, SessionKey
 from pipeline.core.rules import SessionRules
-from pipeline.core.session import ENDED, MAX_DURATION, OPEN, TIMEOUT, KeyState, Session
+from pipeline.core.session import ENDED, MAX_DURATION, TIMEOUT, KeyState, Session
 
 Record = dict[str, Any]
 
@@ -171,7 +171,7 @@ class Sessionizer:
         return out
 
     def _place(self, state: KeyState, ev: Event, out: Applied) -> None:
-        rules, t = self.project_rules.get(ev.project, self.rules), ev.time_ms
+        rules, t = self.rules_for(ev.project), ev.time_ms
         opened = state.open
 
         if ev.id is not None:
@@ -184,12 +184,8 @@ class Sessionizer:
                 self.counters["duplicate_events_closed"] += 1
                 return
 
-        # rule 1: inside the open session's span (Session.holds, inlined: the common case)
-        if opened is not None and (
-            (opened.start_ms if opened.has_start else opened.start_ms - rules.inactivity_timeout_ms)
-            <= t <= opened.last_activity_ms + rules.inactivity_timeout_ms
-            if opened.status == OPEN else opened.holds(t, rules)
-        ):
+        # rule 1: inside the open session's span
+        if opened is not None and opened.holds(t, rules):
             start, last = min(opened.start_ms, t), max(opened.last_activity_ms, t)
             if last - start > rules.max_session_duration_ms:
                 self._close(state, opened, MAX_DURATION, out)
@@ -284,7 +280,7 @@ class Sessionizer:
     def _touch(self, state: KeyState) -> None:
         key = state.key
         self._changed.add(key)
-        if state.open is None and not state.closed:
+        if state.is_empty():
             del self.states[key]
             self._due.pop(key, None)
             return
@@ -292,11 +288,10 @@ class Sessionizer:
 
     def _schedule(self, state: KeyState) -> None:
         key = state.key
-        due = state.next_due_ms(self.project_rules.get(key[0], self.rules))
+        due = state.next_due_ms(self.rules_for(key[0]))
         if due is None:
             self._due.pop(key, None)
         elif self._due.get(key) != due:
             self._due[key] = due
             heapq.heappush(self._heap, (due, key))
-            if len(self._heap) > 2 * len(self._due) + 1024:
-                self._compact()
+            self._compact()
