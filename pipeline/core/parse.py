@@ -36,9 +36,7 @@ and descriptions aside), an event first goes through a hand-written check of
 that schema, which only ever passes events the schema accepts; anything else
 (a failure, a ``null``, a float timestamp, ...) goes to the compiled validator,
 which gives the verdict and the error message. A schema from elsewhere always
-goes to the compiled validator. Likewise a string time of the usual shape
-(digit first, ``Z`` or a digit last, ``T`` at [10]) skips the preparation that
-:func:`~pipeline.core.timefmt.parse_timestamp_ms` does and gets the same result.
+goes to the compiled validator.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -131,7 +128,7 @@ Validator = Callable[..., Any]
 _validator: Validator | None = None
 #: Whether the compiled schema is the bundled one, so the hand-written check applies.
 _bundled_schema = False
-#: Tests set this to False to send every event through the general code.
+#: Tests set this to False to send every event through the compiled validator.
 FAST_PATHS = True
 #: The last ``sent_at`` text parsed, and its value (see :func:`_sent_at_ms`).
 _last_sent_at: tuple[object, int] = (object(), 0)
@@ -418,7 +415,7 @@ def _parse_event(
     # Valid from here: a known field that is None is absent.
 
     try:
-        time_ms = stamp if type(stamp) is int else _stamp_ms(stamp)
+        time_ms = stamp if type(stamp) is int else parse_timestamp_ms(stamp)
     except TimestampError as exc:
         return Rejection(
             RejectCode.INVALID_EVENT,
@@ -519,43 +516,14 @@ _new_event: Callable[..., Event] = (
     Event if Event.__match_args__ == _EVENT_FIELDS else _event_by_name
 )
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_fromisoformat: Final = datetime.fromisoformat
-
-
-def _stamp_ms(value: object) -> int:
-    """:func:`parse_timestamp_ms`, quicker for a string of the usual shape.
-
-    A string that starts with an ASCII digit, ends with ``Z`` or an ASCII digit and
-    has ``T`` at [10] (length 20 or more) is what ``parse_timestamp_ms`` would hand
-    to ``datetime.fromisoformat`` unchanged (nothing to strip, no lower-case ``t``
-    or ``z``), so that call and the same arithmetic give the same result. Anything
-    else, or a parse that fails or lacks an offset, goes to ``parse_timestamp_ms``
-    (which fails the same way, with its message).
-    """
-    if type(value) is str and FAST_PATHS and len(value) >= 20 and value[10] == "T":
-        first = value[0]
-        last = value[-1]
-        if "0" <= first <= "9" and (last == "Z" or "0" <= last <= "9"):
-            try:
-                parsed = _fromisoformat(value)
-            except ValueError:
-                pass
-            else:
-                if parsed.tzinfo is not None:
-                    delta = parsed - _EPOCH
-                    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    return parse_timestamp_ms(value)
-
-
 def _sent_at_ms(sent: object) -> int:
-    """``_stamp_ms`` remembering its last answer: the events of one batch
+    """``parse_timestamp_ms`` remembering its last answer: the events of one batch
     usually share their ``sent_at``, so each batch parses it once."""
     global _last_sent_at
     last = _last_sent_at
     if last[0] == sent:
         return last[1]
-    sent_ms = _stamp_ms(sent)
+    sent_ms = parse_timestamp_ms(sent)
     _last_sent_at = (sent, sent_ms)
     return sent_ms
 

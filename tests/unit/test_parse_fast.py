@@ -2,7 +2,7 @@
 
 The hand-written check of the bundled event schema may only pass events the
 compiled validator passes (everything else goes to the validator), the string
-time shortcut must agree with ``parse_timestamp_ms`` (value or error), and
+time shortcut in ``parse_timestamp_ms`` must agree with its general code (value or error), and
 parse_record must give equal events and rejections (codes, details) with the
 quick paths on and off.
 """
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.core import parse
+from pipeline.core import parse, timefmt
 from pipeline.core.event import Event, Rejection
 from pipeline.core.parse import parse_record
 from pipeline.core.rules import SessionRules
@@ -426,7 +426,7 @@ def near_rfc3339(draw: st.DrawFn) -> str:
 @example("0001-01-01T00:00:00+23:59")
 @example("9999-12-31T23:59:59.999-23:59")
 def test_string_time_shortcut_agrees_with_parse_timestamp_ms(value: object) -> None:
-    assert outcome(parse._stamp_ms, value) == outcome(parse_timestamp_ms, value)
+    assert outcome(parse_timestamp_ms, value) == outcome(timefmt._parse_general, value)
 
 
 @pytest.mark.parametrize(
@@ -439,6 +439,6 @@ def test_string_time_shortcut_is_taken_for_the_usual_shapes(
     def general(value: object) -> int:
         raise AssertionError(f"{value!r} went to the general code")
 
-    expected = parse_timestamp_ms(text)
-    monkeypatch.setattr(parse, "parse_timestamp_ms", general)
-    assert parse._stamp_ms(text) == expected
+    expected = timefmt._parse_general(text)
+    monkeypatch.setattr(timefmt, "_parse_general", general)
+    assert parse_timestamp_ms(text) == expected
