@@ -91,6 +91,20 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     return str(exc.reason)
 
 
+def _record_time(event: dict[str, Any], now_ms: int) -> int:
+    """An event's record time: its ``sent_at``, read off the same clock at the same moment,
+    so the pipeline's skew correction (timestamp + arrival - sent_at) adds nothing, where
+    a time taken at the send would add the client's own delay (connecting, serializing)
+    to one batch and not to the next; ``now_ms`` when it has none."""
+    sent = event.get("sent_at")
+    if sent is None:
+        return now_ms
+    try:
+        return parse_timestamp_ms(sent)
+    except TimestampError:
+        return now_ms
+
+
 class KafkaTransport:
     """Produces to the events topic with kafka-python, one record per event.
 
@@ -139,30 +153,13 @@ class KafkaTransport:
 
         producer = self._connect()
         now_ms = time.time_ns() // 1_000_000
-        stamps: dict[Any, int] = {}
-
-        def stamp(event: dict[str, Any]) -> int:
-            # the record time is the event's sent_at, read off the same clock at the same
-            # moment: the pipeline's skew correction (timestamp + arrival - sent_at) then
-            # adds nothing, where a time taken here would add the client's own delay
-            # (connecting, serializing) to one batch and not to the next
-            sent = event.get("sent_at")
-            if sent is None:
-                return now_ms
-            if sent not in stamps:
-                try:
-                    stamps[sent] = parse_timestamp_ms(sent)
-                except TimestampError:
-                    stamps[sent] = now_ms
-            return stamps[sent]
-
         try:
             futures = [
                 producer.send(
                     self.topic,
                     value=orjson.dumps({**event, "project": event.get("project") or self.project}),
                     key=routing_key(event),
-                    timestamp_ms=stamp(event),
+                    timestamp_ms=_record_time(event, now_ms),
                 )
                 for event in events
             ]
