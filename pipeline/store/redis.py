@@ -316,7 +316,6 @@ class RedisStore:
         key checked. A commit that raises or was applied already keeps nothing.
         """
         k = self.keys
-        events = k.shard(partition) + "e:"
         dumps = orjson.dumps
         due_ms = commit.due_ms
         # taken out while the commit is under way: back (with its entries) once applied;
@@ -332,31 +331,18 @@ class RedisStore:
         checked: list[str] = []
         entries: list[str] = []
         for key, state in commit.states.items():
-            project, kind, ident = key
-            kid = f"{kind}{len(project)}:{project}:{ident}"  # keyid(key), inlined
+            kid = keyid(key)
             if state is None:
                 gone.append(kid)
                 if indexed.pop(kid, None) != "":
                     checked.append(kid)
                     entries.append("")
             else:
-                s = state.open
-                if s is None:
-                    entry = ""
-                else:
-                    entry = f"{s.session_id}\x1f{s.project}\x1f{s.user_id or ''}"  # _index_of
-                    items = s.take_log()
+                entry = _index_of(state)
+                for session in state.sessions():
+                    items = session.take_log()
                     if items:
-                        append(f"{events}{kid}|{s.session_id}")  # k.events(...)
-                        append(len(items))
-                        if len(items) == 1:
-                            append(dumps(items[0]))
-                        else:
-                            logs += map(dumps, items)
-                for c in state.closed:
-                    items = c.take_log()
-                    if items:
-                        append(f"{events}{kid}|{c.session_id}")
+                        append(k.events(partition, kid, session.session_id))
                         append(len(items))
                         logs += map(dumps, items)
                 heads += (kid, state.head_json())
