@@ -50,6 +50,7 @@ from bench.contenders import events_in
 from bench.procs import Child, Sampler, sessionizer_command
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
 from pipeline.store.keys import Keys
+from pipeline.worker.heap import TRIM_INTERVAL_S
 from pipeline.worker.routing import Router
 
 REPO = Path(__file__).resolve().parents[1]
@@ -613,7 +614,11 @@ def run_memory(ctx: Context) -> dict[str, Any]:
         points.append({"open_sessions": 0, "worker_rss_bytes": child.rss(), "used_memory": base})
         ends = [0] * opts.partitions
         done_so_far = 0
-        for target in (opts.memory_checkpoint, opts.memory_sessions):
+        # the checkpoints: the worker's key budget fills by the first; RSS should not
+        # grow after it, whatever the number of open sessions
+        targets = sorted({opts.memory_checkpoint, opts.memory_sessions // 4,
+                          opts.memory_sessions // 2, opts.memory_sessions})
+        for target in [t for t in targets if t >= opts.memory_checkpoint]:
             count = target - done_so_far
             records = workload.open_session_records(done_so_far, count, stamp)
             started = time.monotonic()
@@ -622,7 +627,9 @@ def run_memory(ctx: Context) -> dict[str, Any]:
             ends = [a + b for a, b in zip(ends, counts, strict=True)]
             finished = applied.wait(topic, ends, 1800, [child], poll=0.1)
             done_so_far = target
-            time.sleep(1.0)
+            # at rest: the worker hands freed heap memory back on its own every
+            # TRIM_INTERVAL_S seconds (pipeline.worker.heap); the RSS is read after that
+            time.sleep(TRIM_INTERVAL_S + 1.0)
             memory = redis_memory(ctx, tag)
             points.append({
                 "open_sessions": memory["open_sessions"],

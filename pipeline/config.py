@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         description="session keys a worker keeps in memory between batches, all its partitions "
         "together (least recently used go back to Redis): bounds the worker's memory",
     )
+    heap_trim_mib: int = Field(
+        64, ge=0,
+        description="free C-heap memory (MiB) above which the worker hands free pages back "
+        "to the system (glibc malloc_trim, checked every 10 s); 0 = never",
+    )
     batch_max_records: int = Field(5000, ge=1, description="records taken per partition per batch")
     tick_interval: float = Field(0.25, gt=0, description="how often idle sessions are checked (s)")
     kafka_idempotence: str = Field(

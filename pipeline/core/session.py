@@ -203,14 +203,16 @@ class Session:
         the session is unchanged."""
         cached = self.head_cache
         if cached is None:
-            cached = self.head_cache = orjson.dumps([
+            # a copy: orjson's result keeps its whole 4 KiB write buffer allocated,
+            # which a head held for as long as its key is cached must not
+            cached = self.head_cache = bytes(memoryview(orjson.dumps([
                 self.session_id, self.project, self.manual, self.start_ms, self.last_activity_ms,
                 self.last_arrival_ms, self.user_id, self.user_id_ms, self.user_name,
                 self.user_name_ms, self.has_start, self.status, self.close_reason, self.end_ms,
                 self.closed_at_ms, self.revision, self.event_count, self.heartbeat_count,
                 self.duplicate_events, self.type_counts, self.has_error, self.events_truncated,
                 self.seq,
-            ])
+            ])))
         return cached
 
     def close(self, reason: str, closed_at_ms: int) -> None:

@@ -86,7 +86,8 @@ class MemoryStore:
             if state is None:
                 shard.states.pop(kid, None)
             else:
-                shard.states[kid] = orjson.dumps(state.to_state())
+                # a right-sized copy: orjson's result keeps its 4 KiB write buffer
+                shard.states[kid] = bytes(memoryview(orjson.dumps(state.to_state())))
                 for session in state.sessions():
                     session.take_log()  # the full state above holds events and ids
             due = commit.due_ms.get(key)

@@ -33,6 +33,7 @@ from pipeline.security import aiokafka_options, check_redis, faust_options, redi
 from pipeline.status import WORKER_RETENTION_S, worker_entry, workers_key
 from pipeline.store.base import StaleStateError
 from pipeline.store.redis import RedisStore, connect
+from pipeline.worker.heap import TRIM_INTERVAL_S, HeapTrimmer
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
 from pipeline.worker.routing import Router
 from pipeline.worker.sink import KafkaSink
@@ -551,5 +552,13 @@ def build_app(settings: Settings) -> SessionizerApp:
             await runtime.refresh_gauges()
         except Exception:  # monitoring only: never take the worker down for it
             log.exception("refreshing the gauges failed")
+
+    if settings.heap_trim_mib:
+        trimmer = HeapTrimmer(settings.heap_trim_mib * 2**20)
+
+        @app.timer(TRIM_INTERVAL_S, name="sessionizer-heap-trim")  # type: ignore[untyped-decorator]
+        async def _trim_heap() -> None:
+            # in a thread: the trim releases the GIL, and the batches go on meanwhile
+            await asyncio.get_running_loop().run_in_executor(None, trimmer.maybe_trim)
 
     return app
