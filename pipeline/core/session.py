@@ -66,8 +66,8 @@ class Session:
     seq: int = 0
     # what changed in ``events``/``ids`` since the store last took it (see ``take_log``)
     log: list[Any] = field(default_factory=list, compare=False, repr=False)
-    # the serialized head (``to_state(with_log=False)``), kept until the session changes
-    head_cache: bytes | None = field(default=None, compare=False, repr=False)
+    # the head's values (``head_fields``), kept until the session changes
+    head_cache: list[Any] | None = field(default=None, compare=False, repr=False)
 
     # -- the span of SPEC section 3 -----------------------------------------
     def floor_ms(self, rules: SessionRules) -> int:
@@ -197,23 +197,25 @@ class Session:
         """Say that a field was changed from outside (the cached head is stale)."""
         self.head_cache = None
 
-    def head_json(self) -> bytes:
-        """The head (``to_state(with_log=False)``) as a compact JSON array of its values
-        in :data:`HEAD_FIELDS` order, which :meth:`from_state` reads back; cached while
-        the session is unchanged."""
+    def head_fields(self) -> list[Any]:
+        """The head (``to_state(with_log=False)``) as the list of its values in
+        :data:`HEAD_FIELDS` order, which :meth:`from_state` reads back; cached while
+        the session is unchanged (do not modify it)."""
         cached = self.head_cache
         if cached is None:
-            # a copy: orjson's result keeps its whole 4 KiB write buffer allocated,
-            # which a head held for as long as its key is cached must not
-            cached = self.head_cache = bytes(memoryview(orjson.dumps([
+            cached = self.head_cache = [
                 self.session_id, self.project, self.manual, self.start_ms, self.last_activity_ms,
                 self.last_arrival_ms, self.user_id, self.user_id_ms, self.user_name,
                 self.user_name_ms, self.has_start, self.status, self.close_reason, self.end_ms,
                 self.closed_at_ms, self.revision, self.event_count, self.heartbeat_count,
                 self.duplicate_events, self.type_counts, self.has_error, self.events_truncated,
                 self.seq,
-            ])))
+            ]
         return cached
+
+    def head_json(self) -> bytes:
+        """:meth:`head_fields` as a compact JSON array."""
+        return orjson.dumps(self.head_fields())
 
     def close(self, reason: str, closed_at_ms: int) -> None:
         self.head_cache = None
@@ -341,13 +343,14 @@ class KeyState:
         }
 
     def head_json(self) -> bytes:
-        """``to_state(with_log=False)`` as JSON; unchanged sessions reuse their bytes."""
+        """``to_state(with_log=False)`` as JSON, the sessions as :meth:`Session.head_fields`
+        arrays (unchanged sessions reuse their values)."""
         opened = self.open
-        return b"".join((
-            b'{"k":', orjson.dumps(self.key),
-            b',"o":', b"null" if opened is None else opened.head_json(),
-            b',"c":[', b",".join([c.head_json() for c in self.closed]), b"]}",
-        ))
+        return orjson.dumps({
+            "k": self.key,
+            "o": None if opened is None else opened.head_fields(),
+            "c": [c.head_fields() for c in self.closed],
+        })
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> KeyState:
