@@ -68,10 +68,14 @@ class Keys:
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix
         self.shards = f"{prefix}:shards"
+        self._shard: dict[int, str] = {}
 
     def shard(self, partition: int) -> str:
         """The common prefix (with hash tag) of a partition's keys."""
-        return f"{self.prefix}:{{p{partition}}}:"
+        name = self._shard.get(partition)
+        if name is None:
+            name = self._shard[partition] = f"{self.prefix}:{{p{partition}}}:"
+        return name
 
     def meta(self, partition: int) -> str:
         return self.shard(partition) + "meta"
@@ -83,7 +87,7 @@ class Keys:
         return self.shard(partition) + "open"
 
     def events(self, partition: int, kid: str, session_id: str) -> str:
-        return f"{self.shard(partition)}e:{kid}|{session_id}"
+        return self.shard(partition) + "e:" + kid + "|" + session_id
 
     def history(self, partition: int) -> str:
         return self.shard(partition) + "hist"

@@ -339,7 +339,8 @@ class RedisStore:
                     entries.append("")
             else:
                 entry = _index_of(state)
-                for session in state.sessions():
+                opened = state.open
+                for session in state.closed if opened is None else (opened, *state.closed):
                     items = session.take_log()
                     if items:
                         append(k.events(partition, kid, session.session_id))

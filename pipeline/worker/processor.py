@@ -87,7 +87,6 @@ class BatchStats:
 #: an event's input coordinates (partition, offset, index in a batch) -> the key, value
 #: and arrival time of the record that carried it; a re-routed event has its origin's
 #: coordinates, which may repeat an offset of this partition's own records
-RawOf = dict[tuple[int, int, int | None], tuple[bytes | None, bytes | None, int]]
 
 
 def _origin_of(record: RecordLike) -> tuple[int, int, int | None] | None:
@@ -208,7 +207,7 @@ class PartitionProcessor:
         events: list[Event] = []
         outgoing: list[Outgoing] = []
         offsets: dict[str, int] = {}
-        raw_of: RawOf = {}
+        sources: list[RecordLike] = []  # the record each event came in, in step with ``events``
         rules, route, me = self.rules, self.router.partition_of, self.partition
         events_topic = self.topics.events
         applied = self.applied
@@ -260,8 +259,8 @@ class PartitionProcessor:
                     outgoing.append(self._forward(item, record, arrival, batch_record))
                     stats.forwarded += 1
                     continue
-                raw_of[(item.partition, item.offset, item.index)] = (record.key, value, arrival)
                 events.append(item)
+                sources.append(record)
         if last >= 0:
             offsets[topic] = last
         self.max_arrival_ms, self.read_at = max_arrival, read_at
@@ -270,7 +269,7 @@ class PartitionProcessor:
         self.last_read = now
         stats.events = len(events)
         stats.types = dict(Counter(ev.type for ev in events))
-        await self._run(events, self.max_arrival_ms, offsets, outgoing, stats, raw_of)
+        await self._run(events, self.max_arrival_ms, offsets, outgoing, stats, sources)
         return stats
 
     async def tick(self, caught_up: bool) -> BatchStats | None:
@@ -294,7 +293,7 @@ class PartitionProcessor:
             self.engine.clock_ms = self.clock_ms
             return None
         stats = BatchStats()
-        await self._run([], clock, {}, [], stats, {})
+        await self._run([], clock, {}, [], stats, [])
         return stats
 
     async def publish_updates(self) -> int:
@@ -335,10 +334,10 @@ class PartitionProcessor:
         offsets: dict[str, int],
         outgoing: list[Outgoing],
         stats: BatchStats,
-        raw_of: RawOf,
+        sources: list[RecordLike],
     ) -> None:
         try:
-            await self._apply(events, clock_ms, offsets, outgoing, stats, raw_of)
+            await self._apply(events, clock_ms, offsets, outgoing, stats, sources)
         except BaseException:
             # the batch did not commit: what the engine holds may be ahead of Redis
             self._reset_cache()
@@ -364,7 +363,7 @@ class PartitionProcessor:
         offsets: dict[str, int],
         outgoing: list[Outgoing],
         stats: BatchStats,
-        raw_of: RawOf,
+        sources: list[RecordLike],
     ) -> None:
         engine = self.engine
         held = engine.states
@@ -377,16 +376,15 @@ class PartitionProcessor:
             if state.key not in held:
                 engine.load(state)
         sessions_out: list[Outgoing] = []
-        for ev in events:
+        for ev, source in zip(events, sources, strict=True):
             applied = engine.apply(ev)
             for rec in applied.records:
                 sessions_out.append(self._session(rec, engine.clock_ms, stats))
             if applied.rejection is not None:
-                key, value, arrival = raw_of[(ev.partition, ev.offset, ev.index)]
-                rej = applied.rejection
+                rej, value = applied.rejection, source.value
                 rej.raw = value if ev.index is None else _element(value, ev.index)
                 stats.rejected[rej.code] = stats.rejected.get(rej.code, 0) + 1
-                outgoing.append(self._dead_letter_raw(rej, key, arrival))
+                outgoing.append(self._dead_letter_raw(rej, source.key, ev.arrival_ms))
         for rec in engine.advance(clock_ms):
             sessions_out.append(self._session(rec, engine.clock_ms, stats))
         outgoing.extend(sessions_out)
