@@ -494,7 +494,7 @@ def run_latency(ctx: Context, rate: float, seconds: float, tag: str = "bl") -> d
     try:
         wait_ready(child)
         reader.start()
-        prod = workload.producer(ctx.bootstrap, **{"linger.ms": 1})
+        prod = workload.producer(ctx.bootstrap, **{"linger.ms": 5})
         delivery = workload.Delivery()
         topic = env["SESSIONIZER_EVENTS_TOPIC"]
         deadlines: dict[str, tuple[str, float]] = {}
