@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
@@ -32,6 +32,7 @@ from rich.text import Text
 
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import BrokerUnavailable, ConfigError
+from pipeline.security import kafka_python_options
 from pipeline.traffic import BAD_KINDS, TrafficModel
 
 __all__ = [
@@ -76,9 +77,11 @@ def _client_config(cls: type[Any], **config: Any) -> dict[str, Any]:
     return config
 
 
-def _producer(bootstrap: str) -> KafkaProducer:
+def _producer(bootstrap: str, security: Mapping[str, Any] | None = None) -> KafkaProducer:
+    """``security``: kafka-python's SASL/TLS options (:func:`~pipeline.security.kafka_python_options`)."""
     config = _client_config(
         KafkaProducer,
+        **(security or {}),
         bootstrap_servers=_servers(bootstrap),
         client_id="sessionizer-produce",
         acks="all",
@@ -96,12 +99,16 @@ def _producer(bootstrap: str) -> KafkaProducer:
         raise broker_unavailable(bootstrap) from None
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int, replication: int) -> None:
+def ensure_topic(
+    bootstrap: str, topic: str, partitions: int, replication: int,
+    security: Mapping[str, Any] | None = None,
+) -> None:
     """Create ``topic`` when missing (a broker may auto-create it with one partition)."""
     try:
         admin = KafkaAdminClient(
             **_client_config(
                 KafkaAdminClient,
+                **(security or {}),
                 bootstrap_servers=_servers(bootstrap),
                 client_id="sessionizer-produce-admin",
             )
@@ -297,8 +304,9 @@ def run_produce(
     paced = speed is not None or rate > 0
     model.speed = speed if speed is not None else _derive_speed(model, rate)
 
-    ensure_topic(bootstrap, topic, settings.topic_partitions, settings.topic_replication)
-    producer = _producer(bootstrap)
+    security = kafka_python_options(settings)  # a bad SASL/TLS combination fails here, in one line
+    ensure_topic(bootstrap, topic, settings.topic_partitions, settings.topic_replication, security)
+    producer = _producer(bootstrap, security)
     progress = _Progress(model, f"{topic} @ {bootstrap}", paced)
     live = None if quiet else Live(get_renderable=progress.render, refresh_per_second=4)
     try:

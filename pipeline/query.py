@@ -13,11 +13,13 @@ from rich.table import Table
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import parse_timestamp_ms
 from pipeline.display import format_duration
-from pipeline.store.redis import RedisStore
+from pipeline.security import redis_options
+from pipeline.store.redis import RedisStore, connect
 
 
 async def _with_store(settings: Settings, func: Any) -> Any:
-    store = RedisStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    # AUTH and TLS as the worker reads them (SESSIONIZER_REDIS_PASSWORD, _SSL_*)
+    store = RedisStore(connect(settings.redis_url, **redis_options(settings)), settings.redis_key_prefix)
     try:
         await store.ping()
         return await func(store)

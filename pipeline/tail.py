@@ -24,6 +24,7 @@ from rich.text import Text
 from pipeline.config import Settings, load_settings
 from pipeline.display import format_duration
 from pipeline.produce import UNREACHABLE_ERRORS, broker_unavailable
+from pipeline.security import kafka_python_options
 
 __all__ = ["format_duration", "format_session", "run_tail"]
 
@@ -72,6 +73,7 @@ def _consumer(settings: Settings, from_beginning: bool) -> KafkaConsumer:
     }
     if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:
         config["bootstrap_timeout_ms"] = 10_000
+    config.update(kafka_python_options(settings))  # SASL/TLS, as the worker reads them
     try:
         return KafkaConsumer(settings.sessions_topic, **config)
     except UNREACHABLE_ERRORS:

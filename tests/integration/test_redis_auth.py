@@ -190,3 +190,13 @@ def test_tls_without_the_ca_names_the_tls_variables(tls_redis: tuple[str, dict[s
         redis_ssl_certfile=pki["client"], redis_ssl_keyfile=pki["client_key"],
     ))
     assert "TLS" in message and "SESSIONIZER_REDIS_SSL_CA_CERTS" in message
+
+
+def test_sessions_live_reads_the_password_from_its_own_variable(locked_redis: EmbeddedRedis) -> None:
+    env = {"SESSIONIZER_REDIS_URL": _address(locked_redis), "SESSIONIZER_REDIS_KEY_PREFIX": "auth-cli"}
+    runner = CliRunner()
+    ok = runner.invoke(main, ["sessions", "live", "--json"], env={**env, "SESSIONIZER_REDIS_PASSWORD": PASSWORD})
+    assert ok.exit_code == 0, ok.output
+    refused = runner.invoke(main, ["sessions", "live", "--json"], env=env)
+    assert refused.exit_code != 0
+    assert "SESSIONIZER_REDIS" in refused.output and PASSWORD not in refused.output

@@ -186,6 +186,44 @@ def test_the_worker_app_and_sink_take_the_security_settings(pki: dict[str, str])
     assert runtime.store.client.connection_pool.connection_kwargs["password"] == "rpw"
 
 
+def test_tail_and_produce_take_the_kafka_security_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import produce, tail
+
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    def fake(kind: str) -> Any:
+        class Client:
+            DEFAULT_CONFIG: dict[str, Any] = {}
+
+            def __init__(self, *args: Any, **config: Any) -> None:
+                made.append((kind, config))
+
+            def list_topics(self) -> list[str]:
+                return ["t"]
+
+            def close(self) -> None:
+                pass
+
+        return Client
+
+    monkeypatch.setattr(tail, "KafkaConsumer", fake("consumer"))
+    monkeypatch.setattr(produce, "KafkaProducer", fake("producer"))
+    monkeypatch.setattr(produce, "KafkaAdminClient", fake("admin"))
+    settings = Settings(
+        kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-256",
+        kafka_sasl_username="u", kafka_sasl_password="p",
+    )
+    security = kafka_python_options(settings)
+    tail._consumer(settings, from_beginning=False)
+    produce._producer(settings.kafka_bootstrap, security)
+    produce.ensure_topic(settings.kafka_bootstrap, "t", 1, 1, security)
+    assert [kind for kind, _ in made] == ["consumer", "producer", "admin"]
+    for _, config in made:
+        assert config["security_protocol"] == "SASL_PLAINTEXT"
+        assert config["sasl_mechanism"] == "SCRAM-SHA-256"
+        assert (config["sasl_plain_username"], config["sasl_plain_password"]) == ("u", "p")
+
+
 # -- Redis --------------------------------------------------------------------------
 
 
