@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,27 +14,18 @@ from typing import Any
 
 import orjson
 import pytest
+from processes import Child
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.services import EmbeddedBroker, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = "metrics-key-1234567890"
 
 
-class Gateway:
+class Gateway(Child):
     def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
-        self.base, self.log_path = f"http://127.0.0.1:{port}", log_path
-        script = Path(sys.executable).parent / "sessionizer"
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*command, "gateway"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        self.base = f"http://127.0.0.1:{port}"
+        super().__init__("gateway", env, log_path)
 
     def request(self, path: str, body: Any = None, key: str | None = KEY) -> tuple[int, bytes, Any]:
         headers = {"Content-Type": "application/json"}
@@ -62,15 +50,6 @@ class Gateway:
                 pass
             assert time.monotonic() < deadline, f"gateway not ready:\n{self.log()[-3000:]}"
             time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -18,56 +14,11 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaProducer
+from processes import Worker
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import Settings
 from pipeline.services import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"SESSIONIZER_{name.upper()}"] = str(value)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def sessionizer() -> list[str]:
-    script = Path(sys.executable).parent / "sessionizer"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
-
-
-class Worker:
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings, self.log_path = settings, log_path
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*sessionizer(), "worker"], cwd=REPO, env=settings_env(settings),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while "assigned partitions [0" not in self.log():
-            assert self.proc.poll() is None, f"worker exited:\n{self.log()[-3000:]}"
-            assert time.monotonic() < deadline, f"worker not ready:\n{self.log()[-3000:]}"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

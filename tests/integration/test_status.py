@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,61 +16,14 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from kafka import KafkaProducer
+from processes import Worker, settings_env
 
 from pipeline.cli import main
 from pipeline.config import Settings
 from pipeline.status import collect_status
 
-REPO = Path(__file__).resolve().parents[2]
 USERS = [f"status-user-{i}" for i in range(12)]
 T0 = 1_795_000_000_000
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a process exactly ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"SESSIONIZER_{name.upper()}"] = str(value)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def sessionizer() -> list[str]:
-    script = Path(sys.executable).parent / "sessionizer"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
-
-
-class Worker:
-    """A ``sessionizer worker`` child process; ready once it logs its partitions."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings, self.log_path = settings, log_path
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*sessionizer(), "worker"], cwd=REPO, env=settings_env(settings),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while "assigned partitions [0" not in self.log():
-            assert self.proc.poll() is None, f"worker exited:\n{self.log()[-3000:]}"
-            assert time.monotonic() < deadline, f"worker not ready:\n{self.log()[-3000:]}"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
