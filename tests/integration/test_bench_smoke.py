@@ -73,7 +73,7 @@ def test_bench_smoke_runs_every_phase(tmp_path: Path) -> None:
         assert latency[kind]["p50_ms"] is not None and latency[kind]["p99_ms"] is not None, kind
 
     points = results["memory"]["points"]
-    assert [p["open_sessions"] for p in points] == [0, 1_000, 10_000]
+    assert [p["open_sessions"] for p in points] == [0, 1_000, 2_500, 5_000, 10_000]
     assert all(positive(p["worker_rss_bytes"]) for p in points)
     assert positive(points[-1]["bytes_per_open_session"])
 
