@@ -192,6 +192,11 @@ class WorkerMetrics:
             "Failed partition steps, by kind: transient (retried), fenced (another worker owns "
             "the partition), reclaim (unexpected error: partition re-claimed).", ["kind"], registry=r,
         )
+        self.heap_released = Counter(
+            "sessionizer_heap_released_bytes",
+            "Resident memory handed back to the system by trimming the C heap "
+            "(SESSIONIZER_HEAP_TRIM_MIB).", registry=r,
+        )
         for kind in ("transient", "fenced", "reclaim"):
             self.partition_errors.labels(kind)
         for op in ("load", "commit", "claim", "outbox"):

@@ -559,6 +559,8 @@ def build_app(settings: Settings) -> SessionizerApp:
         @app.timer(TRIM_INTERVAL_S, name="sessionizer-heap-trim")  # type: ignore[untyped-decorator]
         async def _trim_heap() -> None:
             # in a thread: the trim releases the GIL, and the batches go on meanwhile
-            await asyncio.get_running_loop().run_in_executor(None, trimmer.maybe_trim)
+            released = await asyncio.get_running_loop().run_in_executor(None, trimmer.maybe_trim)
+            if released:
+                runtime.metrics.heap_released.inc(released)
 
     return app

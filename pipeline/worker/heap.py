@@ -40,9 +40,8 @@ class _MallInfo2(ctypes.Structure):
 
 
 def _libc() -> Any | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # find_library needs ldconfig, which slim images may lack: then glibc's usual name
+    name = ctypes.util.find_library("c") or "libc.so.6"
     try:
         libc = ctypes.CDLL(name)
         trim, info = libc.malloc_trim, libc.mallinfo2
