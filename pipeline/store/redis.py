@@ -339,8 +339,7 @@ class RedisStore:
                     entries.append("")
             else:
                 entry = _index_of(state)
-                opened = state.open
-                for session in state.closed if opened is None else (opened, *state.closed):
+                for session in state.sessions():
                     items = session.take_log()
                     if items:
                         append(k.events(partition, kid, session.session_id))
