@@ -84,11 +84,6 @@ class BatchStats:
     idle_deadlines_ms: list[int] = field(default_factory=list)  # of the sessions closed idle
 
 
-#: an event's input coordinates (partition, offset, index in a batch) -> the key, value
-#: and arrival time of the record that carried it; a re-routed event has its origin's
-#: coordinates, which may repeat an offset of this partition's own records
-
-
 def _origin_of(record: RecordLike) -> tuple[int, int, int | None] | None:
     for name, value in record.headers or ():
         if name == ORIGIN_HEADER:
