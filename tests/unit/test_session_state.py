@@ -136,3 +136,18 @@ def test_empty_key_state() -> None:
     assert state.is_empty() and state.sessions() == []
     assert roundtrip(state) == state
 
+
+def test_cached_heads_keep_no_serialization_buffer() -> None:
+    # a head stays cached as long as its key is held in memory; orjson's results keep
+    # their whole 4 KiB write buffer, so what is cached must not be one of them
+    import tracemalloc
+
+    states = [KeyState(USER_KEY, open=session_of(ev(at=i))) for i in range(200)]
+    tracemalloc.start()
+    try:
+        for state in states:
+            state.head_json()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 200 * 1024, held
