@@ -82,13 +82,15 @@ def sessions_live(project: str | None, user: str | None, limit: int, as_json: bo
 
 @sessions.command("show")
 @click.argument("session_id")
+@click.option("--project", help="the session's project (ids are unique within a project; "
+              "without it, the latest started session with this id in any project)")
 @click.option("--json", "as_json", is_flag=True, help="the session record as JSON")
 @_clean_errors
-def sessions_show(session_id: str, as_json: bool) -> None:
+def sessions_show(session_id: str, project: str | None, as_json: bool) -> None:
     """Show one open session with its events."""
     from pipeline.query import show
 
-    if not show(session_id, as_json):
+    if not show(session_id, as_json, project=project):
         sys.exit(1)
 
 

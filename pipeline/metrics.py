@@ -314,8 +314,8 @@ class TimedStore:
     ) -> list[dict[str, Any]]:
         return await self.store.open_sessions(project, user_id, limit)
 
-    async def get_session(self, session_id: str) -> dict[str, Any] | None:
-        return await self.store.get_session(session_id)
+    async def get_session(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
+        return await self.store.get_session(session_id, project)
 
     async def close(self) -> None:
         await self.store.close()

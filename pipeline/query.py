@@ -51,12 +51,15 @@ def live(project: str | None, user: str | None, limit: int, as_json: bool, setti
     console.print(table)
 
 
-def show(session_id: str, as_json: bool, settings: Settings | None = None) -> bool:
+def show(session_id: str, as_json: bool, settings: Settings | None = None,
+         project: str | None = None) -> bool:
     settings = settings or load_settings()
-    record = asyncio.run(_with_store(settings, lambda s: s.get_session(session_id)))
+    record = asyncio.run(_with_store(settings, lambda s: s.get_session(session_id, project)))
     console = Console()
     if record is None:
-        console.print(f"no open session {session_id!r} (closed sessions are on the sessions topic)")
+        where = "" if project is None else f" in project {project!r}"
+        console.print(f"no open session {session_id!r}{where} "
+                      "(closed sessions are on the sessions topic)")
         return False
     if as_json:
         console.out(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode(), highlight=False)

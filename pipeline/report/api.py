@@ -47,6 +47,7 @@ from pipeline.report.params import (
     ParamError,
     parse_list_query,
     parse_session_id,
+    parse_session_query,
     parse_stats_query,
 )
 from pipeline.report.settings import ReportSettings, load_report_settings
@@ -194,13 +195,16 @@ class Report:
     async def session(self, request: web.Request) -> web.Response:
         async def answer() -> web.Response:
             session_id = parse_session_id(request.match_info["session_id"])
-            record = await self._data.get(session_id)
+            project = parse_session_query(request.query.items())
+            record = await self._data.get(session_id, project)
             if record is None:
+                where = "" if project is None else f" in project {project!r}"
                 return _refusal(
                     404,
                     "not_found",
                     f"no open session and no closed session in the recent history has id "
-                    f"{session_id!r} (closed sessions are kept for SESSIONIZER_HISTORY_RETENTION)",
+                    f"{session_id!r}{where} (closed sessions are kept for "
+                    "SESSIONIZER_HISTORY_RETENTION)",
                 )
             return _json({"session": detail(record), "now": format_ms(self.clock_ms())})
 

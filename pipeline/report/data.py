@@ -33,13 +33,15 @@ class ReportStore(Protocol):
         self, project: str | None = None, user_id: str | None = None, limit: int = 1000
     ) -> list[Record]: ...
 
-    async def get_session(self, session_id: str) -> Record | None: ...
+    async def get_session(self, session_id: str, project: str | None = None) -> Record | None: ...
 
     async def closed_sessions(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
     ) -> list[Record]: ...
 
-    async def get_closed_session(self, session_id: str) -> Record | None: ...
+    async def get_closed_session(
+        self, session_id: str, project: str | None = None
+    ) -> Record | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +160,12 @@ class SessionData:
                 return matching, True
             read = min(self.limits.scan_limit, read * 4)
 
-    async def get(self, session_id: str) -> Record | None:
-        """One session, open (live) or else closed (history)."""
-        record = await self.store.get_session(session_id)
+    async def get(self, session_id: str, project: str | None = None) -> Record | None:
+        """One session, open (live) or else closed (history); in ``project``, or without
+        one in any project (session ids are unique within a project only)."""
+        record = await self.store.get_session(session_id, project)
         if record is None:
-            record = await self.store.get_closed_session(session_id)
+            record = await self.store.get_closed_session(session_id, project)
         return record
 
     async def started_between(

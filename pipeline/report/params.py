@@ -122,6 +122,12 @@ def parse_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
     )
 
 
+def parse_session_query(pairs: Iterable[tuple[str, str]]) -> str | None:
+    """``GET /api/sessions/{id}``: the project, if given (a session id is unique within
+    its project only)."""
+    return _text(_single(pairs, ("project",)), "project", 100)
+
+
 def parse_stats_query(pairs: Iterable[tuple[str, str]], now_ms: int) -> StatsQuery:
     """Defaults: ``until`` now, ``since`` 24 hours before ``until``."""
     values = _single(pairs, ("project", "since", "until"))

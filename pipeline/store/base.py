@@ -47,7 +47,8 @@ class Commit:
     outgoing: list[bytes] = field(default_factory=list)  # appended to the outbox, in order
     acked: int = 0  # messages at the outbox head the broker has acknowledged (trimmed)
     dropped: list[tuple[SessionKey, str]] = field(default_factory=list)  # sessions past the grace
-    history: list[tuple[str, int, bytes]] = field(default_factory=list)  # (session_id, end_ms, record)
+    # closed session records for the history: (session_id, project, end_ms, record)
+    history: list[tuple[str, str, int, bytes]] = field(default_factory=list)
     #: written with the commit, so the next one can tell the store is where it left it
     #: (None: no check, no token)
     token: str | None = None
@@ -92,7 +93,9 @@ class SessionStore(Protocol):
     ) -> list[dict[str, Any]]:
         ...
 
-    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+    async def get_session(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
+        """The open session with this id (in ``project``; without one, in any project:
+        the latest started when several projects use the id)."""
         ...
 
     async def close(self) -> None:

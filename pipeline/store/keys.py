@@ -22,17 +22,18 @@ key                                    type     holds (TTL: none unless said)
                                                 replayed on load, never rewritten
 ``sz:{pP}:due``                        zset     keyid -> stream-clock ms when the key needs
                                                 attention (idle close or grace expiry)
-``sz:{pP}:open``                       hash     open session id -> keyid
+``sz:{pP}:open``                       hash     ``<session_id>:<project>`` of an open session -> keyid
 ``sz:{pP}:idx``                        hash     keyid -> what the indexes hold for it
                                                 (``<sid>\x1f<project>\x1f<user_id>``)
 ``sz:{pP}:proj:<project>``             set      open session ids of a project
 ``sz:{pP}:user:<n>:<project>:<user>``  set      open session ids of a user (``n``: the
                                                 length of ``project``, so that names holding
                                                 ``:`` cannot meet)
-``sz:{pP}:hist``                       zset     closed session id -> end (ms): the bounded history
+``sz:{pP}:hist``                       zset     ``<session_id>:<project>`` of a closed session -> end
+                                                (ms): the bounded history
                                                 (``SESSIONIZER_HISTORY_RETENTION`` and
                                                 ``SESSIONIZER_HISTORY_MAX_SESSIONS`` per partition)
-``sz:{pP}:h:<session_id>``             string   closed session record (latest revision)
+``sz:{pP}:h:<session_id>:<project>``   string   closed session record (latest revision)
 ``sz:{pP}:outbox``                     list     messages (closed sessions, dead letters,
                                                 re-routed events) written but not yet
                                                 acknowledged by the broker, in send order
@@ -40,18 +41,37 @@ key                                    type     holds (TTL: none unless said)
 
 A *keyid* names a session key unambiguously: ``<kind><len(project)>:<project>:<identity>``
 with kind ``u`` (user identity) or ``s`` (client session id).
+
+A session id is unique within its project only: two projects may use the same client
+session id. So the open index and the history name a session by ``<session_id>:<project>``
+(:func:`session_ref`), and the sessions of one id, in any project, are the fields or
+members matching ``<session_id>:*`` (:func:`session_ref_pattern`; a lookup checks the
+records it finds, as with a schema of one's own a session id could hold a ``:``).
 """
 
 from __future__ import annotations
 
+import re
+
 from pipeline.core.event import SessionKey
 
 DEFAULT_PREFIX = "sz"
+_GLOB = re.compile(r"([*?\[\]\\])")
 
 
 def keyid(key: SessionKey) -> str:
     project, kind, ident = key
     return f"{kind}{len(project)}:{project}:{ident}"
+
+
+def session_ref(session_id: str, project: str) -> str:
+    """The open index's field and the history's member for a session."""
+    return f"{session_id}:{project}"
+
+
+def session_ref_pattern(session_id: str) -> str:
+    """A Redis glob matching the :func:`session_ref` of every project's session with this id."""
+    return _GLOB.sub(r"\\\1", session_id) + ":*"
 
 
 def parse_keyid(value: str) -> SessionKey:
@@ -92,8 +112,9 @@ class Keys:
     def history(self, partition: int) -> str:
         return self.shard(partition) + "hist"
 
-    def history_record(self, partition: int, session_id: str) -> str:
-        return self.shard(partition) + "h:" + session_id
+    def history_record(self, partition: int, ref: str) -> str:
+        """A closed session's record, by its :func:`session_ref`."""
+        return self.shard(partition) + "h:" + ref
 
     def index(self, partition: int) -> str:
         return self.shard(partition) + "idx"

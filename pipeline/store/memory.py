@@ -29,7 +29,7 @@ class _Shard:
     states: dict[str, bytes] = field(default_factory=dict)
     due: dict[str, int] = field(default_factory=dict)
     outbox: list[bytes] = field(default_factory=list)
-    history: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    history: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)  # (sid, project)
 
 
 class MemoryStore:
@@ -97,8 +97,8 @@ class MemoryStore:
                 shard.due[kid] = due
         del shard.outbox[: commit.acked]
         shard.outbox.extend(commit.outgoing)
-        for sid, end_ms, record in commit.history:
-            shard.history[sid] = (end_ms, record)
+        for sid, project, end_ms, record in commit.history:
+            shard.history[(sid, project)] = (end_ms, record)
         shard.clock_ms = commit.clock_ms
         if commit.at_ms > 0:
             shard.clock_at_ms = commit.at_ms
@@ -129,8 +129,12 @@ class MemoryStore:
         records.sort(key=lambda r: r["start"], reverse=True)
         return records[:limit]
 
-    async def get_session(self, session_id: str) -> dict[str, Any] | None:
-        return next((r for r in self._open_records() if r["session_id"] == session_id), None)
+    async def get_session(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
+        found = [
+            r for r in self._open_records()
+            if r["session_id"] == session_id and (project is None or r["project"] == project)
+        ]
+        return max(found, key=lambda r: (r["start"], r["project"])) if found else None
 
     async def closed_sessions(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
@@ -144,11 +148,16 @@ class MemoryStore:
         found.sort(key=lambda item: item[0], reverse=True)
         return [orjson.loads(record) for _, record in found[:limit]]
 
-    async def get_closed_session(self, session_id: str) -> dict[str, Any] | None:
-        for shard in self.shards.values():
-            if session_id in shard.history:
-                return dict(orjson.loads(shard.history[session_id][1]))
-        return None
+    async def get_closed_session(
+        self, session_id: str, project: str | None = None
+    ) -> dict[str, Any] | None:
+        found = [
+            orjson.loads(record)
+            for shard in self.shards.values()
+            for (sid, held_project), (_, record) in shard.history.items()
+            if sid == session_id and (project is None or held_project == project)
+        ]
+        return dict(max(found, key=lambda r: (r["end"], r["project"]))) if found else None
 
     async def close(self) -> None:
         pass

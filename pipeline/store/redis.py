@@ -26,7 +26,7 @@ from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError, RedisUnavailable
 from pipeline.store.base import Claim, Commit, StaleStateError
-from pipeline.store.keys import Keys, keyid
+from pipeline.store.keys import Keys, keyid, session_ref, session_ref_pattern
 
 # KEYS: meta, due, open, outbox, idx, hist, states
 # ARGV: epoch, clock_ms, shard prefix, payload (msgpack, one argument: redis-py packs
@@ -46,9 +46,10 @@ from pipeline.store.keys import Keys, keyid
 #             with RECHECK, writing nothing ("" = every key of the commit is in checked),
 #    outgoing [message, ...]      (appended to the outbox list, in order),
 #    acked                        (messages trimmed from the outbox head: sent and acknowledged),
-#    history  [session_id, end_ms, record, ...], history_min_ms, history_max,
+#    history  [ref, end_ms, record, ...], history_min_ms, history_max,
 #    at_ms                        (the writer's wall time, kept with clock_ms; 0 = not given)]
 #   index: "<sid>\x1f<project>\x1f<user>" of the key's open session
+#   ref: "<sid>:<project>" (keys.session_ref), a session's field in open, member in hist
 # Flat arrays, a few long ones: cmsgpack builds a Lua table per array, one element at a
 # time, and a Lua string per string, hashed in full (as the payload itself is): with a
 # table per key and per event log, unpacking took a quarter longer.
@@ -127,11 +128,11 @@ local function index(entry, add, kid)
   local pkey = shard .. 'proj:' .. project
   local ukey = shard .. 'user:' .. string.len(project) .. ':' .. project .. ':' .. user
   if add then
-    redis.call('HSET', open, sid, kid)
+    redis.call('HSET', open, sid .. ':' .. project, kid)
     redis.call('SADD', pkey, sid)
     if user ~= '' then redis.call('SADD', ukey, sid) end
   else
-    redis.call('HDEL', open, sid)
+    redis.call('HDEL', open, sid .. ':' .. project)
     redis.call('SREM', pkey, sid)
     if user ~= '' then redis.call('SREM', ukey, sid) end
   end
@@ -163,10 +164,10 @@ for y = 1, #history, 3 do
   redis.call('ZADD', hist, history[y + 1], history[y])
   redis.call('SET', shard .. 'h:' .. history[y], history[y + 2])
 end
-local function forget(sids)
-  for _, sid in ipairs(sids) do
-    redis.call('ZREM', hist, sid)
-    redis.call('DEL', shard .. 'h:' .. sid)
+local function forget(refs)
+  for _, ref in ipairs(refs) do
+    redis.call('ZREM', hist, ref)
+    redis.call('DEL', shard .. 'h:' .. ref)
   end
 end
 forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. p[14], 'LIMIT', 0, 1000))
@@ -359,8 +360,8 @@ class RedisStore:
         for topic, offset in commit.offsets.items():
             offsets += (topic, offset)
         history: list[Any] = []
-        for sid, end_ms, record in commit.history:
-            history += (sid, end_ms, record)
+        for sid, project, end_ms, record in commit.history:
+            history += (session_ref(sid, project), end_ms, record)
         payload = [
             offsets,
             [k.events(partition, keyid(key), sid) for key, sid in commit.dropped],
@@ -429,16 +430,17 @@ class RedisStore:
         return sorted(int(p) for p in await self.client.smembers(self.keys.shards))
 
     async def _records_for(self, partition: int, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """Records of open sessions given (session_id, keyid) pairs."""
+        """Records of open sessions given (ref, keyid) pairs (a ref: ``keys.session_ref``)."""
         if not pairs:
             return []
         kids = [kid for _, kid in pairs]
         blobs = await self.client.hmget(self.keys.states(partition), kids)
-        wanted = {sid for sid, _ in pairs}
+        wanted = {ref for ref, _ in pairs}
         return [
             state.open.to_record()
             for state in await self._states(partition, kids, blobs)
-            if state.open is not None and state.open.session_id in wanted
+            if state.open is not None
+            and session_ref(state.open.session_id, state.open.project) in wanted
         ]
 
     async def open_sessions(
@@ -446,24 +448,25 @@ class RedisStore:
     ) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
         for partition in await self.partitions():
-            if project is not None and user_id is not None:
-                sids = [s.decode() for s in await self.client.smembers(self.keys.user(partition, project, user_id))]
-            elif project is not None:
-                sids = [s.decode() for s in await self.client.smembers(self.keys.project(partition, project))]
+            open_key = self.keys.open(partition)
+            pairs: list[tuple[str, str]]
+            if project is not None:
+                members = self.keys.user(partition, project, user_id) if user_id is not None \
+                    else self.keys.project(partition, project)
+                refs = [session_ref(s.decode(), project) for s in await self.client.smembers(members)]
+                kids = await self.client.hmget(open_key, refs) if refs else []
+                pairs = [(ref, kid.decode()) for ref, kid in zip(refs, kids, strict=True) if kid is not None]
             elif user_id is not None:
                 # a user in any project: the index entries ("<sid>\x1f<project>\x1f<user>")
                 # that end with the user id (the records are checked again below)
                 suffix = f"\x1f{user_id}".encode()
-                entries = (await self.client.hgetall(self.keys.index(partition))).values()
-                sids = [e.split(b"\x1f", 1)[0].decode() for e in entries if e.endswith(suffix)]
+                pairs = []
+                for kid, entry in (await self.client.hgetall(self.keys.index(partition))).items():
+                    if entry.endswith(suffix):
+                        sid, found_project, _ = entry.decode().split("\x1f", 2)
+                        pairs.append((session_ref(sid, found_project), kid.decode()))
             else:
-                sids = None
-            open_key = self.keys.open(partition)
-            if sids is None:
-                pairs = [(s.decode(), kid.decode()) for s, kid in (await self.client.hgetall(open_key)).items()]
-            else:
-                kids = await self.client.hmget(open_key, sids) if sids else []
-                pairs = [(s, kid.decode()) for s, kid in zip(sids, kids, strict=True) if kid is not None]
+                pairs = [(ref.decode(), kid.decode()) for ref, kid in (await self.client.hgetall(open_key)).items()]
             found = await self._records_for(partition, sorted(pairs)[: max(0, limit - len(records))])
             if user_id is not None and project is None:
                 found = [r for r in found if r["user_id"] == user_id]
@@ -473,14 +476,21 @@ class RedisStore:
         records.sort(key=lambda r: r["start"], reverse=True)
         return records[:limit]
 
-    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+    async def get_session(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
+        """The open session with this id (in ``project``; without one, in any project: the
+        latest started when several projects use the id)."""
+        found: list[dict[str, Any]] = []
         for partition in await self.partitions():
-            kid = await self.client.hget(self.keys.open(partition), session_id)
-            if kid is not None:
-                found = await self._records_for(partition, [(session_id, kid.decode())])
-                if found:
-                    return found[0]
-        return None
+            open_key = self.keys.open(partition)
+            if project is not None:
+                ref = session_ref(session_id, project)
+                kid = await self.client.hget(open_key, ref)
+                pairs = [] if kid is None else [(ref, kid.decode())]
+            else:
+                scan = self.client.hscan_iter(open_key, match=session_ref_pattern(session_id), count=1000)
+                pairs = [(ref.decode(), kid.decode()) async for ref, kid in scan]
+            found += [r for r in await self._records_for(partition, pairs) if r["session_id"] == session_id]
+        return max(found, key=lambda r: (r["start"], r["project"])) if found else None
 
     async def closed_sessions(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
@@ -490,21 +500,33 @@ class RedisStore:
         high = "+inf" if until_ms is None else until_ms
         records: list[dict[str, Any]] = []
         for partition in await self.partitions():
-            sids = await self.client.zrevrangebyscore(
+            refs = await self.client.zrevrangebyscore(
                 self.keys.history(partition), high, low, start=0, num=limit
             )
-            if sids:
-                blobs = await self.client.mget([self.keys.history_record(partition, s.decode()) for s in sids])
+            if refs:
+                blobs = await self.client.mget([self.keys.history_record(partition, r.decode()) for r in refs])
                 records.extend(orjson.loads(b) for b in blobs if b is not None)
         records.sort(key=lambda r: r["end"], reverse=True)
         return records[:limit]
 
-    async def get_closed_session(self, session_id: str) -> dict[str, Any] | None:
+    async def get_closed_session(
+        self, session_id: str, project: str | None = None
+    ) -> dict[str, Any] | None:
+        """The closed session with this id from the history (in ``project``; without one,
+        in any project: the latest ended when several projects use the id)."""
+        found: list[dict[str, Any]] = []
         for partition in await self.partitions():
-            blob = await self.client.get(self.keys.history_record(partition, session_id))
-            if blob is not None:
-                return dict(orjson.loads(blob))
-        return None
+            if project is not None:
+                refs = [session_ref(session_id, project)]
+            else:
+                scan = self.client.zscan_iter(
+                    self.keys.history(partition), match=session_ref_pattern(session_id), count=1000
+                )
+                refs = [ref.decode() async for ref, _ in scan]
+            if refs:
+                blobs = await self.client.mget([self.keys.history_record(partition, r) for r in refs])
+                found += [r for r in map(orjson.loads, filter(None, blobs)) if r["session_id"] == session_id]
+        return dict(max(found, key=lambda r: (r["end"], r["project"]))) if found else None
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -384,7 +384,7 @@ class PartitionProcessor:
             sessions_out.append(self._session(rec, engine.clock_ms, stats))
         outgoing.extend(sessions_out)
         history = [
-            (m.key.decode(), m.end_ms, m.value) for m in sessions_out if m.key is not None
+            (m.key.decode(), m.project, m.end_ms, m.value) for m in sessions_out if m.key is not None
         ]
         changes = engine.take_changes()
         await self._flush()  # the commit trims what the broker acknowledged so far
@@ -468,6 +468,7 @@ class PartitionProcessor:
         stats.closed[reason] = stats.closed.get(reason, 0) + 1
         message = Outgoing(SESSION, record["session_id"].encode(), orjson.dumps(record), clock_ms)
         message.end_ms = parse_timestamp_ms(record["end"])
+        message.project = record["project"]
         return message
 
     def _dead_letter(self, rej: Rejection, record: RecordLike, arrival: int) -> Outgoing:

@@ -101,14 +101,14 @@ def test_live_state_in_redis_follows_the_sessions(world: RedisWorld) -> None:
         dump = await world.dump()
         assert dump[k.meta(0).encode()][b"off:events"] == b"1"
         assert set(dump[k.open(0).encode()]) == {
-            r["session_id"].encode() for r in await proc.store.open_sessions()
+            f"{r['session_id']}:{r['project']}".encode() for r in await proc.store.open_sessions()
         }
         assert len(dump[k.due(0).encode()]) == 2
 
         await proc.process([env.event("sessionend", user="alice", at=MIN)])
         [ended] = env.sink.sessions()
         dump = await world.dump()
-        assert ended["session_id"].encode() not in dump[k.open(0).encode()]
+        assert f"{ended['session_id']}:default".encode() not in dump[k.open(0).encode()]
         # alice's key keeps the closed session for the reopen grace
         [alice] = await proc.store.load(0, [("default", "u", "alice")], None, 0)
         assert isinstance(alice, KeyState) and alice.open is None

@@ -168,13 +168,16 @@ def closed(state: KeyState, at_ms: int) -> KeyState:
     return KeyState(again.key, open=None, closed=[session])
 
 
-def history_entry(key: SessionKey, session_id: str, start_ms: int, end_ms: int) -> tuple[str, int, bytes]:
-    """A closed session's history entry: (session_id, end, record), as the worker writes it."""
+def history_entry(
+    key: SessionKey, session_id: str, start_ms: int, end_ms: int
+) -> tuple[str, str, int, bytes]:
+    """A closed session's history entry: (session_id, project, end, record), as the worker
+    writes it."""
     session = open_state(key, session_id, start_ms).open
     assert session is not None
     session.last_activity_ms = end_ms
     session.close(ENDED, end_ms)
-    return (session_id, end_ms, orjson.dumps(session.to_record()))
+    return (session_id, key[0], end_ms, orjson.dumps(session.to_record()))
 
 
 def as_dicts(states: Iterable[KeyState]) -> list[dict[str, Any]]:
@@ -196,7 +199,7 @@ async def put(
     clock_ms: int = T0,
     outgoing: list[bytes] | None = None,
     acked: int = 0,
-    history: list[tuple[str, int, bytes]] | None = None,
+    history: list[tuple[str, str, int, bytes]] | None = None,
 ) -> bool:
     """Load the keys, then commit them, as the worker does."""
     await store.load(partition, list(states), None, 0)
@@ -560,6 +563,71 @@ async def test_a_manual_session_whose_user_changes_moves_in_the_user_index(backe
     assert ids(await store.open_sessions(project="shop", user_id="erin")) == ["manual-0002"]
 
 
+@contract
+async def test_two_projects_may_use_the_same_client_session_id(backend: Backend) -> None:
+    """A session id is unique within its project only (the key is (project, session_id)):
+    each project's session keeps its own index entries, and closing one leaves the other."""
+    store = backend.store()
+    claim = await store.claim(0)
+    sid = "checkout-0001"
+    shop, blog = ("shop", "s", sid), ("blog", "s", sid)
+    shop_state = open_state(shop, sid, T0, user_id="ann")
+    blog_state = open_state(blog, sid, T0 + MIN, user_id="bob")
+    assert await put(store, 0, claim.epoch, {shop: shop_state, blog: blog_state})
+
+    assert sorted((r["project"], r["user_id"]) for r in await store.open_sessions()) == [
+        ("blog", "bob"), ("shop", "ann")]
+    assert [r["project"] for r in await store.open_sessions(project="blog")] == ["blog"]
+    assert [r["project"] for r in await store.open_sessions(user_id="ann")] == ["shop"]
+    in_shop = await store.get_session(sid, "shop")
+    assert in_shop is not None and (in_shop["project"], in_shop["user_id"]) == ("shop", "ann")
+    in_blog = await store.get_session(sid, "blog")
+    assert in_blog is not None and in_blog["user_id"] == "bob"
+    assert await store.get_session(sid, "news") is None
+    # without a project: the latest started
+    latest = await store.get_session(sid)
+    assert latest is not None and latest["project"] == "blog"
+
+    # the blog session ends: the shop session stays open and indexed
+    assert await put(store, 0, claim.epoch, {blog: closed(blog_state, T0 + 5 * MIN)},
+                     history=[history_entry(blog, sid, T0 + MIN, T0 + 5 * MIN)])
+    assert [r["project"] for r in await store.open_sessions()] == ["shop"]
+    assert await store.get_session(sid, "blog") is None
+    still = await store.get_session(sid)
+    assert still is not None and still["project"] == "shop"
+
+    # then the shop session: both are in the history, each under its project
+    assert await put(store, 0, claim.epoch, {shop: closed(shop_state, T0 + 9 * MIN)},
+                     history=[history_entry(shop, sid, T0, T0 + 9 * MIN)])
+    assert await store.open_sessions() == []
+    assert await store.get_session(sid) is None
+    assert sorted(r["project"] for r in await store.closed_sessions()) == ["blog", "shop"]
+    closed_blog = await store.get_closed_session(sid, "blog")
+    assert closed_blog is not None and closed_blog["end"] == format_ms(T0 + 5 * MIN)
+    closed_shop = await store.get_closed_session(sid, "shop")
+    assert closed_shop is not None and closed_shop["end"] == format_ms(T0 + 9 * MIN)
+    latest_closed = await store.get_closed_session(sid)
+    assert latest_closed is not None and latest_closed["project"] == "shop"
+    assert await store.get_closed_session(sid, "news") is None
+    assert await store.get_closed_session("checkout-0002") is None
+
+
+@redis_only
+async def test_redis_lookup_by_id_takes_the_id_literally(backend: Backend) -> None:
+    """The lookup by id scans with a glob: the id's glob characters match only themselves
+    (a schema of one's own may allow them in session ids)."""
+    store = backend.store()
+    claim = await store.claim(0)
+    odd, plain = ("shop", "s", "a*[b]?"), ("shop", "s", "axbb")
+    assert await put(store, 0, claim.epoch, {
+        odd: open_state(odd, "a*[b]?", T0, user_id="ann"), plain: open_state(plain, "axbb", T0, user_id="bob"),
+    })
+    found = await store.get_session("a*[b]?")
+    assert found is not None and found["user_id"] == "ann"
+    assert await store.get_session("a*") is None
+    assert await store.get_session("a") is None
+
+
 # -- history of closed sessions --------------------------------------------------------------
 
 
@@ -641,7 +709,7 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
         k.index(5): b"hash",
         k.outbox(0): b"list",
         k.history(0): b"zset",
-        k.history_record(0, "shop-alice"): b"string",
+        k.history_record(0, "shop-alice:shop"): b"string",
         k.states(0): b"hash",
         k.states(5): b"hash",
         k.project(0, "shop"): b"set",
@@ -680,13 +748,13 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
     assert value(k.due(0)) == [(keyid(alice).encode(), float(T0 + 24 * MIN))]
     assert value(k.due(5)) == [(keyid(carol).encode(), float(T0 + 11 * MIN))]
     assert value(k.open(0)) == {
-        b"shop-bob": keyid(bob).encode(),
-        b"blog-alice": keyid(user_key("alice", "blog")).encode(),
+        b"shop-bob:shop": keyid(bob).encode(),
+        b"blog-alice:blog": keyid(user_key("alice", "blog")).encode(),
     }
     assert value(k.open(5)) == {
-        b"manual-0001": keyid(manual).encode(),
-        b"shop-carol": keyid(carol).encode(),
-        b"anon-0001": keyid(anon).encode(),
+        b"manual-0001:shop": keyid(manual).encode(),
+        b"shop-carol:shop": keyid(carol).encode(),
+        b"anon-0001:shop": keyid(anon).encode(),
     }
     assert value(k.index(0)) == {
         keyid(bob).encode(): b"shop-bob\x1fshop\x1fbob",
@@ -697,8 +765,8 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
     assert value(k.project(5, "shop")) == {b"manual-0001", b"shop-carol", b"anon-0001"}
     assert value(k.user(5, "shop", "alice")) == {b"manual-0001"}
     assert value(k.outbox(0)) == [b"msg"]
-    assert value(k.history(0)) == [(b"shop-alice", float(T0 + 9 * MIN))]
-    assert orjson.loads(value(k.history_record(0, "shop-alice")))["session_id"] == "shop-alice"
+    assert value(k.history(0)) == [(b"shop-alice:shop", float(T0 + 9 * MIN))]
+    assert orjson.loads(value(k.history_record(0, "shop-alice:shop")))["session_id"] == "shop-alice"
     assert set(value(k.states(0))) == {keyid(alice).encode(), keyid(bob).encode(),
                                          keyid(user_key("alice", "blog")).encode()}
     assert set(value(k.states(5))) == {keyid(manual).encode(), keyid(carol).encode(), keyid(anon).encode()}
@@ -763,7 +831,7 @@ async def test_redis_history_is_trimmed_by_age_and_count(backend: Backend) -> No
         assert await store.get_closed_session("h3") is None
         dump = await dump_keys(store.client, backend.prefix)
         assert {k for k in dump if b":h:" in k} == {
-            backend.keys.history_record(0, f"h{i}").encode() for i in (4, 5)
+            backend.keys.history_record(0, f"h{i}:shop").encode() for i in (4, 5)
         }
     finally:
         await store.close()

@@ -172,8 +172,8 @@ async def audit(store: RedisStore, held: dict[SessionKey, KeyState]) -> None:
     assert {kid.decode(): e.decode() for kid, e in idx.items()} == {
         kid: "\x1f".join(entry) for kid, entry in want.items()}
     opened = await client.hgetall(k.open(0))
-    assert {sid.decode(): kid.decode() for sid, kid in opened.items()} == {
-        sid: kid for kid, (sid, _, _) in want.items()}
+    assert {ref.decode(): kid.decode() for ref, kid in opened.items()} == {
+        f"{sid}:{project}": kid for kid, (sid, project, _) in want.items()}
     for project in ("shop", "blog"):
         members = {m.decode() for m in await client.smembers(k.project(0, project))}
         assert members == {sid for sid, p, _ in want.values() if p == project}

@@ -253,6 +253,39 @@ async def a_session_opens_and_ends(world: World) -> None:
 
 
 @scenario
+async def two_projects_using_one_client_session_id_keep_apart(world: World) -> None:
+    env = Env(world)
+    proc = await env.processor()
+    store = proc.store
+    sid = "checkout-0001"
+
+    await proc.process([
+        env.event("session", user="ann", at=0, id="s1", session_id=sid, project="shop"),
+        env.event("session", user="bob", at=MIN, id="b1", session_id=sid, project="blog"),
+    ])
+    assert sorted((r["project"], r["user_id"]) for r in await store.open_sessions()) == [
+        ("blog", "bob"), ("shop", "ann")]
+
+    await proc.process([env.event("sessionend", user="bob", at=2 * MIN, id="b2", session_id=sid,
+                                  project="blog")])
+    [ended] = env.sink.sessions()
+    assert (ended["session_id"], ended["project"], ended["user_id"]) == (sid, "blog", "bob")
+    [live] = await store.open_sessions()
+    assert (live["project"], live["user_id"]) == ("shop", "ann")
+    found = await store.get_session(sid)
+    assert found is not None and found["project"] == "shop"
+    assert await store.get_session(sid, "blog") is None
+
+    await proc.process([env.event("sessionend", user="ann", at=3 * MIN, id="s2", session_id=sid,
+                                  project="shop")])
+    assert await store.open_sessions() == []
+    for project, user in (("shop", "ann"), ("blog", "bob")):
+        kept = await store.get_closed_session(sid, project)
+        assert kept is not None and (kept["user_id"], kept["close_reason"]) == (user, "ended")
+    assert sorted(r["project"] for r in await store.closed_sessions()) == ["blog", "shop"]
+
+
+@scenario
 async def idle_close_waits_for_a_caught_up_tick(world: World) -> None:
     env = Env(world)
     proc = await env.processor()

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from test_report_data import MIN, NOW, demo_events, populate
+from test_report_data import MIN, NOW, demo_events, event, populate
 
 from pipeline.config import Settings
 from pipeline.core.timefmt import format_ms
@@ -191,6 +191,32 @@ def test_unknown_and_malformed_session_ids() -> None:
         assert (body["error"], body["parameter"]) == ("invalid_parameter", "session_id")
 
     serve(scenario)
+
+
+def test_a_session_id_two_projects_use_is_told_apart_by_project() -> None:
+    """Session ids are unique within a project: ``?project=`` picks one; without it, the
+    latest started session with that id answers."""
+    sid = "9f1c2e7a4b5d4c3e"  # the demo's anonymous blog session; now shop uses it too
+
+    async def scenario(client: TestClient) -> None:
+        listed = await get(client, "/api/sessions?active=true")
+        assert sorted(r["project"] for r in listed["sessions"] if r["session_id"] == sid) == ["blog", "shop"]
+        blog = (await get(client, f"/api/sessions/{sid}?project=blog"))["session"]
+        assert (blog["project"], blog["user_id"]) == ("blog", None)
+        assert [e["source"] for e in blog["events"]] == [None, "reader"]
+        shop = (await get(client, f"/api/sessions/{sid}?project=shop"))["session"]
+        assert (shop["project"], shop["user_id"]) == ("shop", "erin")
+        latest = (await get(client, f"/api/sessions/{sid}"))["session"]
+        assert latest["project"] == "shop"
+        body = await get(client, f"/api/sessions/{sid}?project=news", 404)
+        assert body["error"] == "not_found" and "'news'" in body["message"]
+        body = await get(client, f"/api/sessions/{sid}?projekt=shop", 400)
+        assert (body["error"], body["parameter"]) == ("invalid_parameter", "projekt")
+
+    store = MemoryStore()
+    extra = [event("session", NOW - 1 * MIN, sid=sid, user="erin")]
+    asyncio.run(populate(store, [*demo_events(NOW), *extra], clock_ms=NOW))
+    serve(scenario, store=store)
 
 
 # -- GET /api/sessions/stats ----------------------------------------------------------------------

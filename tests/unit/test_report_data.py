@@ -85,7 +85,8 @@ async def populate(
             offsets={},
             clock_ms=engine.clock_ms,
             history=[
-                (r["session_id"], parse_timestamp_ms(r["end"]), orjson.dumps(r)) for r in records
+                (r["session_id"], r["project"], parse_timestamp_ms(r["end"]), orjson.dumps(r))
+                for r in records
             ],
             dropped=engine.take_dropped(),
         ),

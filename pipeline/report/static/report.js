@@ -81,8 +81,9 @@ function formatNumber(value, digits = 0) {
   return Number(value).toLocaleString(undefined, { maximumFractionDigits: digits, minimumFractionDigits: 0 });
 }
 
-function sessionUrl(id) {
-  return PAGE + encodeURIComponent(id);
+// A session id is unique within its project only: the link names both.
+function sessionUrl(id, project) {
+  return PAGE + encodeURIComponent(id) + (project ? `?project=${encodeURIComponent(project)}` : "");
 }
 
 // -- API -------------------------------------------------------------------------------
@@ -248,10 +249,10 @@ function rangeText(f) {
 
 function sessionRow(session) {
   const startMs = Date.parse(session.start);
-  const link = h("a", { href: sessionUrl(session.session_id), class: "row-link", dataset: { nav: "" } }, userBlock(session));
+  const link = h("a", { href: sessionUrl(session.session_id, session.project), class: "row-link", dataset: { nav: "" } }, userBlock(session));
   return h("tr", { class: session.online ? "is-online" : "", dataset: { sessionId: session.session_id }, onclick: (event) => {
     if (event.target.closest("a") || window.getSelection().toString()) return;
-    navigate(sessionUrl(session.session_id));
+    navigate(sessionUrl(session.session_id, session.project));
   } },
   h("td", {}, link),
   h("td", {}, statusPill(session)),
@@ -437,7 +438,8 @@ function renderSession(session) {
 
 async function loadSession(id, { quiet = false } = {}) {
   try {
-    const { session } = await api(`/${encodeURIComponent(id)}`);
+    const project = new URLSearchParams(location.search).get("project");
+    const { session } = await api(`/${encodeURIComponent(id)}`, { project });
     showNotice("");
     const open = [...document.querySelectorAll("#events tr.event-row.open")].map((r) => r.dataset.eventIndex);
     renderSession(session);
