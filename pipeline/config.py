@@ -81,7 +81,7 @@ class Settings(BaseSettings):
         description="free C-heap memory (MiB) above which the worker hands free pages back "
         "to the system (glibc malloc_trim, checked every 10 s); 0 = never",
     )
-    batch_max_records: int = Field(5000, ge=1, description="records taken per partition per batch")
+    batch_max_records: int = Field(10000, ge=1, description="records taken per fetch, over all partitions")
     tick_interval: float = Field(0.25, gt=0, description="how often idle sessions are checked (s)")
     kafka_idempotence: str = Field(
         "auto", pattern="^(auto|on|off)$",
