@@ -586,10 +586,13 @@ class Injector(threading.Thread):
         go on committing and sending for ``hold_s``, kill redis-server, put the old AOF
         back and restart it: Redis is back as it was ``hold_s`` earlier."""
         redis = self.cluster.redis
+        # Redis 7 keeps its AOF in a directory of parts, Redis 6 in one file
         aof = redis.data_dir / "appendonlydir"
+        if not aof.exists():
+            aof = redis.data_dir / "appendonly.aof"
         saved = redis.data_dir.parent / "aof-saved"
-        shutil.rmtree(saved, ignore_errors=True)
-        shutil.copytree(aof, saved)
+        _remove(saved)
+        _copy(aof, saved)
         copied = self._tokens()  # at least as recent as the copy
         started = time.monotonic()
         time.sleep(fault.hold_s)
@@ -600,8 +603,8 @@ class Injector(threading.Thread):
                 break
             time.sleep(0.2)
         redis.kill()
-        shutil.rmtree(aof)
-        shutil.copytree(saved, aof)
+        _remove(aof)
+        _copy(saved, aof)
         redis.restart()
         return (f"AOF copied, {time.monotonic() - started:.1f}s later kill -9 redis-server and restart it "
                 f"from the copy: the commits of those seconds lost (partitions {lost})")
@@ -820,3 +823,17 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
         journal.close()
         if not keep:
             cluster.close()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _copy(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
