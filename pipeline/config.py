@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         "to the system (glibc malloc_trim, checked every 10 s); 0 = never",
     )
     batch_max_records: int = Field(10000, ge=1, description="records taken per fetch, over all partitions")
+    fetch_partition_bytes: int = Field(
+        4 << 20, ge=1024,
+        description="bytes a fetch request asks per partition (Kafka's max.partition.fetch.bytes; "
+        "a larger first record batch still comes whole)",
+    )
     tick_interval: float = Field(0.25, gt=0, description="how often idle sessions are checked (s)")
     kafka_idempotence: str = Field(
         "auto", pattern="^(auto|on|off)$",

@@ -511,6 +511,7 @@ def build_app(settings: Settings) -> SessionizerApp:
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout / 6),
         broker_max_poll_records=settings.batch_max_records,
+        consumer_max_fetch_size=settings.fetch_partition_bytes,
         broker_commit_interval=3600.0,
         consumer_auto_offset_reset="earliest",
         topic_partitions=settings.topic_partitions,
