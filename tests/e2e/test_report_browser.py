@@ -421,6 +421,8 @@ async def check_list(page: Page, base: str, *, sessions: int, users: int) -> Non
 async def check_closed_session(page: Page, base: str, bob_id: str) -> None:
     await page.click(f'#sessions tbody tr[data-session-id="{bob_id}"] td:nth-child(3)')
     await page.wait_for(f"location.pathname === '/sessions/{bob_id}'", "the session page URL")
+    # a session id is unique within its project only: the link names the project too
+    assert await page.eval("location.search") == "?project=shop"
     await page.wait_for("document.querySelectorAll('#events tr.event-row').length === 4", "the events")
     assert "ended" in await page.text(".session-head h1")
     types = await page.eval(
