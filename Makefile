@@ -37,7 +37,7 @@ typecheck: venv
 	$(BIN)/mypy pipeline
 
 test: venv lint typecheck
-	$(PYTEST) -q -m "not faults or routine"
+	$(PYTEST) -q -rs -m "not faults or routine"
 
 test-unit: venv
 	$(PYTEST) -q tests/unit
