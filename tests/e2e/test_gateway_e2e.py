@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,10 @@ from typing import Any
 
 import orjson
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from processes import stop
 
 from pipeline.client import SessionClient
 from pipeline.services import free_port
@@ -140,14 +143,7 @@ def start_gateway(bootstrap: str, events_topic: str, log_path: Path) -> GatewayP
 
 
 def stop_gateway(gateway: GatewayProcess) -> int:
-    if gateway.process.poll() is None:
-        gateway.process.send_signal(signal.SIGTERM)
-        try:
-            gateway.process.wait(15)
-        except subprocess.TimeoutExpired:
-            gateway.process.kill()
-            gateway.process.wait(5)
-    return gateway.process.returncode
+    return stop(gateway.process)
 
 
 @pytest.fixture

@@ -32,6 +32,18 @@ def sessionizer() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
 
 
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> int:
+    """SIGTERM, up to ``grace_s`` to exit, then SIGKILL; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Child:
     """``sessionizer <command>`` in a process of its own."""
 
@@ -47,13 +59,7 @@ class Child:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 class Worker(Child):
