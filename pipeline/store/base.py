@@ -61,6 +61,13 @@ class Commit:
     at_ms: int = 0
 
 
+def latest(records: Iterable[dict[str, Any]], by: str) -> dict[str, Any] | None:
+    """The record a lookup by session id alone answers with when several projects use
+    the id: the latest by ``by`` (``start`` for open sessions, ``end`` for closed ones),
+    then by project name; None when there is none."""
+    return max(records, key=lambda r: (r[by], r["project"]), default=None)
+
+
 class SessionStore(Protocol):
     async def claim(self, partition: int) -> Claim:
         """Take a partition: bump its epoch (fencing out the previous owner)."""

@@ -15,7 +15,7 @@ import orjson
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError
-from pipeline.store.base import Claim, Commit, StaleStateError
+from pipeline.store.base import Claim, Commit, StaleStateError, latest
 from pipeline.store.keys import keyid
 
 
@@ -134,7 +134,7 @@ class MemoryStore:
             r for r in self._open_records()
             if r["session_id"] == session_id and (project is None or r["project"] == project)
         ]
-        return max(found, key=lambda r: (r["start"], r["project"])) if found else None
+        return latest(found, "start")
 
     async def closed_sessions(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
@@ -157,7 +157,7 @@ class MemoryStore:
             for (sid, held_project), (_, record) in shard.history.items()
             if sid == session_id and (project is None or held_project == project)
         ]
-        return dict(max(found, key=lambda r: (r["end"], r["project"]))) if found else None
+        return latest(found, "end")
 
     async def close(self) -> None:
         pass

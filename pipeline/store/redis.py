@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError, RedisUnavailable
-from pipeline.store.base import Claim, Commit, StaleStateError
+from pipeline.store.base import Claim, Commit, StaleStateError, latest
 from pipeline.store.keys import Keys, keyid, session_ref, session_ref_pattern
 
 # KEYS: meta, due, open, outbox, idx, hist, states
@@ -490,7 +490,7 @@ class RedisStore:
                 scan = self.client.hscan_iter(open_key, match=session_ref_pattern(session_id), count=1000)
                 pairs = [(ref.decode(), kid.decode()) async for ref, kid in scan]
             found += [r for r in await self._records_for(partition, pairs) if r["session_id"] == session_id]
-        return max(found, key=lambda r: (r["start"], r["project"])) if found else None
+        return latest(found, "start")
 
     async def closed_sessions(
         self, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
@@ -526,7 +526,7 @@ class RedisStore:
             if refs:
                 blobs = await self.client.mget([self.keys.history_record(partition, r) for r in refs])
                 found += [r for r in map(orjson.loads, filter(None, blobs)) if r["session_id"] == session_id]
-        return dict(max(found, key=lambda r: (r["end"], r["project"]))) if found else None
+        return latest(found, "end")
 
     async def close(self) -> None:
         await self.client.aclose()
