@@ -24,11 +24,12 @@ key                                    type     holds (TTL: none unless said)
                                                 attention (idle close or grace expiry)
 ``sz:{pP}:open``                       hash     ``<session_id>:<project>`` of an open session -> keyid
 ``sz:{pP}:idx``                        hash     keyid -> what the indexes hold for it
-                                                (``<sid>\x1f<project>\x1f<user_id>``)
+                                                (:func:`index_entry`)
 ``sz:{pP}:proj:<project>``             set      open session ids of a project
 ``sz:{pP}:user:<n>:<project>:<user>``  set      open session ids of a user (``n``: the
-                                                length of ``project``, so that names holding
-                                                ``:`` cannot meet)
+                                                length of ``project`` in UTF-8 bytes, as the
+                                                commit script counts it, so that names
+                                                holding ``:`` cannot meet)
 ``sz:{pP}:hist``                       zset     ``<session_id>:<project>`` of a closed session -> end
                                                 (ms): the bounded history
                                                 (``SESSIONIZER_HISTORY_RETENTION`` and
@@ -72,6 +73,27 @@ def session_ref(session_id: str, project: str) -> str:
 def session_ref_pattern(session_id: str) -> str:
     """A Redis glob matching the :func:`session_ref` of every project's session with this id."""
     return _GLOB.sub(r"\\\1", session_id) + ":*"
+
+
+def utf8_len(text: str) -> int:
+    """The length of ``text`` in UTF-8 bytes, as Lua's ``string.len`` counts it."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def index_entry(session_id: str, project: str, user_id: str | None) -> str:
+    """What the ``idx`` hash holds for a key whose session is open:
+    ``<len(sid)>:<len(project)>:<sid><project><user_id>``, the lengths in UTF-8 bytes.
+    Names are any strings (a project or user may hold any separator), so the commit
+    script cuts the entry by these lengths, never by a separator."""
+    return f"{utf8_len(session_id)}:{utf8_len(project)}:{session_id}{project}{user_id or ''}"
+
+
+def parse_index_entry(entry: bytes) -> tuple[str, str, str]:
+    """``(session_id, project, user_id)`` of an :func:`index_entry` (``user_id`` "" for none)."""
+    sid_len, project_len, rest = entry.split(b":", 2)
+    cut = int(sid_len)
+    end = cut + int(project_len)
+    return rest[:cut].decode(), rest[cut:end].decode(), rest[end:].decode()
 
 
 def parse_keyid(value: str) -> SessionKey:
@@ -129,4 +151,4 @@ class Keys:
         return f"{self.shard(partition)}proj:{project}"
 
     def user(self, partition: int, project: str, user_id: str) -> str:
-        return f"{self.shard(partition)}user:{len(project)}:{project}:{user_id}"
+        return f"{self.shard(partition)}user:{utf8_len(project)}:{project}:{user_id}"

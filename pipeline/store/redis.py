@@ -26,7 +26,14 @@ from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError, RedisUnavailable
 from pipeline.store.base import Claim, Commit, StaleStateError, latest
-from pipeline.store.keys import Keys, keyid, session_ref, session_ref_pattern
+from pipeline.store.keys import (
+    Keys,
+    index_entry,
+    keyid,
+    parse_index_entry,
+    session_ref,
+    session_ref_pattern,
+)
 
 # KEYS: meta, due, open, outbox, idx, hist, states
 # ARGV: epoch, clock_ms, shard prefix, payload (msgpack, one argument: redis-py packs
@@ -48,7 +55,8 @@ from pipeline.store.keys import Keys, keyid, session_ref, session_ref_pattern
 #    acked                        (messages trimmed from the outbox head: sent and acknowledged),
 #    history  [ref, end_ms, record, ...], history_min_ms, history_max,
 #    at_ms                        (the writer's wall time, kept with clock_ms; 0 = not given)]
-#   index: "<sid>\x1f<project>\x1f<user>" of the key's open session
+#   index: "<len sid>:<len project>:<sid><project><user>" of the key's open session
+#          (keys.index_entry; lengths in bytes)
 #   ref: "<sid>:<project>" (keys.session_ref), a session's field in open, member in hist
 # Flat arrays, a few long ones: cmsgpack builds a Lua table per array, one element at a
 # time, and a Lua string per string, hashed in full (as the payload itself is): with a
@@ -118,10 +126,14 @@ chunked('HDEL', heads, p[5], 500)
 chunked('ZADD', due, p[6], 500)
 chunked('ZREM', due, p[7], 500)
 -- the query indexes: only where a key's open session (or its user) changed
+-- an entry is "<len sid>:<len project>:<sid><project><user>" (keys.index_entry), the
+-- lengths in bytes: names may hold any character, so it is cut by length
 local function split(entry)
-  local a = string.find(entry, '\\31', 1, true)
-  local b = string.find(entry, '\\31', a + 1, true)
-  return string.sub(entry, 1, a - 1), string.sub(entry, a + 1, b - 1), string.sub(entry, b + 1)
+  local a = string.find(entry, ':', 1, true)
+  local b = string.find(entry, ':', a + 1, true)
+  local s = b + tonumber(string.sub(entry, 1, a - 1))
+  local q = s + tonumber(string.sub(entry, a + 1, b - 1))
+  return string.sub(entry, b + 1, s), string.sub(entry, s + 1, q), string.sub(entry, q + 1)
 end
 local function index(entry, add, kid)
   local sid, project, user = split(entry)
@@ -197,7 +209,7 @@ def _index_of(state: KeyState | None) -> str:
     if state is None or state.open is None:
         return ""
     s = state.open
-    return f"{s.session_id}\x1f{s.project}\x1f{s.user_id or ''}"
+    return index_entry(s.session_id, s.project, s.user_id)
 
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
@@ -457,14 +469,15 @@ class RedisStore:
                 kids = await self.client.hmget(open_key, refs) if refs else []
                 pairs = [(ref, kid.decode()) for ref, kid in zip(refs, kids, strict=True) if kid is not None]
             elif user_id is not None:
-                # a user in any project: the index entries ("<sid>\x1f<project>\x1f<user>")
-                # that end with the user id (the records are checked again below)
-                suffix = f"\x1f{user_id}".encode()
+                # a user in any project: the index entries (keys.index_entry) that end
+                # with the user id and name it (the records are checked again below)
+                suffix = user_id.encode()
                 pairs = []
                 for kid, entry in (await self.client.hgetall(self.keys.index(partition))).items():
                     if entry.endswith(suffix):
-                        sid, found_project, _ = entry.decode().split("\x1f", 2)
-                        pairs.append((session_ref(sid, found_project), kid.decode()))
+                        sid, found_project, found_user = parse_index_entry(entry)
+                        if found_user == user_id:
+                            pairs.append((session_ref(sid, found_project), kid.decode()))
             else:
                 pairs = [(ref.decode(), kid.decode()) for ref, kid in (await self.client.hgetall(open_key)).items()]
             found = await self._records_for(partition, sorted(pairs)[: max(0, limit - len(records))])

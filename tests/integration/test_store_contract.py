@@ -757,10 +757,10 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
         b"anon-0001:shop": keyid(anon).encode(),
     }
     assert value(k.index(0)) == {
-        keyid(bob).encode(): b"shop-bob\x1fshop\x1fbob",
-        keyid(user_key("alice", "blog")).encode(): b"blog-alice\x1fblog\x1falice",
+        keyid(bob).encode(): b"8:4:shop-bobshopbob",
+        keyid(user_key("alice", "blog")).encode(): b"10:4:blog-aliceblogalice",
     }
-    assert value(k.index(5))[keyid(anon).encode()] == b"anon-0001\x1fshop\x1f"
+    assert value(k.index(5))[keyid(anon).encode()] == b"9:4:anon-0001shop"
     assert value(k.project(0, "shop")) == {b"shop-bob"}
     assert value(k.project(5, "shop")) == {b"manual-0001", b"shop-carol", b"anon-0001"}
     assert value(k.user(5, "shop", "alice")) == {b"manual-0001"}
@@ -835,3 +835,36 @@ async def test_redis_history_is_trimmed_by_age_and_count(backend: Backend) -> No
         }
     finally:
         await store.close()
+
+
+@contract
+async def test_project_and_user_names_beyond_ascii_and_with_control_characters(backend: Backend) -> None:
+    """Names are any JSON strings: non-ASCII ones (whose length in bytes is not their
+    length in characters) and ones holding the index's separator are found like any."""
+    store = backend.store()
+    claim = await store.claim(0)
+    named = {
+        "cafe-0001": user_key("zoë", "café"),
+        "jp-00001": user_key("ユーザー", "プロジェクト"),
+        "sep-0001": user_key("u\x1fv", "p\x1fq"),
+        "sep-0002": user_key("v", "p\x1fq\x1fu"),
+    }
+    assert await put(store, 0, claim.epoch, {key: open_state(key, sid) for sid, key in named.items()})
+    for sid, (project, _, user) in named.items():
+        assert ids(await store.open_sessions(project=project)) == [sid]
+        assert ids(await store.open_sessions(project=project, user_id=user)) == [sid]
+        assert ids(await store.open_sessions(user_id=user)) == [sid]
+        found = await store.get_session(sid, project)
+        assert found is not None
+        assert (found["project"], found["user_id"]) == (project, user)
+    assert await store.open_sessions(project="p\x1fq", user_id="v") == []
+    assert await store.open_sessions(project="p", user_id="q\x1fu\x1fv") == []
+    assert len(await store.open_sessions()) == len(named)
+
+    # and they leave the indexes when their sessions close
+    for key in named.values():
+        [state] = await store.load(0, [key], None, 0)
+        assert await put(store, 0, claim.epoch, {key: closed(state, T0 + 10 * MIN)})
+    assert await store.open_sessions() == []
+    for _, (project, _, user) in named.items():
+        assert await store.open_sessions(project=project, user_id=user) == []

@@ -26,7 +26,7 @@ from pipeline.core.rules import SessionRules
 from pipeline.core.session import ENDED, KeyState, Session
 from pipeline.exceptions import FencedError
 from pipeline.store.base import Commit
-from pipeline.store.keys import keyid
+from pipeline.store.keys import keyid, parse_index_entry
 from pipeline.store.redis import RedisStore
 
 T0 = 1_764_237_600_000
@@ -169,8 +169,7 @@ async def audit(store: RedisStore, held: dict[SessionKey, KeyState]) -> None:
         for key, st in held.items() if st.open is not None
     }
     idx = await client.hgetall(k.index(0))
-    assert {kid.decode(): e.decode() for kid, e in idx.items()} == {
-        kid: "\x1f".join(entry) for kid, entry in want.items()}
+    assert {kid.decode(): parse_index_entry(e) for kid, e in idx.items()} == want
     opened = await client.hgetall(k.open(0))
     assert {ref.decode(): kid.decode() for ref, kid in opened.items()} == {
         f"{sid}:{project}": kid for kid, (sid, project, _) in want.items()}
