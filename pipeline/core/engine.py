@@ -115,6 +115,11 @@ class Sessionizer:
         if clock_ms > self.clock_ms:
             self.clock_ms = clock_ms
         records: list[Record] = []
+        self._close_due(records)
+        return records
+
+    def _close_due(self, records: list[Record]) -> None:
+        """Attend to every key due by the stream clock, in deadline order."""
         heap, due_of = self._heap, self._due
         while heap and heap[0][0] <= self.clock_ms:
             due, key = heapq.heappop(heap)
@@ -122,7 +127,6 @@ class Sessionizer:
                 continue  # superseded
             state = self.states[key]
             self._on_due(state, due, records)
-        return records
 
     def _on_due(self, state: KeyState, due: int, records: list[Record]) -> None:
         rules, clock = self.rules_for(state.key[0]), self.clock_ms
@@ -152,26 +156,36 @@ class Sessionizer:
     # -- events --------------------------------------------------------------------
     def apply(self, ev: Event) -> Applied:
         """Place one event (SPEC section 3, rules 1-5), after advancing to its arrival."""
+        out = Applied()
+        out.rejection = self.apply_to(ev, out.records)
+        return out
+
+    def apply_to(self, ev: Event, records: list[Record]) -> Rejection | None:
+        """:meth:`apply`, the records appended to ``records`` and the rejection (or
+        None) returned: the worker's call, one object fewer per event."""
+        if ev.arrival_ms > self.clock_ms:
+            self.clock_ms = ev.arrival_ms
         heap = self._heap
-        if ev.arrival_ms > self.clock_ms or (heap and heap[0][0] <= self.clock_ms):
-            out = Applied(self.advance(ev.arrival_ms))
-        else:
-            out = Applied()
+        if heap and heap[0][0] <= self.clock_ms:
+            self._close_due(records)
         if ev.clamped:  # SPEC 3: an event time too far ahead is clamped and counted
             self.counters["clamped_events"] += 1
-        key = ev.key
+        sid = ev.session_id
+        key = (ev.project, "s", sid) if sid is not None else ev.key
         state = self.states.get(key)
         if state is None:
             state = KeyState(key)
             self.states[key] = state
         elif state.closed:
             self._expire_closed(state)
-        self._place(state, ev, out)
+        rejection = self._place(state, ev, records)
         self._touch(state)
-        return out
+        return rejection
 
-    def _place(self, state: KeyState, ev: Event, out: Applied) -> None:
-        rules, t = self.rules_for(ev.project), ev.time_ms
+    def _place(self, state: KeyState, ev: Event, records: list[Record]) -> Rejection | None:
+        project_rules = self.project_rules
+        rules = project_rules.get(ev.project, self.rules) if project_rules else self.rules
+        t = ev.time_ms
         opened = state.open
 
         if ev.id is not None:
@@ -179,22 +193,28 @@ class Sessionizer:
                 opened.duplicate_events += 1
                 opened.changed()
                 self.counters["duplicate_events"] += 1
-                return
+                return None
             if state.closed and any(ev.id in c.ids for c in state.closed):
                 self.counters["duplicate_events_closed"] += 1
-                return
+                return None
 
-        # rule 1: inside the open session's span
-        if opened is not None and opened.holds(t, rules):
-            start, last = min(opened.start_ms, t), max(opened.last_activity_ms, t)
-            if last - start > rules.max_session_duration_ms:
-                self._close(state, opened, MAX_DURATION, out)
-                self._open(state, ev, out)
-                return
-            opened.add(ev, rules)
-            if ev.ends_session:
-                self._close(state, opened, ENDED, out)
-            return
+        # rule 1: inside the open session's span (Session.holds, written out: this is
+        # most events' path, and the open session's reach is its last activity + timeout)
+        if opened is not None:
+            timeout = rules.inactivity_timeout_ms
+            start, last = opened.start_ms, opened.last_activity_ms
+            if (start if opened.has_start else start - timeout) <= t <= last + timeout:
+                if t < start:
+                    start = t
+                elif t > last:
+                    last = t
+                if last - start > rules.max_session_duration_ms:
+                    self._close(state, opened, MAX_DURATION, records)
+                    return self._open(state, ev, rules, records)
+                opened.add(ev, rules)
+                if ev.ends_session:
+                    self._close(state, opened, ENDED, records)
+                return None
 
         # rule 2: into a recently closed session whose span holds the event
         if state.closed and (ev.session_id is not None or ev.type != START):
@@ -211,53 +231,54 @@ class Sessionizer:
                     state.open = amended
                     self.counters["reopened"] += 1
                     if ev.ends_session:
-                        self._close(state, amended, ENDED, out)
+                        self._close(state, amended, ENDED, records)
                 else:
-                    out.records.append(amended.to_record())
-                return
+                    records.append(amended.to_record())
+                return None
 
         if opened is not None:
             if t > opened.reach_ms(rules):  # rule 3: a gap
-                self._close(state, opened, TIMEOUT, out)
+                self._close(state, opened, TIMEOUT, records)
             else:  # rule 4: before the floor, a session of its own
                 if ev.type == END:
-                    self._reject(ev, out, "a sessionend before the start of the user's open session")
-                    return
+                    return self._reject(ev, "a sessionend before the start of the user's open session")
                 own = Session.begin(self._new_id(state, ev), ev)
                 own.add(ev, rules)
                 own.close(TIMEOUT, self.clock_ms)
                 state.closed.append(own)
-                out.records.append(own.to_record())
+                records.append(own.to_record())
                 self.counters["closed_timeout"] += 1
-                return
-        self._open(state, ev, out)
+                return None
+        return self._open(state, ev, rules, records)
 
-    def _open(self, state: KeyState, ev: Event, out: Applied) -> None:
+    def _open(
+        self, state: KeyState, ev: Event, rules: SessionRules, records: list[Record]
+    ) -> Rejection | None:
         """Rule 5: the event opens a new session."""
         if ev.type == END:
-            self._reject(ev, out, "a sessionend with no open session to end")
-            return
+            return self._reject(ev, "a sessionend with no open session to end")
         session = Session.begin(self._new_id(state, ev), ev)
-        session.add(ev, self.rules_for(ev.project))
+        session.add(ev, rules)
         state.open = session
         self.counters["opened"] += 1
         if ev.ends_session:
-            self._close(state, session, ENDED, out)
+            self._close(state, session, ENDED, records)
+        return None
 
-    def _close(self, state: KeyState, session: Session, reason: str, out: Applied) -> None:
+    def _close(self, state: KeyState, session: Session, reason: str, records: list[Record]) -> None:
         session.close(reason, self.clock_ms)
         if state.open is session:
             state.open = None
         state.closed.append(session)
-        out.records.append(session.to_record())
+        records.append(session.to_record())
         self.counters[f"closed_{reason}"] += 1
 
-    def _reject(self, ev: Event, out: Applied, detail: str) -> None:
-        out.rejection = Rejection(
+    def _reject(self, ev: Event, detail: str) -> Rejection:
+        self.counters["rejected_end_without_session"] += 1
+        return Rejection(
             RejectCode.END_WITHOUT_SESSION, detail, partition=ev.partition, offset=ev.offset,
             index=ev.index,
         )
-        self.counters["rejected_end_without_session"] += 1
 
     def _new_id(self, state: KeyState, ev: Event) -> str:
         """The client's session id, or one derived from the key and this first event;
@@ -280,9 +301,22 @@ class Sessionizer:
     def _touch(self, state: KeyState) -> None:
         key = state.key
         self._changed.add(key)
-        if state.is_empty():
+        opened = state.open
+        if opened is None and not state.closed:
             del self.states[key]
             self._due.pop(key, None)
+            return
+        if opened is not None and not state.closed:  # KeyState.next_due_ms, written out
+            project_rules = self.project_rules
+            rules = project_rules.get(key[0], self.rules) if project_rules else self.rules
+            due = opened.last_arrival_ms + rules.inactivity_timeout_ms + 1
+            due_of = self._due
+            if due_of.get(key) != due:
+                due_of[key] = due
+                heap = self._heap
+                heapq.heappush(heap, (due, key))
+                if len(heap) > 2 * len(due_of) + 1024:
+                    self._compact()
             return
         self._schedule(state)
 

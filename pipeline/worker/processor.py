@@ -371,12 +371,16 @@ class PartitionProcessor:
             if state.key not in held:
                 engine.load(state)
         sessions_out: list[Outgoing] = []
+        records: list[dict[str, Any]] = []
+        apply_to = engine.apply_to
         for ev, source in zip(events, sources, strict=True):
-            applied = engine.apply(ev)
-            for rec in applied.records:
-                sessions_out.append(self._session(rec, engine.clock_ms, stats))
-            if applied.rejection is not None:
-                rej, value = applied.rejection, source.value
+            rej = apply_to(ev, records)
+            if records:
+                for rec in records:
+                    sessions_out.append(self._session(rec, engine.clock_ms, stats))
+                records.clear()
+            if rej is not None:
+                value = source.value
                 rej.raw = value if ev.index is None else _element(value, ev.index)
                 stats.rejected[rej.code] = stats.rejected.get(rej.code, 0) + 1
                 outgoing.append(self._dead_letter_raw(rej, source.key, ev.arrival_ms))
