@@ -212,10 +212,6 @@ class Expected:
     session_timeout_ms: dict[str, int] = field(default_factory=dict)
 
 
-def _is_batch(value: bytes | None, items: list[Event | Rejection]) -> bool:
-    return len(items) > 1 or (value or b"").lstrip()[:1] == b"["
-
-
 def replay(
     records: Iterable[RawRecord],
     *,
@@ -234,13 +230,10 @@ def replay(
         exp.last_arrival_ms = max(exp.last_arrival_ms, arrival)
         items = parse_record(record.value, arrival_ms=arrival, partition=record.partition,
                              offset=record.offset, rules=rules)
-        batch = _is_batch(record.value, items)
         for item in items:
             if isinstance(item, Rejection):
                 exp.dead_letters[(record.partition, record.offset, item.index)] = str(item.code)
                 continue
-            if not batch:
-                item.index = None
             exp.valid_events += 1
             if item.id is None:
                 exp.events_without_id += 1

@@ -206,8 +206,8 @@ def parse_record(
     """Parse one input record into its events and rejections, in record order.
 
     ``arrival_ms`` is the record's Kafka timestamp. A single-event record yields
-    exactly one item (its ``Rejection.index`` is ``None``, its ``Event.index``
-    0); a batch yields one item per element, ``index`` being the position.
+    exactly one item, its ``index`` None; a batch yields one item per element,
+    ``index`` being the position.
     Never raises for bad input: every problem is a :class:`Rejection` whose
     ``raw`` is the record value (single record) or ``orjson.dumps(element)``.
     """
@@ -479,7 +479,7 @@ def _parse_event(
         data,
         partition,
         offset,
-        0 if index is None else index,
+        index,
         clamped,
     )
 

@@ -239,7 +239,6 @@ class PartitionProcessor:
             items = parse_record(
                 value, arrival_ms=arrival, partition=src_partition, offset=src_offset, rules=rules
             )
-            batch_record = len(items) > 1 or _is_array(value)
             for item in items:
                 if type(item) is Rejection:
                     outgoing.append(self._dead_letter(item, record, arrival))
@@ -248,10 +247,8 @@ class PartitionProcessor:
                 assert isinstance(item, Event)
                 if origin is not None:
                     item.index = origin[2]
-                elif not batch_record:
-                    item.index = None
-                if topic == events_topic and route(item.routing_key) != me:
-                    outgoing.append(self._forward(item, record, arrival, batch_record))
+                elif topic == events_topic and route(item.routing_key) != me:
+                    outgoing.append(self._forward(item, record, arrival))
                     stats.forwarded += 1
                     continue
                 events.append(item)
@@ -362,6 +359,7 @@ class PartitionProcessor:
     ) -> None:
         engine = self.engine
         held = engine.states
+        events_topic = self.topics.events
         missing = set()
         for ev in events:
             wanted = ev.key
@@ -380,8 +378,11 @@ class PartitionProcessor:
                     sessions_out.append(self._session(rec, engine.clock_ms, stats))
                 records.clear()
             if rej is not None:
+                # the event as it came: a batch record's element, else the whole value (a
+                # forwarded element is a record of its own, ``index`` naming its origin's)
                 value = source.value
-                rej.raw = value if ev.index is None else _element(value, ev.index)
+                rej.raw = (_element(value, ev.index)
+                           if ev.index is not None and source.topic == events_topic else value)
                 stats.rejected[rej.code] = stats.rejected.get(rej.code, 0) + 1
                 outgoing.append(self._dead_letter_raw(rej, source.key, ev.arrival_ms))
         for rec in engine.advance(clock_ms):
@@ -486,26 +487,13 @@ class PartitionProcessor:
         letter = dead_letter_record(rej, topic=self.topics.events, timestamp_ms=arrival, key=key)
         return Outgoing(DEAD_LETTER, key, orjson.dumps(letter), arrival)
 
-    def _forward(self, ev: Event, record: RecordLike, arrival: int, batch_record: bool) -> Outgoing:
-        value = _element(record.value, ev.index) if batch_record and ev.index is not None else record.value
+    def _forward(self, ev: Event, record: RecordLike, arrival: int) -> Outgoing:
+        value = record.value if ev.index is None else _element(record.value, ev.index)
         origin = f"{record.topic}:{record.partition}:{record.offset}:{'' if ev.index is None else ev.index}"
         return Outgoing(
             FORWARD, ev.routing_key.encode(), value or b"", arrival,
             partition=self.router.partition_of(ev.routing_key), origin=origin,
         )
-
-
-_BLANKS = frozenset(b" \t\r\n")
-
-
-def _is_array(value: bytes | None) -> bool:
-    """Whether a record value is a JSON array (a batch), by its first non-blank byte."""
-    if not value:
-        return False
-    first = value[0]
-    if first in _BLANKS:
-        return value.lstrip(b" \t\r\n")[:1] == b"["
-    return first == 0x5B  # "["
 
 
 def _element(value: bytes | None, index: int) -> bytes:

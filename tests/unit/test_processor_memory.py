@@ -486,6 +486,36 @@ async def a_dead_letter_of_a_forwarded_event_names_its_origin(world: World) -> N
     assert all(d["topic"] == "events" for d in letters.values())
 
 
+@scenario
+async def a_forwarded_batch_element_rejected_by_the_rules_is_a_dead_letter_of_its_element(
+    world: World,
+) -> None:
+    """A sessionend from element 1 of a batch read on partition 0, forwarded alone to
+    partition 1 and refused there (no open session): its dead letter names the batch
+    record and the element, and holds the element, the forwarded record's whole value."""
+    env = Env(world, partitions=2)
+    [mine] = users_on(0, count=1)
+    [remote] = users_on(1, count=1)
+    p0, p1 = await env.processor(0), await env.processor(1)
+    end = {"type": "sessionend", "timestamp": T0, "user_id": remote, "id": "e1"}
+    batch = env.record(
+        orjson.dumps([{"type": "usage", "timestamp": T0, "user_id": mine, "id": "u0"}, end]),
+        partition=0, key=b"mixed",
+    )
+    await p0.process([batch])
+    [fwd] = env.sink.of(FORWARD)
+    assert fwd.origin == f"events:0:{batch.offset}:1"
+
+    stats = await p1.process([env.forwarded(fwd, 1)])
+
+    assert stats.rejected == {"end_without_session": 1}
+    [letter] = env.sink.dead_letters()
+    assert (letter["partition"], letter["offset"], letter["index"]) == (0, batch.offset, 1)
+    assert letter["error"] == "end_without_session"
+    assert orjson.loads(letter["value"]) == end
+    assert p1.resume_offset(TOPICS.repartition) == 1
+
+
 # -- crash, replay, fencing --------------------------------------------------------------
 
 
