@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
@@ -102,6 +102,11 @@ class Sessionizer:
 
     def due_ms(self, key: SessionKey) -> int | None:
         return self._due.get(key)
+
+    def deadlines(self, keys: Iterable[SessionKey]) -> dict[SessionKey, int | None]:
+        """:meth:`due_ms` of each key."""
+        due = self._due
+        return {key: due.get(key) for key in keys}
 
     def next_due_ms(self) -> int | None:
         heap = self._heap

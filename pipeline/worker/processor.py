@@ -395,7 +395,7 @@ class PartitionProcessor:
         await self._flush()  # the commit trims what the broker acknowledged so far
         commit = Commit(
             states=changes,
-            due_ms={key: engine.due_ms(key) for key in changes},
+            due_ms=engine.deadlines(changes),
             offsets=offsets,
             clock_ms=engine.clock_ms,
             outgoing=[message.encode() for message in outgoing],

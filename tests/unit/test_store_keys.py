@@ -1,0 +1,41 @@
+"""The names and entries of :mod:`pipeline.store.keys`, for any strings."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.core.event import Event
+from pipeline.core.rules import SessionRules
+from pipeline.core.session import KeyState, Session
+from pipeline.store.keys import index_entry, keyid, parse_index_entry, parse_keyid, utf8_len
+from pipeline.store.redis import _index_of
+
+names = st.text(min_size=1, max_size=12)
+
+
+@given(names, names, st.one_of(st.none(), names))
+def test_an_index_entry_reads_back_whatever_the_names_hold(sid: str, project: str, user: str | None) -> None:
+    entry = index_entry(sid, project, user)
+    assert parse_index_entry(entry.encode()) == (sid, project, user or "")
+
+
+@given(names, names, st.one_of(st.none(), names))
+def test_the_store_writes_the_entry_of_keys_index_entry(sid: str, project: str, user: str | None) -> None:
+    ev = Event(type="usage", time_ms=1, arrival_ms=1, project=project, user_id=user, session_id=sid)
+    session = Session.begin(sid, ev)
+    session.add(ev, SessionRules())
+    assert _index_of(KeyState(ev.key, open=session)) == index_entry(sid, project, user)
+    assert _index_of(KeyState(ev.key)) == ""
+
+
+@given(names, st.sampled_from(["u", "s"]), names)
+def test_a_keyid_reads_back(project: str, kind: str, ident: str) -> None:
+    assert parse_keyid(keyid((project, kind, ident))) == (project, kind, ident)
+
+
+def test_lengths_are_counted_in_utf8_bytes() -> None:
+    assert utf8_len("shop") == 4
+    assert utf8_len("café") == 5
+    assert utf8_len("プ") == 3
+    assert index_entry("s1", "café", "zoë") == "2:5:s1cafézoë"
