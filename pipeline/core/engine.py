@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
 
-from pipeline.core.event import END, START, Event, RejectCode, Rejection, SessionKey
+from pipeline.core.event import END, HEARTBEAT, START, Event, RejectCode, Rejection, SessionKey
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import ENDED, MAX_DURATION, TIMEOUT, KeyState, Session
 
@@ -165,9 +165,12 @@ class Sessionizer:
         out.rejection = self.apply_to(ev, out.records)
         return out
 
-    def apply_to(self, ev: Event, records: list[Record]) -> Rejection | None:
+    def apply_to(
+        self, ev: Event, records: list[Record], key: SessionKey | None = None
+    ) -> Rejection | None:
         """:meth:`apply`, the records appended to ``records`` and the rejection (or
-        None) returned: the worker's call, one object fewer per event."""
+        None) returned: the worker's call, one object fewer per event. ``key`` is
+        ``ev.key`` when the caller has it already."""
         if ev.arrival_ms > self.clock_ms:
             self.clock_ms = ev.arrival_ms
         heap = self._heap
@@ -175,8 +178,8 @@ class Sessionizer:
             self._close_due(records)
         if ev.clamped:  # SPEC 3: an event time too far ahead is clamped and counted
             self.counters["clamped_events"] += 1
-        sid = ev.session_id
-        key = (ev.project, "s", sid) if sid is not None else ev.key
+        if key is None:
+            key = ev.key
         state = self.states.get(key)
         if state is None:
             state = KeyState(key)
@@ -217,7 +220,8 @@ class Sessionizer:
                     self._close(state, opened, MAX_DURATION, records)
                     return self._open(state, ev, rules, records)
                 opened.add(ev, rules)
-                if ev.ends_session:
+                kind = ev.type
+                if kind == END or (kind == HEARTBEAT and ev.close):  # ev.ends_session
                     self._close(state, opened, ENDED, records)
                 return None
 

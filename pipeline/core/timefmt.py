@@ -72,8 +72,23 @@ def _parse_general(value: object) -> int:
     return _epoch_ms(parsed)
 
 
+#: ``YYYY-MM-DD`` by days since the epoch, for :func:`format_ms` (bounded: cleared when full)
+_DAYS: dict[int, str] = {}
+
+
 def format_ms(ms: int) -> str:
-    """Epoch milliseconds as RFC 3339 UTC with millisecond precision."""
+    """Epoch milliseconds as RFC 3339 UTC with millisecond precision.
+
+    The date of each day is formatted once (a session's events share a few days),
+    the time of day by arithmetic."""
     seconds, millis = divmod(ms, 1000)
-    dt = datetime.fromtimestamp(seconds, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
+    days, clock = divmod(seconds, 86_400)
+    day = _DAYS.get(days)
+    if day is None:
+        day = f"{datetime.fromtimestamp(days * 86_400, UTC):%Y-%m-%d}"
+        if len(_DAYS) >= 4096:
+            _DAYS.clear()
+        _DAYS[days] = day
+    hours, clock = divmod(clock, 3600)
+    minutes, secs = divmod(clock, 60)
+    return f"{day}T{hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}Z"

@@ -360,19 +360,16 @@ class PartitionProcessor:
         engine = self.engine
         held = engine.states
         events_topic = self.topics.events
-        missing = set()
-        for ev in events:
-            wanted = ev.key
-            if wanted not in held:
-                missing.add(wanted)
+        keys = [ev.key for ev in events]
+        missing = {key for key in keys if key not in held}
         for state in await self.store.load(self.partition, missing, clock_ms, self.due_limit):
             if state.key not in held:
                 engine.load(state)
         sessions_out: list[Outgoing] = []
         records: list[dict[str, Any]] = []
         apply_to = engine.apply_to
-        for ev, source in zip(events, sources, strict=True):
-            rej = apply_to(ev, records)
+        for ev, source, key in zip(events, sources, keys, strict=True):
+            rej = apply_to(ev, records, key)
             if records:
                 for rec in records:
                     sessions_out.append(self._session(rec, engine.clock_ms, stats))

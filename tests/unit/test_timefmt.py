@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -96,3 +98,20 @@ def test_format_is_utc_with_milliseconds(ms: int, text: str) -> None:
 @given(st.integers(min_value=0, max_value=253_402_300_799_999))  # 1970 to 9999
 def test_format_then_parse_is_identity(ms: int) -> None:
     assert parse_timestamp_ms(format_ms(ms)) == ms
+
+
+_FIRST_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
+_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+@given(st.integers(min_value=_FIRST_MS, max_value=_LAST_MS))
+def test_format_ms_is_datetimes_rendering(ms: int) -> None:
+    seconds, millis = divmod(ms, 1000)
+    expected = f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
+    assert format_ms(ms) == expected
+
+
+@pytest.mark.parametrize("ms", [_FIRST_MS - 1, _LAST_MS + 1])
+def test_format_ms_outside_datetimes_years_raises_as_datetime_does(ms: int) -> None:
+    with pytest.raises(ValueError):
+        format_ms(ms)
