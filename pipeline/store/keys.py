@@ -58,6 +58,7 @@ from pipeline.core.event import SessionKey
 
 DEFAULT_PREFIX = "sz"
 _GLOB = re.compile(r"([*?\[\]\\])")
+_ENTRY_HEAD = re.compile(rb"(\d+):(\d+):")
 
 
 def keyid(key: SessionKey) -> str:
@@ -89,11 +90,15 @@ def index_entry(session_id: str, project: str, user_id: str | None) -> str:
 
 
 def parse_index_entry(entry: bytes) -> tuple[str, str, str]:
-    """``(session_id, project, user_id)`` of an :func:`index_entry` (``user_id`` "" for none)."""
-    sid_len, project_len, rest = entry.split(b":", 2)
-    cut = int(sid_len)
-    end = cut + int(project_len)
-    return rest[:cut].decode(), rest[cut:end].decode(), rest[end:].decode()
+    """``(session_id, project, user_id)`` of an :func:`index_entry` (``user_id`` "" for none),
+    or of an entry of the earlier layout, ``<sid>\x1f<project>\x1f<user_id>``."""
+    head = _ENTRY_HEAD.match(entry)
+    if head is None:
+        sid, project, user = entry.decode().split("\x1f", 2)
+        return sid, project, user
+    cut = head.end() + int(head[1])
+    end = cut + int(head[2])
+    return entry[head.end():cut].decode(), entry[cut:end].decode(), entry[end:].decode()
 
 
 def parse_keyid(value: str) -> SessionKey:

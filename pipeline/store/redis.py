@@ -128,10 +128,16 @@ chunked('ZREM', due, p[7], 500)
 -- an entry is "<len sid>:<len project>:<sid><project><user>" (keys.index_entry), the
 -- lengths in bytes: names may hold any character, so it is cut by length
 local function split(entry)
-  local a = string.find(entry, ':', 1, true)
-  local b = string.find(entry, ':', a + 1, true)
-  local s = b + tonumber(string.sub(entry, 1, a - 1))
-  local q = s + tonumber(string.sub(entry, a + 1, b - 1))
+  local _, b, n, m = string.find(entry, '^(%d+):(%d+):')
+  if not b then
+    -- the earlier layout, "<sid>\\31<project>\\31<user>": what a store from before the
+    -- change left is still read (and replaced by the next write of its key)
+    local x = string.find(entry, '\\31', 1, true)
+    local y = string.find(entry, '\\31', x + 1, true)
+    return string.sub(entry, 1, x - 1), string.sub(entry, x + 1, y - 1), string.sub(entry, y + 1)
+  end
+  local s = b + tonumber(n)
+  local q = s + tonumber(m)
   return string.sub(entry, b + 1, s), string.sub(entry, s + 1, q), string.sub(entry, q + 1)
 end
 local function index(entry, add, kid)

@@ -39,3 +39,8 @@ def test_lengths_are_counted_in_utf8_bytes() -> None:
     assert utf8_len("café") == 5
     assert utf8_len("プ") == 3
     assert index_entry("s1", "café", "zoë") == "2:5:s1cafézoë"
+
+
+def test_an_entry_of_the_earlier_layout_still_reads() -> None:
+    assert parse_index_entry(b"s-bob-01\x1fshop\x1fbob") == ("s-bob-01", "shop", "bob")
+    assert parse_index_entry("anon-01\x1fcafé\x1f".encode()) == ("anon-01", "café", "")
