@@ -6,6 +6,7 @@ the worker, those the current batch touches or that fall due during it).
 
     engine.advance(clock_ms)  -> closed-session records due by that clock
     engine.apply(event)       -> Applied(records, rejection)
+    engine.apply_to(event, records) -> rejection or None (records appended; the worker's)
     engine.take_changes()     -> keys whose state changed since the last call
 
 Records are SPEC section 4 dicts, ready to serialize. Nothing here reads a
