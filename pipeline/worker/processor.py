@@ -85,10 +85,16 @@ class BatchStats:
 
 
 def _origin_of(record: RecordLike) -> tuple[int, int, int | None] | None:
+    """Where a repartition-topic record was first read: ``(partition, offset, index)``
+    from its origin header; None without one, or with one that does not parse (workers
+    write it, but the topic is open to others: such a record counts where it was read)."""
     for name, value in record.headers or ():
         if name == ORIGIN_HEADER:
-            _topic, partition, offset, index = value.decode().rsplit(":", 3)
-            return int(partition), int(offset), (None if index == "" else int(index))
+            try:
+                _topic, partition, offset, index = value.decode().rsplit(":", 3)
+                return int(partition), int(offset), (None if index == "" else int(index))
+            except ValueError:  # UnicodeDecodeError is one
+                return None
     return None
 
 

@@ -516,6 +516,38 @@ async def a_forwarded_batch_element_rejected_by_the_rules_is_a_dead_letter_of_it
     assert p1.resume_offset(TOPICS.repartition) == 1
 
 
+@scenario
+async def a_repartition_record_with_a_malformed_origin_is_applied_where_it_was_read(
+    world: World,
+) -> None:
+    """The origin header is written by workers; one that does not parse (another writer
+    on the internal topic) must not stop the partition: the record counts as read where
+    it was, on the repartition topic."""
+    env = Env(world)
+    proc = await env.processor()
+    headers = [b"garbage", b"events:x:y:", b"\xff\xfe", b"events:0:", b"events:0:5:z"]
+    records = [
+        env.record(
+            orjson.dumps({"type": "usage", "timestamp": T0 + i, "user_id": "zed", "id": f"m{i}"}),
+            topic=TOPICS.repartition, key=b"zed", headers=[(ORIGIN_HEADER, header)],
+        )
+        for i, header in enumerate(headers)
+    ]
+    records.append(env.record(b"{not json", topic=TOPICS.repartition, key=b"zed",
+                              headers=[(ORIGIN_HEADER, b"nonsense")]))
+
+    stats = await proc.process(records)
+
+    assert (stats.events, stats.rejected) == (len(headers), {"invalid_json": 1})
+    [live] = await proc.store.open_sessions()
+    assert [(e["id"], e["partition"], e["offset"]) for e in live["events"]] == [
+        (f"m{i}", 0, i) for i in range(len(headers))
+    ]
+    [letter] = env.sink.dead_letters()
+    assert (letter["partition"], letter["offset"]) == (0, len(headers))
+    assert proc.resume_offset(TOPICS.repartition) == len(records)
+
+
 # -- crash, replay, fencing --------------------------------------------------------------
 
 
