@@ -9,7 +9,34 @@ and the Python client do) never pay that extra hop.
 
 from __future__ import annotations
 
-from aiokafka.partitioner import murmur2
+import struct
+
+_SEED = 0x9747B28C
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), as aiokafka's
+    ``partitioner.murmur2`` computes it, with the 4-byte words read in one call and
+    no redundant masking: about twice as quick in CPython."""
+    length = len(data)
+    words = length >> 2
+    h = _SEED ^ length
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail:
+        rest = words << 2
+        if tail >= 3:
+            h ^= data[rest + 2] << 16
+        if tail >= 2:
+            h ^= data[rest + 1] << 8
+        h = ((h ^ data[rest]) * _M) & _MASK
+    h = ((h ^ (h >> 13)) * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 class Router:

@@ -6,11 +6,12 @@ import random
 import string
 
 import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 from kafka.partitioner.default import DefaultPartitioner
 
-from pipeline.worker.routing import Router
+from pipeline.worker.routing import Router, murmur2
 
 
 class _Cluster:
@@ -86,3 +87,8 @@ def test_single_partition_routes_everything_to_zero() -> None:
 def test_router_refuses_no_partitions(partitions: int) -> None:
     with pytest.raises(ValueError, match="partitions"):
         Router(partitions)
+
+
+@given(st.binary(max_size=300))
+def test_murmur2_is_aiokafkas(data: bytes) -> None:
+    assert murmur2(data) == aiokafka_murmur2(data)
