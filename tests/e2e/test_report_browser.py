@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -232,12 +233,15 @@ class Page:
 
 @contextlib.asynccontextmanager
 async def chromium(executable: str) -> AsyncIterator[Page]:
-    with tempfile.TemporaryDirectory(prefix="report-chromium-") as profile:
+    # chromium's helper processes can still be writing its profile while the directory
+    # goes: they are stopped with their group below, and what they leave is let be
+    with tempfile.TemporaryDirectory(prefix="report-chromium-", ignore_cleanup_errors=True) as profile:
         log_path = Path(profile) / "chromium.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}/data", "about:blank"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         try:
             port_file = Path(profile) / "data" / "DevToolsActivePort"
@@ -279,6 +283,8 @@ async def chromium(executable: str) -> AsyncIterator[Page]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its helpers (zygote, GPU, crashpad)
 
 
 # -- the data and the gateway ----------------------------------------------------------------
