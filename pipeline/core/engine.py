@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
 
-from pipeline.core.event import END, HEARTBEAT, START, Event, RejectCode, Rejection, SessionKey
+from pipeline.core.event import END, START, Event, RejectCode, Rejection, SessionKey
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import ENDED, MAX_DURATION, TIMEOUT, KeyState, Session
 
@@ -192,9 +192,7 @@ class Sessionizer:
         return rejection
 
     def _place(self, state: KeyState, ev: Event, records: list[Record]) -> Rejection | None:
-        project_rules = self.project_rules
-        rules = project_rules.get(ev.project, self.rules) if project_rules else self.rules
-        t = ev.time_ms
+        rules, t = self.rules_for(ev.project), ev.time_ms
         opened = state.open
 
         if ev.id is not None:
@@ -221,8 +219,7 @@ class Sessionizer:
                     self._close(state, opened, MAX_DURATION, records)
                     return self._open(state, ev, rules, records)
                 opened.add(ev, rules)
-                kind = ev.type
-                if kind == END or (kind == HEARTBEAT and ev.close):  # ev.ends_session
+                if ev.ends_session:
                     self._close(state, opened, ENDED, records)
                 return None
 
@@ -312,27 +309,20 @@ class Sessionizer:
         key = state.key
         self._changed.add(key)
         opened = state.open
-        if opened is None and not state.closed:
-            del self.states[key]
-            self._due.pop(key, None)
-            return
-        if opened is not None and not state.closed:  # KeyState.next_due_ms, written out
-            project_rules = self.project_rules
-            rules = project_rules.get(key[0], self.rules) if project_rules else self.rules
-            due = opened.last_arrival_ms + rules.inactivity_timeout_ms + 1
-            due_of = self._due
-            if due_of.get(key) != due:
-                due_of[key] = due
-                heap = self._heap
-                heapq.heappush(heap, (due, key))
-                if len(heap) > 2 * len(due_of) + 1024:
-                    self._compact()
+        if not state.closed:
+            if opened is None:
+                del self.states[key]
+                self._due.pop(key, None)
+            else:  # KeyState.next_due_ms of a key with only an open session, written out
+                rules = self.rules_for(key[0])
+                self._set_due(key, opened.last_arrival_ms + rules.inactivity_timeout_ms + 1)
             return
         self._schedule(state)
 
     def _schedule(self, state: KeyState) -> None:
-        key = state.key
-        due = state.next_due_ms(self.rules_for(key[0]))
+        self._set_due(state.key, state.next_due_ms(self.rules_for(state.key[0])))
+
+    def _set_due(self, key: SessionKey, due: int | None) -> None:
         if due is None:
             self._due.pop(key, None)
         elif self._due.get(key) != due:

@@ -141,15 +141,7 @@ class Session:
         self.event_count += 1
         if kind == ERROR:
             self.has_error = True
-        events = self.events
-        if len(events) < rules.max_events_per_session and (not events or events[-1][_E_TIME] <= t):
-            # the usual case of _list_event, written out: room left, in time order
-            self.seq += 1
-            entry = [t, ev.id, kind, ev.source, ev.message, ev.value, ev.partition, ev.offset,
-                     self.seq]
-            self.log.append(entry)
-            events.append(entry)
-        elif not self._list_event(ev, rules.max_events_per_session) and ev.id is not None:
+        if not self._list_event(ev, rules.max_events_per_session) and ev.id is not None:
             self.log.append(ev.id)
 
     def _list_event(self, ev: Event, cap: int) -> bool:

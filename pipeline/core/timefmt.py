@@ -32,8 +32,7 @@ def parse_timestamp_ms(value: object) -> int:
                 pass
             else:
                 if parsed.tzinfo is not None:
-                    delta = parsed - _EPOCH  # _epoch_ms, written out: most string timestamps
-                    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+                    return _epoch_ms(parsed)
     return _parse_general(value)
 
 

@@ -28,6 +28,7 @@ from pipeline.exceptions import FencedError, RedisUnavailable
 from pipeline.store.base import Claim, Commit, StaleStateError, latest
 from pipeline.store.keys import (
     Keys,
+    index_entry,
     keyid,
     parse_index_entry,
     session_ref,
@@ -214,11 +215,7 @@ def _index_of(state: KeyState | None) -> str:
     if state is None or state.open is None:
         return ""
     s = state.open
-    sid, project = s.session_id, s.project
-    # keys.index_entry, written out (one per changed key per commit)
-    return (f"{len(sid) if sid.isascii() else len(sid.encode())}:"
-            f"{len(project) if project.isascii() else len(project.encode())}:"
-            f"{sid}{project}{s.user_id or ''}")
+    return index_entry(s.session_id, s.project, s.user_id)
 
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
@@ -352,10 +349,8 @@ class RedisStore:
         undue: list[str] = []
         checked: list[str] = []
         entries: list[str] = []
-        events_prefix = k.shard(partition) + "e:"  # k.events(partition, kid, sid), written out
         for key, state in commit.states.items():
-            project, kind, ident = key
-            kid = f"{kind}{len(project)}:{project}:{ident}"  # keyid(key), written out
+            kid = keyid(key)
             if state is None:
                 gone.append(kid)
                 if indexed.pop(kid, None) != "":
@@ -363,11 +358,10 @@ class RedisStore:
                     entries.append("")
             else:
                 entry = _index_of(state)
-                opened = state.open
-                for session in (opened, *state.closed) if state.closed else (opened,):
-                    if session is not None and session.log:
-                        items = session.take_log()
-                        append(events_prefix + kid + "|" + session.session_id)
+                for session in state.sessions():
+                    items = session.take_log()
+                    if items:
+                        append(k.events(partition, kid, session.session_id))
                         append(len(items))
                         logs += map(dumps, items)
                 heads += (kid, state.head_json())
