@@ -80,6 +80,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await store.claim(p), rules=rules, store=store, sink=sink, topics=topics,
                 router=router, overlap_sends=True,
             )
+            await processors[p].warm()  # as the worker does after a claim
         await store.client.config_resetstat()
         profile = cProfile.Profile() if args.profile else None
         wall0, cpu0 = time.perf_counter(), time.process_time()

@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     state_cache_keys: int = Field(
         100_000, ge=1_000,
         description="session keys a worker keeps in memory between batches, all its partitions "
-        "together (least recently used go back to Redis): bounds the worker's memory",
+        "together (least recently used go back to Redis): bounds the worker's memory. A partition "
+        "whose key states fill at most half of its share is loaded whole when claimed",
     )
     heap_trim_mib: int = Field(
         64, ge=0,

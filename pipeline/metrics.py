@@ -301,6 +301,10 @@ class TimedStore:
         )
         return result
 
+    async def load_all(self, partition: int, limit: int) -> list[KeyState] | None:
+        result: list[KeyState] | None = await self._timed("load_all", self.store.load_all(partition, limit))
+        return result
+
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
         result: bool = await self._timed("commit", self.store.commit(partition, epoch, commit))
         return result

@@ -79,6 +79,11 @@ class SessionStore(Protocol):
         """States of ``keys`` plus of up to ``due_limit`` keys due by ``due_until_ms``."""
         ...
 
+    async def load_all(self, partition: int, limit: int) -> list[KeyState] | None:
+        """Every key state of the partition, when it holds at most ``limit`` of them;
+        None (nothing loaded) when it holds more."""
+        ...
+
     async def has_due(self, partition: int, until_ms: int) -> bool:
         """Whether any key of the partition falls due by ``until_ms`` (nothing is loaded)."""
         ...

@@ -60,6 +60,12 @@ class MemoryStore:
             KeyState.from_state(orjson.loads(shard.states[kid])) for kid in wanted if kid in shard.states
         ]
 
+    async def load_all(self, partition: int, limit: int) -> list[KeyState] | None:
+        shard = self.shards.get(partition, _Shard())
+        if len(shard.states) > limit:
+            return None
+        return [KeyState.from_state(orjson.loads(blob)) for blob in shard.states.values()]
+
     async def has_due(self, partition: int, until_ms: int) -> bool:
         shard = self.shards.get(partition)
         return shard is not None and any(d <= until_ms for d in shard.due.values())

@@ -206,6 +206,10 @@ return {epoch, redis.call('HGETALL', KEYS[1])}
 """
 
 
+#: keys per HSCAN page and per pipeline of event logs in ``load_all``
+LOAD_ALL_CHUNK = 1000
+
+
 class _Recheck(Exception):
     """The commit script's RECHECK: the index entries the store kept are not Redis's."""
 
@@ -299,6 +303,22 @@ class RedisStore:
                 wanted.extend(extra)
                 blobs.extend(await self.client.hmget(self.keys.states(partition), extra))
         return await self._states(partition, wanted, blobs)
+
+    async def load_all(self, partition: int, limit: int) -> list[KeyState] | None:
+        states_key = self.keys.states(partition)
+        if await self.client.hlen(states_key) > limit:
+            return None
+        blobs: dict[str, bytes] = {}  # a key HSCAN gives twice (a rehash meanwhile) counts once
+        async for kid, blob in self.client.hscan_iter(states_key, count=LOAD_ALL_CHUNK):
+            blobs[kid.decode()] = blob
+        if len(blobs) > limit:
+            return None
+        kids = list(blobs)
+        loaded: list[KeyState] = []
+        for start in range(0, len(kids), LOAD_ALL_CHUNK):  # one pipeline of event logs each
+            chunk = kids[start:start + LOAD_ALL_CHUNK]
+            loaded += await self._states(partition, chunk, [blobs[kid] for kid in chunk])
+        return loaded
 
     async def _states(
         self, partition: int, kids: list[str], blobs: list[bytes | None]

@@ -159,12 +159,15 @@ class Runtime:
         # (aiokafka's fetched_records and seek_to both delete the partition's buffer)
         await consumer.seek_wait(positions)
         self._expect.update(positions)
+        warmed = await processor.warm()
         resent = await processor.recover_outbox()
         self.processors[partition] = processor
         self.metrics.claims.inc()
         self.metrics.outbox_resent.inc(resent)
         self.metrics.epoch.labels(str(partition)).set(claim.epoch)
-        log.info("partition %d: epoch %d, resuming at %s", partition, claim.epoch, claim.offsets)
+        log.info("partition %d: epoch %d, resuming at %s; %s", partition, claim.epoch, claim.offsets,
+                 f"{warmed} key states loaded" if processor.complete
+                 else "more key states than the cache holds: they load as touched")
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         async with self.lock:

@@ -8,7 +8,8 @@ Per batch::
 
     parse every record (orjson + compiled schema)        -> events, dead letters
     re-route events whose routing key hashes elsewhere   -> forwards
-    load the touched keys' states and the keys falling due (1 read round trip)
+    load the touched keys' states and the keys falling due (1 read round trip;
+        none while the engine holds every key state of the partition: ``warm``)
     run the pure core over the events in record order
     commit states, deadlines, offsets, clock and the outgoing messages
         to the outbox, atomically, fenced by the epoch   (1 write round trip)
@@ -157,11 +158,30 @@ class PartitionProcessor:
         self._updates_sent: dict[str, float] = {}
         self.engine = Sessionizer(rules, clock_ms=claim.clock_ms, project_rules=self.project_rules)
         self._recent: dict[Any, None] = {}
+        # the engine holds every key state the store has for this partition (``warm``):
+        # a key it does not hold has none, and every deadline is in its heap, so a batch
+        # needs no load from the store; lost when a key is evicted or the cache reset
+        self.complete = False
 
     def resume_offset(self, topic: str) -> int | None:
         """Where to resume reading ``topic`` (None: nothing applied yet)."""
         applied = self.applied.get(topic)
         return None if applied is None else applied + 1
+
+    async def warm(self) -> int:
+        """Load every key state of the partition when they fill at most half of the
+        cache (``cache_keys``: room to grow before one is evicted), and from then on
+        read nothing from the store per batch (:attr:`complete`). Call it right after
+        the claim; returns the number of key states loaded (0 when there were more:
+        they load as they are touched, as without it)."""
+        states = await self.store.load_all(self.partition, self.cache_keys // 2)
+        if states is None:
+            return 0
+        for state in states:
+            self.engine.load(state)
+            self._recent[state.key] = None
+        self.complete = True
+        return len(states)
 
     async def recover_outbox(self) -> int:
         """Send what a previous owner committed but may not have sent."""
@@ -286,7 +306,7 @@ class PartitionProcessor:
         nothing_held_due = engine_due is None or engine_due > clock
         # nothing due among the keys held in memory; ask Redis about the others
         if (nothing_held_due and not self.sent_unacked
-                and not await self.store.has_due(self.partition, clock)):
+                and (self.complete or not await self.store.has_due(self.partition, clock))):
             self.clock_ms = max(self.clock_ms, clock)  # recorded with the next commit
             self.engine.clock_ms = self.clock_ms
             return None
@@ -353,6 +373,7 @@ class PartitionProcessor:
     def _reset_cache(self) -> None:
         self.engine = Sessionizer(self.rules, clock_ms=self.clock_ms, project_rules=self.project_rules)
         self._recent.clear()
+        self.complete = False
 
     async def _apply(
         self,
@@ -367,10 +388,11 @@ class PartitionProcessor:
         held = engine.states
         events_topic = self.topics.events
         keys = [ev.key for ev in events]
-        missing = {key for key in keys if key not in held}
-        for state in await self.store.load(self.partition, missing, clock_ms, self.due_limit):
-            if state.key not in held:
-                engine.load(state)
+        if not self.complete:
+            missing = {key for key in keys if key not in held}
+            for state in await self.store.load(self.partition, missing, clock_ms, self.due_limit):
+                if state.key not in held:
+                    engine.load(state)
         sessions_out: list[Outgoing] = []
         records: list[dict[str, Any]] = []
         apply_to = engine.apply_to
@@ -463,6 +485,7 @@ class PartitionProcessor:
             recent[key] = None
         excess = len(self.engine.states) - self.cache_keys
         if excess > 0:
+            self.complete = False  # the store holds states the engine no longer does
             for key in list(recent)[:excess]:
                 del recent[key]
                 self.engine.forget(key)

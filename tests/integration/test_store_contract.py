@@ -295,6 +295,32 @@ async def test_load_returns_asked_keys_plus_keys_due_by_the_clock(backend: Backe
 
 
 @contract
+async def test_load_all_returns_every_state_of_the_partition_when_they_fit(backend: Backend) -> None:
+    store = backend.store()
+    claim = await store.claim(3)
+    assert await store.load_all(3, 10) == []
+    keys = [user_key(f"user-{i}") for i in range(3)]
+    states: dict[SessionKey, KeyState | None] = {
+        k: open_state(k, f"s{i}", T0 + i) for i, k in enumerate(keys)
+    }
+    ended = closed(open_state(keys[2], "s2", T0 + 2), T0 + MIN)
+    assert await put(store, 3, claim.epoch, states, offsets={"events": 1})
+    assert await put(store, 3, claim.epoch, {keys[2]: ended}, offsets={"events": 2})
+    other = await store.claim(4)
+    assert await put(store, 4, other.epoch, {user_key("elsewhere"): open_state(user_key("elsewhere"), "x")})
+
+    def by_user(found: list[KeyState] | None) -> list[dict[str, Any]]:
+        assert found is not None
+        return sorted(as_dicts(found), key=lambda state: state["k"])
+
+    expected = by_user([s for s in (states[keys[0]], states[keys[1]], ended) if s is not None])
+    assert by_user(await store.load_all(3, 3)) == expected
+    assert by_user(await backend.store().load_all(3, 100)) == expected  # another client alike
+    assert await store.load_all(3, 2) is None  # more than the limit: nothing
+    assert await store.load_all(7, 0) == []  # a partition never written
+
+
+@contract
 async def test_has_due_answers_by_the_due_index_alone(backend: Backend) -> None:
     store = backend.store()
     claim = await store.claim(1)

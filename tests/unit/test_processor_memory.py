@@ -139,15 +139,20 @@ class Env:
         self._offsets: dict[tuple[str, int], int] = defaultdict(int)
 
     async def processor(
-        self, partition: int = 0, *, store: Any = None, sink: Any = None
+        self, partition: int = 0, *, store: Any = None, sink: Any = None, warm: bool = False,
+        cache_keys: int = 100_000,
     ) -> PartitionProcessor:
-        """A processor from a fresh claim (the previous owner, if any, is fenced out)."""
+        """A processor from a fresh claim (the previous owner, if any, is fenced out);
+        ``warm``: handed every key state after the claim, as the worker does."""
         store = store if store is not None else self.world.open_store()
         claim = await store.claim(partition)
-        return PartitionProcessor(
+        proc = PartitionProcessor(
             claim, rules=self.rules, store=store, sink=sink if sink is not None else self.sink,
-            topics=TOPICS, router=self.router, wall=self.wall,
+            topics=TOPICS, router=self.router, wall=self.wall, cache_keys=cache_keys,
         )
+        if warm:
+            await proc.warm()
+        return proc
 
     def record(
         self,
@@ -190,6 +195,25 @@ class Env:
             topic=TOPICS.repartition, key=message.key,
             headers=[(ORIGIN_HEADER, message.origin.encode())],
         )
+
+
+class CountingStore:
+    """A store that counts the reads a batch or a tick makes of it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.calls: defaultdict[str, int] = defaultdict(int)
+
+    async def load(self, *args: Any) -> Any:
+        self.calls["load"] += 1
+        return await self.store.load(*args)
+
+    async def has_due(self, *args: Any) -> Any:
+        self.calls["has_due"] += 1
+        return await self.store.has_due(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
 
 def run(world: World, scenario: Callable[[World], Awaitable[None]]) -> None:
@@ -620,6 +644,114 @@ async def a_replay_from_the_middle_gives_the_same_sessions(world: World) -> None
     proc = await alone.processor()
     await proc.process(_day(alone))
     assert {r["user_id"]: r["session_id"] for r in alone.sink.sessions()} == ids
+
+
+def _closes(sink: ListSink) -> list[tuple[Any, ...]]:
+    return [(r["user_id"], r["session_id"], r["close_reason"], r["event_count"], r["end"])
+            for r in sink.sessions()]
+
+
+async def _day_in(env: Env, proc: PartitionProcessor, batches: Sequence[slice]) -> None:
+    """``_day`` in those batches, a caught-up tick after each, then 20 minutes later."""
+    log = _day(env)
+    for part in batches:
+        await proc.process(log[part])
+        await proc.tick(caught_up=True)
+    env.wall.advance(20 * MIN)
+    await proc.tick(caught_up=True)
+
+
+async def _day_alone(batches: Sequence[slice]) -> ListSink:
+    """What a fresh partition sends for ``_day`` in those batches (``_day_in``)."""
+    alone = Env(MemoryWorld())
+    alone.wall.advance(60 * MIN)
+    await _day_in(alone, await alone.processor(), batches)
+    return alone.sink
+
+
+@scenario
+async def a_warm_processor_reads_no_state_per_batch_and_closes_alike(world: World) -> None:
+    env = Env(world)
+    env.wall.advance(60 * MIN)
+    store = CountingStore(world.open_store())
+    proc = await env.processor(store=store, warm=True)
+    assert proc.complete  # a partition without state: the engine holds all of it (none)
+    batches = (slice(0, 2), slice(2, 5), slice(5, None))
+    await _day_in(env, proc, batches)
+    assert dict(store.calls) == {}
+    closes = _closes(env.sink)
+    assert [(user, reason) for user, _, reason, _, _ in closes] == [
+        ("alice", "ended"), ("bob", "timeout"), ("carol", "ended"), ("dave", "timeout"),
+    ]
+    assert closes == _closes(await _day_alone(batches))
+
+
+@scenario
+async def a_new_owner_is_handed_every_state_and_goes_on_as_the_first_would(world: World) -> None:
+    env = Env(world)
+    env.wall.advance(60 * MIN)
+    log = _day(env)
+    first = await env.processor()
+    await first.process(log[:2])
+    await first.process(log[2:5])  # alice ended (kept for the reopen grace), bob idled out
+
+    store = CountingStore(world.open_store())
+    second = await env.processor(store=store, warm=True)
+    assert second.complete
+    assert sorted(key[2] for key in second.engine.states) == ["alice", "bob", "carol"]
+    await second.recover_outbox()
+    await second.process(log)  # the log from the start: what was applied is skipped
+    await second.tick(caught_up=True)
+    env.wall.advance(20 * MIN)
+    await second.tick(caught_up=True)  # dave idles out
+    assert dict(store.calls) == {}
+
+    distinct = {(r["session_id"], r["revision"]): r for r in env.sink.sessions()}
+    alone = {(r["session_id"], r["revision"]): r
+             for r in (await _day_alone((slice(0, 2), slice(2, 5), slice(5, None)))).sessions()}
+    assert distinct == alone
+
+
+@scenario
+async def states_that_do_not_fit_in_the_cache_load_as_they_are_touched(world: World) -> None:
+    env = Env(world)
+    env.wall.advance(60 * MIN)
+    log = _day(env)
+    first = await env.processor()
+    await first.process(log[:5])
+
+    store = CountingStore(world.open_store())
+    # three key states, and a cache of two: no room to grow once warmed
+    second = await env.processor(store=store, warm=True, cache_keys=2)
+    assert not second.complete and second.engine.states == {}
+    await second.process(log)
+    assert store.calls["load"] == 1
+    distinct = {(r["session_id"], r["revision"]): r for r in env.sink.sessions()}
+    assert sorted((r["user_id"], r["close_reason"], r["event_count"]) for r in distinct.values()) == [
+        ("alice", "ended", 3), ("bob", "timeout", 1), ("carol", "ended", 3),
+    ]
+
+
+@scenario
+async def evicting_a_key_ends_completeness_and_the_key_loads_again(world: World) -> None:
+    env = Env(world)
+    store = CountingStore(world.open_store())
+    proc = await env.processor(store=store, warm=True, cache_keys=2)
+    assert proc.complete
+    await proc.process([env.event("session", user="alice", at=0, id="a1")])
+    await proc.process([env.event("session", user="bob", at=1 * SEC, id="b1")])
+    assert proc.complete and dict(store.calls) == {}
+    await proc.process([env.event("session", user="carol", at=2 * SEC, id="c1")])
+    assert not proc.complete  # alice went back to the store
+    assert sorted(key[2] for key in proc.engine.states) == ["bob", "carol"]
+
+    await proc.process([env.event("usage", user="alice", at=3 * SEC, id="a2")])
+    assert store.calls["load"] == 1
+    records = {r["user_id"]: r for r in await store.open_sessions()}
+    assert records["alice"]["event_count"] == 2  # the session went on, not a new one
+    assert [e["id"] for e in (await store.get_session(records["alice"]["session_id"]))["events"]] == [
+        "a1", "a2",
+    ]
 
 
 @scenario
