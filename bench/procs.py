@@ -108,6 +108,11 @@ class Child:
         t = self.ps.cpu_times()
         return float(t.user + t.system)
 
+    def thread_cpu_s(self) -> dict[int, float]:
+        """CPU seconds of each thread of the process, by thread id (the main thread's is
+        the pid)."""
+        return {t.id: float(t.user_time + t.system_time) for t in self.ps.threads()}
+
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
 

@@ -138,6 +138,17 @@ def markdown(results: dict[str, Any]) -> str:
             f"{redis.get('open_sessions', 0):,} open sessions, {redis.get('history_sessions', 0):,} closed "
             f"in the history, used_memory {_mib(redis.get('used_memory'))} = "
             f"{_n(redis.get('bytes_per_open_session'))} bytes per open session (history included).")
+        threads = d.get("threads")
+        if threads:
+            add("")
+            add(f"Worker threads in that window: the main thread (event loop: parsing, engine, "
+                f"commits) busy {threads['main_busy'] * 100:.0f} % of it, "
+                f"{threads['main_cpu_us_per_event']:.1f} µs of CPU per event; the others "
+                f"(faust's consumer thread: aiokafka's fetches) {threads['others_busy'] * 100:.0f} %, "
+                f"{threads['others_cpu_us_per_event']:.1f} µs per event. They take turns on the GIL: "
+                f"what they leave of the window "
+                f"({max(0.0, 1 - threads['main_busy'] - threads['others_busy']) * 100:.0f} %) is "
+                f"mostly waiting (for Redis, for fetches).")
     lat = results.get("latency")
     if lat:
         add("")

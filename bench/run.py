@@ -375,8 +375,10 @@ def run_workers(ctx: Context, tag: str, count: int) -> dict[str, Any]:
         readies = [wait_ready(child) for child in children]
         t0 = min(at for at, _ in readies)
         cpu0 = {c.name: c.cpu_s() for c in children}
+        threads0 = {c.name: c.thread_cpu_s() for c in children}
         done = applied.wait_all(ctx, env, ctx.input_ends, 600 + ctx.work.events_total / 500, children)
         cpu1 = {c.name: c.cpu_s() for c in children}
+        threads1 = {c.name: c.thread_cpu_s() for c in children}
         peaks = [c.peak_rss() for c in children]
         assigned = {c.name: wait_ready(c, 1)[1] for c in children}
         assignments = sum(1 for c in children for _, line in c.lines if re.search(READY, line))
@@ -402,6 +404,9 @@ def run_workers(ctx: Context, tag: str, count: int) -> dict[str, Any]:
         "assignments": assignments,  # one per worker: no rebalance while measuring
         "ready_spread_s": round(max(at for at, _ in readies) - t0, 2),
     }
+    if count == 1:
+        result["threads"] = thread_shares(children[0].pid, threads0[children[0].name],
+                                          threads1[children[0].name], seconds, events)
     time.sleep(0.5)  # the last batch's sends (they follow its commit)
     if count == 1:
         memory = redis_memory(ctx, tag)
@@ -414,6 +419,20 @@ def run_workers(ctx: Context, tag: str, count: int) -> dict[str, Any]:
         ctx.sampler.unwatch(child.name)
         child.stop()
     return result
+
+
+def thread_shares(pid: int, before: dict[int, float], after: dict[int, float], seconds: float,
+                  events: int) -> dict[str, float]:
+    """How busy the worker's main thread (the event loop: parsing, the engine, the
+    commits) and its other threads (faust's consumer thread: aiokafka's fetches) were
+    in the window, as shares of it and as CPU µs per event. They take turns on the GIL,
+    so what the two leave of the window is mostly time neither could use: waits."""
+    main = after.get(pid, 0.0) - before.get(pid, 0.0)
+    others = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid != pid)
+    return {
+        "main_busy": main / seconds, "others_busy": others / seconds,
+        "main_cpu_us_per_event": main / events * 1e6, "others_cpu_us_per_event": others / events * 1e6,
+    }
 
 
 def run_profile(ctx: Context) -> dict[str, Any]:
