@@ -167,7 +167,7 @@ class Runtime:
         self.metrics.epoch.labels(str(partition)).set(claim.epoch)
         log.info("partition %d: epoch %d, resuming at %s; %s", partition, claim.epoch, claim.offsets,
                  f"{warmed} key states loaded" if processor.complete
-                 else "more key states than the cache holds: they load as touched")
+                 else "more key states than half its cache share: they load as touched")
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         async with self.lock:
