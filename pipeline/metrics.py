@@ -147,6 +147,12 @@ class WorkerMetrics:
             "Records not applied yet per owned partition: high-water mark minus the next offset "
             "to apply.", ["topic", "partition"], registry=r,
         )
+        self.state_held = Gauge(
+            "sessionizer_partition_state_held",
+            "1 while the worker holds every key state of the partition (its batches read nothing "
+            "from Redis), 0 while they load as touched (more than half the key cache's share).",
+            ["partition"], registry=r,
+        )
         self.stream_delay = Gauge(
             "sessionizer_stream_clock_delay_seconds",
             "Wall time minus the partition's stream clock (grows while a backlog is replayed).",
@@ -246,7 +252,7 @@ class WorkerMetrics:
     def forget_partition(self, partition: int, topics: Iterable[str]) -> None:
         """Remove the per-partition series of a partition this worker no longer owns."""
         label = str(partition)
-        for gauge in (self.open_sessions, self.epoch, self.stream_delay):
+        for gauge in (self.open_sessions, self.epoch, self.stream_delay, self.state_held):
             try:
                 gauge.remove(label)
             except KeyError:

@@ -165,6 +165,7 @@ class Runtime:
         self.metrics.claims.inc()
         self.metrics.outbox_resent.inc(resent)
         self.metrics.epoch.labels(str(partition)).set(claim.epoch)
+        self.metrics.state_held.labels(str(partition)).set(int(processor.complete))
         log.info("partition %d: epoch %d, resuming at %s; %s", partition, claim.epoch, claim.offsets,
                  f"{warmed} key states loaded" if processor.complete
                  else "more key states than half its cache share: they load as touched")
@@ -408,6 +409,7 @@ class Runtime:
                     metrics.lag.labels(topic, label).set(max(0, high - resume))
             if processor.clock_ms > 0:
                 metrics.stream_delay.labels(label).set(max(0, now_ms - processor.clock_ms) / 1000)
+            metrics.state_held.labels(label).set(int(processor.complete))
         client, keys = getattr(self.store, "client", None), getattr(self.store, "keys", None)
         if client is None or keys is None:
             return

@@ -102,9 +102,12 @@ def test_the_worker_serves_its_metrics(worker: Worker) -> None:
     assert total(samples, "sessionizer_batch_records_sum") == 12
     assert total(samples, "sessionizer_redis_seconds_count", op="commit") >= 1
     assert total(samples, "sessionizer_redis_seconds_count", op="claim") == 4
+    assert total(samples, "sessionizer_redis_seconds_count", op="load_all") == 4
+    assert total(samples, "sessionizer_redis_seconds_count", op="load") == 0  # every state held
     assert total(samples, "sessionizer_assigned_partitions") == 4
     for p in range(4):
         assert total(samples, "sessionizer_partition_epoch", partition=str(p)) >= 1
+        assert total(samples, "sessionizer_partition_state_held", partition=str(p)) == 1
         assert ("sessionizer_open_sessions", (("partition", str(p)),)) in samples
         lag = total(samples, "sessionizer_consumer_lag", topic=settings.events_topic, partition=str(p))
         assert lag == 0

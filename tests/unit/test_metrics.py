@@ -203,6 +203,7 @@ def test_a_released_partition_leaves_no_series_behind() -> None:
         metrics.open_sessions.labels(str(p)).set(5)
         metrics.epoch.labels(str(p)).set(3)
         metrics.lag.labels("events", str(p)).set(10)
+        metrics.state_held.labels(str(p)).set(1)
     metrics.forget_partition(1, ("events", "repartition"))
     text = metrics.exposition()[0].decode()
     assert 'sessionizer_open_sessions{partition="0"} 5.0' in text
