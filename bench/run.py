@@ -404,11 +404,10 @@ def run_workers(ctx: Context, tag: str, count: int) -> dict[str, Any]:
         "assignments": assignments,  # one per worker: no rebalance while measuring
         "ready_spread_s": round(max(at for at, _ in readies) - t0, 2),
     }
+    time.sleep(0.5)  # the last batch's sends (they follow its commit)
     if count == 1:
         result["threads"] = thread_shares(children[0].pid, threads0[children[0].name],
                                           threads1[children[0].name], seconds, events)
-    time.sleep(0.5)  # the last batch's sends (they follow its commit)
-    if count == 1:
         memory = redis_memory(ctx, tag)
         memory["used_memory_before"] = base
         opened = memory["open_sessions"]

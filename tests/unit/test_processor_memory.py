@@ -575,6 +575,11 @@ async def a_repartition_record_with_a_malformed_origin_is_applied_where_it_was_r
 # -- crash, replay, fencing --------------------------------------------------------------
 
 
+def _distinct(sink: ListSink) -> dict[tuple[str, int], dict[str, Any]]:
+    """The session records sent, one per ``(session_id, revision)`` (repeats are equal)."""
+    return {(r["session_id"], r["revision"]): r for r in sink.sessions()}
+
+
 def _day(env: Env) -> list[Rec]:
     """Three users: one session ended, one left idle, one still open at the end."""
     return [
@@ -632,7 +637,7 @@ async def a_replay_from_the_middle_gives_the_same_sessions(world: World) -> None
     await second.recover_outbox()
     await second.process(log)
 
-    distinct = {(r["session_id"], r["revision"]): r for r in env.sink.sessions()}
+    distinct = _distinct(env.sink)
     assert sorted((r["user_id"], r["close_reason"], r["event_count"]) for r in distinct.values()) == [
         ("alice", "ended", 3), ("bob", "timeout", 1), ("carol", "ended", 3),
     ]
@@ -649,6 +654,10 @@ async def a_replay_from_the_middle_gives_the_same_sessions(world: World) -> None
 def _closes(sink: ListSink) -> list[tuple[Any, ...]]:
     return [(r["user_id"], r["session_id"], r["close_reason"], r["event_count"], r["end"])
             for r in sink.sessions()]
+
+
+#: ``_day`` in three batches
+_DAY_BATCHES = (slice(0, 2), slice(2, 5), slice(5, None))
 
 
 async def _day_in(env: Env, proc: PartitionProcessor, batches: Sequence[slice]) -> None:
@@ -676,14 +685,13 @@ async def a_warm_processor_reads_no_state_per_batch_and_closes_alike(world: Worl
     store = CountingStore(world.open_store())
     proc = await env.processor(store=store, warm=True)
     assert proc.complete  # a partition without state: the engine holds all of it (none)
-    batches = (slice(0, 2), slice(2, 5), slice(5, None))
-    await _day_in(env, proc, batches)
+    await _day_in(env, proc, _DAY_BATCHES)
     assert dict(store.calls) == {}
     closes = _closes(env.sink)
     assert [(user, reason) for user, _, reason, _, _ in closes] == [
         ("alice", "ended"), ("bob", "timeout"), ("carol", "ended"), ("dave", "timeout"),
     ]
-    assert closes == _closes(await _day_alone(batches))
+    assert closes == _closes(await _day_alone(_DAY_BATCHES))
 
 
 @scenario
@@ -706,10 +714,7 @@ async def a_new_owner_is_handed_every_state_and_goes_on_as_the_first_would(world
     await second.tick(caught_up=True)  # dave idles out
     assert dict(store.calls) == {}
 
-    distinct = {(r["session_id"], r["revision"]): r for r in env.sink.sessions()}
-    alone = {(r["session_id"], r["revision"]): r
-             for r in (await _day_alone((slice(0, 2), slice(2, 5), slice(5, None)))).sessions()}
-    assert distinct == alone
+    assert _distinct(env.sink) == _distinct(await _day_alone(_DAY_BATCHES))
 
 
 @scenario
@@ -726,7 +731,7 @@ async def states_that_do_not_fit_in_the_cache_load_as_they_are_touched(world: Wo
     assert not second.complete and second.engine.states == {}
     await second.process(log)
     assert store.calls["load"] == 1
-    distinct = {(r["session_id"], r["revision"]): r for r in env.sink.sessions()}
+    distinct = _distinct(env.sink)
     assert sorted((r["user_id"], r["close_reason"], r["event_count"]) for r in distinct.values()) == [
         ("alice", "ended", 3), ("bob", "timeout", 1), ("carol", "ended", 3),
     ]
