@@ -9,8 +9,17 @@ the worker's own code decides.
 
     .venv/bin/python -m bench.hotpath                 # events/s, CPU µs per event, Redis CPU
     .venv/bin/python -m bench.hotpath --profile 30    # plus cProfile's top 30 functions
+    .venv/bin/python -m bench.hotpath --instructions --events 30000   # instructions per event
 
 It is a tool to look with, not a measure of the worker: ``make bench`` is that.
+
+``--instructions`` runs the same under valgrind's callgrind, counting the
+instructions this process executes while the processors run (the workload's
+building, Redis's start and the imports are left out: instrumentation is switched on
+and off around the window with ``callgrind_control``). A count does not move with
+the host's speed or load the way CPU seconds do, so two versions of the hot path
+compare in one run each, whatever else the machine is doing. It is about fifty times
+slower: a few tens of thousands of events are enough.
 """
 
 from __future__ import annotations
@@ -18,7 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,7 +43,7 @@ from typing import Any
 from bench import workload
 from pipeline.core.rules import SessionRules
 from pipeline.services import EmbeddedRedis
-from pipeline.store.redis import RedisStore
+from pipeline.store.redis import RedisStore, connect
 from pipeline.worker.outbox import Outgoing
 from pipeline.worker.processor import PartitionProcessor, Topics
 from pipeline.worker.routing import Router
@@ -71,7 +86,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tune_gc()  # as the worker does
     rules = SessionRules(inactivity_timeout_ms=args.timeout * 1000)
     with EmbeddedRedis(appendonly=True) as redis:
-        store = RedisStore.from_url(redis.url, "hot")
+        # under callgrind everything in this process is about fifty times slower
+        slow = {"socket_connect_timeout": 600, "socket_timeout": 600} if args.callgrind_window else {}
+        store = RedisStore(connect(redis.url, **slow), "hot")
         sink = CountingSink()
         router = Router(args.partitions)
         processors = {}
@@ -83,6 +100,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await processors[p].warm()  # as the worker does after a claim
         await store.client.config_resetstat()
         profile = cProfile.Profile() if args.profile else None
+        if args.callgrind_window:
+            instrument(True)
         wall0, cpu0 = time.perf_counter(), time.process_time()
         if profile is not None:
             profile.enable()
@@ -97,6 +116,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if profile is not None:
             profile.disable()
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if args.callgrind_window:
+            instrument(False)
         info = await store.client.info("cpu")
         stats = await store.client.info("commandstats")
         memory = await store.client.info("memory")
@@ -120,6 +141,47 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def instrument(on: bool) -> None:
+    """Switch callgrind's instrumentation of this process on or off.
+
+    ``callgrind_control`` reaches the process through valgrind's gdbserver, which
+    this process answers only while it runs guest code: a blocking wait would
+    deadlock, so it keeps busy with a little Python until the command has gone
+    through (a few thousand instructions counted, the same in every run)."""
+    command = subprocess.Popen(
+        ["callgrind_control", f"--instr={'on' if on else 'off'}", str(os.getpid())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    while command.poll() is None:
+        sum(range(1000))
+    if command.returncode:
+        raise SystemExit(f"callgrind_control --instr={'on' if on else 'off'} failed")
+
+
+def count_instructions(argv: list[str], events: int) -> int:
+    """Run this module under callgrind with ``argv`` and print the instructions
+    counted in the processing window, in all and per event."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind (Debian's package valgrind)")
+    with tempfile.TemporaryDirectory(prefix="hotpath-callgrind-") as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        run = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+             sys.executable, "-m", "bench.hotpath", *argv, "--callgrind-window"],
+            stderr=subprocess.PIPE, text=True,
+        )
+        if run.returncode:
+            sys.stderr.write(run.stderr[-4000:])
+            raise SystemExit(f"the run under callgrind failed (exit {run.returncode})")
+        with open(out) as f:
+            found = re.search(r"^totals: (\d+)", f.read(), re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"no instruction total in {out}")
+    total = int(found.group(1))
+    print(f"instructions in the processing window: {total:,} ({total / events:,.0f} per event)")
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=20_000)
@@ -131,7 +193,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave the garbage collector at Python's defaults (the worker tunes it)")
     parser.add_argument("--profile", type=int, nargs="?", const=30, default=0, metavar="N",
                         help="print cProfile's top N functions by self time")
-    asyncio.run(run(parser.parse_args(argv)))
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the instructions of the processing window under valgrind's "
+                             "callgrind (about 50 times slower; use a small --events)")
+    parser.add_argument("--callgrind-window", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.instructions:
+        if args.profile:
+            parser.error("--instructions and --profile do not go together")
+        rest = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--instructions"]
+        count_instructions(rest, workload.build(args.users, args.events).events_total)
+        return 0
+    asyncio.run(run(args))
     return 0
 
 
