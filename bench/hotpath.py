@@ -148,14 +148,15 @@ def instrument(on: bool) -> None:
     this process answers only while it runs guest code: a blocking wait would
     deadlock, so it keeps busy with a little Python until the command has gone
     through (a few thousand instructions counted, the same in every run)."""
+    switch = f"--instr={'on' if on else 'off'}"
     command = subprocess.Popen(
-        ["callgrind_control", f"--instr={'on' if on else 'off'}", str(os.getpid())],
+        ["callgrind_control", switch, str(os.getpid())],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     while command.poll() is None:
         sum(range(1000))
     if command.returncode:
-        raise SystemExit(f"callgrind_control --instr={'on' if on else 'off'} failed")
+        raise SystemExit(f"callgrind_control {switch} failed")
 
 
 def count_instructions(argv: list[str], events: int) -> int:
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             parser.error("--instructions and --profile do not go together")
         rest = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--instructions"]
+        # built (and cached) here, outside valgrind: the run under it loads the cache
         count_instructions(rest, workload.build(args.users, args.events).events_total)
         return 0
     asyncio.run(run(args))

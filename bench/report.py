@@ -42,7 +42,7 @@ def derive(results: dict[str, Any]) -> None:
     }
 
 
-def budget(results: dict[str, Any]) -> list[dict[str, Any]] | None:
+def budget(results: dict[str, Any]) -> dict[str, Any] | None:
     """What each throughput goal leaves the worker on this machine, from this run.
 
     At ``rate`` events/s the machine has ``cores / rate`` of CPU per event in all, and
@@ -51,7 +51,8 @@ def budget(results: dict[str, Any]) -> list[dict[str, Any]] | None:
     to fetching and decoding the records (what the raw consumer spends: any consumer
     of them pays at least that); what remains is all the worker's sessionizing,
     committing and framework may cost. Each goal's rate is its own for the ratios:
-    6x Quix is six times Quix's rate in this run."""
+    6x Quix is six times Quix's rate in this run. The worker's own spending is given
+    on the same terms (its CPU per event above decoding, its main thread's)."""
     c = results.get("contenders", {})
     d, a = c.get("d"), c.get("a")
     cores = results.get("machine", {}).get("cores")
@@ -60,27 +61,25 @@ def budget(results: dict[str, Any]) -> list[dict[str, Any]] | None:
     redis = (d.get("redis_cpu_s_per_100k") or 0.0) * 10
     broker = (d.get("broker_cpu_s_per_100k") or 0.0) * 10
     decode = a["cpu_s_per_100k"] * 10
-    threads = d.get("threads") or {}
     rates = [("events_per_s", GOAL_EVENTS_PER_S)]
     quix = c.get("b", {}).get("events_per_s")
     if quix:
         rates.append(("vs_quix", quix * GOAL_VS_QUIX))
     rates.append(("vs_raw", a["events_per_s"] * GOAL_VS_RAW))
-    out = []
+    goals = []
     for goal, rate in rates:
         machine = cores / rate * 1e6
-        out.append({
+        goals.append({
             "goal": goal, "events_per_s": rate, "machine_us_per_event": machine,
-            "redis_us_per_event": redis, "broker_us_per_event": broker,
-            "decode_us_per_event": decode,
             "worker_left_us_per_event": machine - redis - broker - decode,
             "main_thread_us_per_event": 1e6 / rate,
         })
-    # what the worker spends now, on the same terms
-    for row in out:
-        row["worker_now_us_per_event"] = d["cpu_s_per_100k"] * 10 - decode
-        row["main_thread_now_us_per_event"] = threads.get("main_cpu_us_per_event")
-    return out
+    return {
+        "redis_us_per_event": redis, "broker_us_per_event": broker, "decode_us_per_event": decode,
+        "worker_now_us_per_event": d["cpu_s_per_100k"] * 10 - decode,
+        "main_thread_now_us_per_event": (d.get("threads") or {}).get("main_cpu_us_per_event"),
+        "goals": goals,
+    }
 
 
 def write(results: dict[str, Any], out: Path) -> None:
@@ -168,8 +167,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"({marks[g['events_per_s']['met']]}); ≥ {GOAL_VS_QUIX:g}x Quix: {_x(g['vs_quix']['value'])} "
             f"({marks[g['vs_quix']['met']]}); ≥ {GOAL_VS_RAW:g}x raw: {_x(g['vs_raw']['value'])} "
             f"({marks[g['vs_raw']['met']]}).")
-    rows = results.get("budget")
-    if rows and goals and "d" in c:
+    spent = results.get("budget")
+    if spent:
         labels = {"events_per_s": f"{GOAL_EVENTS_PER_S:,} events/s",
                   "vs_quix": f"{GOAL_VS_QUIX:g}x Quix", "vs_raw": f"{GOAL_VS_RAW:g}x raw"}
         add("")
@@ -178,16 +177,17 @@ def markdown(results: dict[str, Any]) -> str:
             "less what Redis and the broker took per event with the worker in this run and what "
             "fetching and decoding alone cost (the raw consumer's CPU per event); and the most "
             "the worker's main thread may spend per event at that rate. The worker now: "
-            f"{_n(rows[0]['worker_now_us_per_event'], 1)} µs per event above the raw consumer's, "
-            f"its main thread {_n(rows[0]['main_thread_now_us_per_event'], 1)} µs.")
+            f"{_n(spent['worker_now_us_per_event'], 1)} µs per event above the raw consumer's, "
+            f"its main thread {_n(spent['main_thread_now_us_per_event'], 1)} µs.")
         add("")
         add("| goal | at events/s | machine µs per event | Redis | broker | fetch and decode "
             "| left for the worker | main thread at most |")
         add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for row in rows:
+        taken = (f"| {_n(spent['redis_us_per_event'], 1)} | {_n(spent['broker_us_per_event'], 1)} "
+                 f"| {_n(spent['decode_us_per_event'], 1)} |")
+        for row in spent["goals"]:
             add(f"| {labels[row['goal']]} | {_n(row['events_per_s'])} | {_n(row['machine_us_per_event'], 1)} "
-                f"| {_n(row['redis_us_per_event'], 1)} | {_n(row['broker_us_per_event'], 1)} "
-                f"| {_n(row['decode_us_per_event'], 1)} | {_n(row['worker_left_us_per_event'], 1)} "
+                f"{taken} {_n(row['worker_left_us_per_event'], 1)} "
                 f"| {_n(row['main_thread_us_per_event'], 1)} |")
     d = c.get("d")
     if d:
