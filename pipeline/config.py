@@ -45,13 +45,32 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="replication factor when the worker creates a topic")
 
     # -- session rules (seconds) -------------------------------------------
-    inactivity_timeout: float = Field(300.0, gt=0)
-    max_session_duration: float = Field(86400.0, gt=0)
-    reopen_grace: float = Field(900.0, ge=0)
-    max_future_skew: float = Field(300.0, ge=0)
-    max_event_age: float = Field(259200.0, gt=0)
-    max_events_per_session: int = Field(1000, ge=0)
-    max_event_bytes: int = Field(65536, ge=64)
+    inactivity_timeout: float = Field(
+        300.0, gt=0,
+        description="idle time (s) that closes a session: its latest arrival plus this, on the stream clock",
+    )
+    max_session_duration: float = Field(
+        86400.0, gt=0,
+        description="longest session (s); an event that would stretch a session past it opens a new one",
+    )
+    reopen_grace: float = Field(
+        900.0, ge=0,
+        description="how long (s, stream clock) a closed session can still be amended or reopened by a late event",
+    )
+    max_future_skew: float = Field(
+        300.0, ge=0,
+        description="event time further ahead of arrival (and a record time further ahead of the worker's "
+        "clock) than this (s) is clamped and counted",
+    )
+    max_event_age: float = Field(
+        259200.0, gt=0, description="event time further behind arrival than this (s) is rejected (too_old)"
+    )
+    max_events_per_session: int = Field(
+        1000, ge=0, description="events listed in a session record (events_truncated past it)"
+    )
+    max_event_bytes: int = Field(
+        65536, ge=64, description="size limit of one event (bytes); a larger one is dead-lettered (too_large)"
+    )
 
     project_settings: str = Field(
         "",
@@ -96,7 +115,7 @@ class Settings(BaseSettings):
     history_retention: float = Field(86400.0, ge=0, description="how long closed sessions stay listable (s)")
     history_max_sessions: int = Field(50_000, ge=0, description="closed sessions kept per partition")
     redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
-    log_level: str = Field("info")
+    log_level: str = Field("info", description="log level: debug, info, warning or error")
     log_format: str = Field(
         "text", pattern="^(?i)(text|json)$",
         description="text, or json: one JSON object per line (ts, level, logger, message, extra)",
@@ -131,8 +150,8 @@ class Settings(BaseSettings):
     )
 
     # -- gateway -------------------------------------------------------------
-    gateway_host: str = Field("0.0.0.0")
-    gateway_port: int = Field(8080, ge=0, le=65535)
+    gateway_host: str = Field("0.0.0.0", description="gateway listen address")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="gateway listen port")
     api_keys: str = Field("", description="comma-separated key:project pairs")
 
     @field_validator("kafka_bootstrap", "redis_url")
