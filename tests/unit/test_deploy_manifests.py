@@ -133,7 +133,7 @@ def _known_settings() -> set[str]:
 def _check_settings(env: dict[str, str], where: str) -> None:
     """Every SESSIONIZER_* name is a real setting and every value parses."""
     unknown = sorted(k for k in env if k.startswith("SESSIONIZER_") and k not in _known_settings())
-    assert not unknown, f"{where}: unknown settings {unknown} (README.md, 'Settings')"
+    assert not unknown, f"{where}: unknown settings {unknown} (docs/configuration.md)"
     sessionizer_env = {k: str(v) for k, v in env.items() if k.startswith("SESSIONIZER_")}
     # pydantic-settings reads the process environment: give it exactly these values
     saved = {k: v for k, v in os.environ.items() if k.startswith("SESSIONIZER_")}

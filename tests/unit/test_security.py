@@ -269,8 +269,8 @@ def test_addresses_in_messages_leave_the_password_out() -> None:
     assert redis_address("rediss://localhost") == "rediss://localhost:6379"
 
 
-def test_the_settings_table_in_the_readme_lists_every_security_variable() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_configuration_reference_lists_every_security_variable() -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for name in Settings.model_fields:
         if name.startswith(("kafka_s", "redis_ssl", "redis_password", "log_format", "metrics_")):
-            assert f"SESSIONIZER_{name.upper()}" in readme, name
+            assert f"SESSIONIZER_{name.upper()}" in reference, name
