@@ -2,20 +2,21 @@
 
 A transport is anything with ``send(events)`` (raises :class:`TransportError`)
 and ``close()``. Both here send SPEC events (SPEC section 2), one batch per call.
+``send`` is called by one thread at a time.
 """
 
 from __future__ import annotations
 
-import time
+import json
+import os
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-import orjson
-
-from pipeline.client.exceptions import TransportError
-from pipeline.core.timefmt import TimestampError, parse_timestamp_ms
+from sessionizer_client.exceptions import ClientError, TransportError
+from sessionizer_client.kafka_security import KafkaSecurity
+from sessionizer_client.timefmt import now_ms
 
 
 class Transport(Protocol):
@@ -26,7 +27,12 @@ class Transport(Protocol):
         """Release connections; ``send`` is not called after this."""
 
 
-def routing_key(event: dict[str, Any]) -> bytes:
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def routing_key(event: Mapping[str, Any]) -> bytes:
     """The record key that routes an event to its session's partition."""
     key = event.get("session_id") or event.get("user_id") or ""
     return str(key).encode()
@@ -52,7 +58,7 @@ class HttpTransport:
     def send(self, events: Sequence[dict[str, Any]]) -> None:
         request = urllib.request.Request(
             self.url,
-            data=orjson.dumps(list(events)),
+            data=dumps(list(events)),
             method="POST",
             headers={
                 "Authorization": f"Bearer {self._api_key}",
@@ -83,33 +89,24 @@ class HttpTransport:
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
     try:
-        body = orjson.loads(exc.read())
-    except (orjson.JSONDecodeError, OSError, ValueError):
+        body = json.loads(exc.read())
+    except (OSError, ValueError):
         return str(exc.reason)
     if isinstance(body, dict) and body.get("message"):
         return f"{body.get('error')}: {body['message']}"
     return str(exc.reason)
 
 
-def _record_time(event: dict[str, Any], now_ms: int) -> int:
-    """An event's record time: its ``sent_at``, read off the same clock at the same moment,
-    so the pipeline's skew correction (timestamp + arrival - sent_at) adds nothing, where
-    a time taken at the send would add the client's own delay (connecting, serializing)
-    to one batch and not to the next; ``now_ms`` when it has none."""
-    sent = event.get("sent_at")
-    if sent is None:
-        return now_ms
-    try:
-        return parse_timestamp_ms(sent)
-    except TimestampError:
-        return now_ms
-
-
 class KafkaTransport:
-    """Produces to the events topic with kafka-python, one record per event.
+    """Produces to the events topic with kafka-python (the ``kafka`` extra), one record
+    per event.
 
-    Key = session id, else user id; record timestamp = the batch's ``sent_at``; every
-    event is stamped with ``project``. The producer connects on the first send.
+    Key = session id, else user id; every event is stamped with ``project``; the
+    record timestamp is the time of the send (the event's arrival time for the
+    worker, SPEC section 3), not the client's ``sent_at``. ``security`` takes the
+    worker's SASL/TLS settings (:class:`KafkaSecurity`, or :meth:`from_env` reads
+    them from the ``SESSIONIZER_*`` variables). The producer connects on the first
+    send.
     """
 
     def __init__(
@@ -119,29 +116,53 @@ class KafkaTransport:
         topic: str = "events",
         project: str = "default",
         timeout_s: float = 10.0,
+        security: KafkaSecurity | None = None,
         producer: Any = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.project = project
         self.timeout_s = timeout_s
+        self.security = security or KafkaSecurity()
+        self._security_options = self.security.options()  # checked now, not at the first send
         self._producer = producer
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **options: Any
+    ) -> KafkaTransport:
+        """The worker's variables: ``SESSIONIZER_KAFKA_BOOTSTRAP`` (default
+        ``localhost:9092``), ``SESSIONIZER_EVENTS_TOPIC`` (``events``) and the
+        ``SESSIONIZER_KAFKA_*`` security variables; ``options`` override."""
+        env = os.environ if environ is None else environ
+        options.setdefault("topic", env.get("SESSIONIZER_EVENTS_TOPIC", "events"))
+        options.setdefault("security", KafkaSecurity.from_env(env))
+        return cls(env.get("SESSIONIZER_KAFKA_BOOTSTRAP", "localhost:9092"), **options)
+
+    def producer_options(self) -> dict[str, Any]:
+        """The keyword arguments the ``KafkaProducer`` is made with."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "acks": "all",
+            "enable_idempotence": False,
+            "linger_ms": 5,
+            "max_block_ms": int(self.timeout_s * 1000),
+            "request_timeout_ms": int(self.timeout_s * 1000),
+            "client_id": "sessionizer-python",
+            **self._security_options,
+        }
 
     def _connect(self) -> Any:
         if self._producer is None:
-            from kafka import KafkaProducer
-            from kafka.errors import KafkaError
-
             try:
-                self._producer = KafkaProducer(
-                    bootstrap_servers=self.bootstrap,
-                    acks="all",
-                    enable_idempotence=False,
-                    linger_ms=5,
-                    max_block_ms=int(self.timeout_s * 1000),
-                    request_timeout_ms=int(self.timeout_s * 1000),
-                    client_id="sessionizer-python",
-                )
+                from kafka import KafkaProducer
+                from kafka.errors import KafkaError
+            except ImportError:
+                raise ClientError(
+                    "the Kafka transport needs kafka-python: pip install 'sessionizer-client[kafka]'"
+                ) from None
+            try:
+                self._producer = KafkaProducer(**self.producer_options())
             except KafkaError as exc:
                 raise TransportError(
                     f"cannot reach the Kafka broker at {self.bootstrap}: {exc}"
@@ -149,20 +170,18 @@ class KafkaTransport:
         return self._producer
 
     def send(self, events: Sequence[dict[str, Any]]) -> None:
+        producer = self._connect()
         from kafka.errors import KafkaError
 
-        producer = self._connect()
-        now_ms = time.time_ns() // 1_000_000
         try:
-            futures = [
-                producer.send(
-                    self.topic,
-                    value=orjson.dumps({**event, "project": event.get("project") or self.project}),
-                    key=routing_key(event),
-                    timestamp_ms=_record_time(event, now_ms),
+            futures = []
+            for event in events:
+                value = dumps({**event, "project": event.get("project") or self.project})
+                futures.append(
+                    producer.send(
+                        self.topic, value=value, key=routing_key(event), timestamp_ms=now_ms()
+                    )
                 )
-                for event in events
-            ]
             producer.flush(timeout=self.timeout_s)
             for future in futures:
                 future.get(timeout=self.timeout_s)
