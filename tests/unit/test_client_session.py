@@ -443,3 +443,6 @@ def test_kafka_transport_stamps_records_with_the_send_time_not_sent_at() -> None
     stamps = [ts for *_, ts in producer.sent]
     assert all(before <= ts <= after for ts in stamps), stamps
     assert parse_timestamp_ms(sent_at) not in stamps
+    # the event's sent_at is the same send time, so the skew correction adds nothing
+    sent = [parse_timestamp_ms(orjson.loads(value)["sent_at"]) for _, _, value, _ in producer.sent]
+    assert sent == stamps

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from sessionizer_client.exceptions import ClientError, TransportError
 from sessionizer_client.kafka_security import KafkaSecurity
-from sessionizer_client.timefmt import now_ms
+from sessionizer_client.timefmt import format_ms, now_ms
 
 
 class Transport(Protocol):
@@ -102,8 +102,9 @@ class KafkaTransport:
     per event.
 
     Key = session id, else user id; every event is stamped with ``project``; the
-    record timestamp is the time of the send (the event's arrival time for the
-    worker, SPEC section 3), not the client's ``sent_at``. ``security`` takes the
+    record timestamp is the time each record is handed to the producer (the
+    event's arrival time for the worker, SPEC section 3), not the time the batch
+    was taken from the queue, and the event's ``sent_at`` is set to that same time. ``security`` takes the
     worker's SASL/TLS settings (:class:`KafkaSecurity`, or :meth:`from_env` reads
     them from the ``SESSIONIZER_*`` variables). The producer connects on the first
     send.
@@ -176,10 +177,19 @@ class KafkaTransport:
         try:
             futures = []
             for event in events:
-                value = dumps({**event, "project": event.get("project") or self.project})
+                # the send time is the record's time and the event's sent_at both, so the
+                # worker's clock-skew correction (timestamp + arrival - sent_at) adds none
+                # of this process's own delays (connecting, a full buffer) to one batch
+                # and not to the next
+                sent_ms = now_ms()
+                value = dumps({
+                    **event,
+                    "project": event.get("project") or self.project,
+                    "sent_at": format_ms(sent_ms),
+                })  # fmt: skip
                 futures.append(
                     producer.send(
-                        self.topic, value=value, key=routing_key(event), timestamp_ms=now_ms()
+                        self.topic, value=value, key=routing_key(event), timestamp_ms=sent_ms
                     )
                 )
             producer.flush(timeout=self.timeout_s)
