@@ -1,0 +1,5 @@
+"""Moved to :mod:`sessionizer_client.session`; kept importable here."""
+
+from sessionizer_client.session import SessionClient
+
+__all__ = ["SessionClient"]
