@@ -330,3 +330,31 @@ def test_kafka_transport_reads_bootstrap_and_topic_like_the_worker() -> None:
     )
     assert (transport.bootstrap, transport.topic, transport.project) == ("k1:9093,k2:9093", "ev", "shop")
     assert KafkaSecurity().options() == {}
+
+
+def test_heartbeats_never_stall_the_sender_of_a_full_blocking_queue() -> None:
+    """A one-user client over a shared publisher whose queue is full: its caller waits for
+    room while holding the client; the heartbeat, due meanwhile, must not make the
+    sending thread wait for either."""
+    transport = FakeTransport()
+    transport.gate = threading.Event()
+    p = publisher(transport, batch_size=1, max_queue=2, flush_interval_ms=0)
+    client = p.user("alice", heartbeat_interval=0.01)
+    client.submit_event("usage")
+    client.submit_event("usage")  # in flight (held at the gate) + 1 queued: full
+    done = threading.Event()
+
+    def more() -> None:
+        for _ in range(5):
+            client.submit_event("usage")
+        done.set()
+
+    caller = threading.Thread(target=more)
+    caller.start()
+    time.sleep(0.2)  # heartbeats fall due while the caller waits
+    transport.gate.set()
+    assert done.wait(3), "the sender stalled behind a heartbeat"
+    client.close()
+    p.close()
+    types = [e["type"] for e in transport.events]
+    assert types.count("usage") == 7

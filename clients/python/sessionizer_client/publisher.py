@@ -459,6 +459,16 @@ class Publisher:
         if self._closed:
             raise ClientError("the client is closed")
 
+    def try_put(self, event: dict[str, Any], *, soon: bool = False) -> bool:
+        """Queue an event made by :meth:`event` without ever waiting: False (and not
+        queued) when the queue is full and ``overflow`` is ``block``."""
+        with self._lock:
+            self._check_open()
+            if self.overflow == "block" and self._full():
+                return False
+            self._append(event, soon)
+            return True
+
     def _full(self) -> bool:
         return len(self._queue) + self._in_flight >= self.max_queue
 

@@ -278,15 +278,25 @@ class SessionClient:
             self.publisher.wake(self._ticker, self._heartbeat_at)
 
     def _tick(self, now: float) -> float:
-        """The publisher's thread: a heartbeat when one is due; when the next is due."""
-        with self._lock:
+        """The publisher's thread: a heartbeat when one is due; when the next is due.
+
+        It never waits: not for this client's lock (a caller may hold it while it waits
+        for room in the queue, which only this thread makes), nor for room itself (a
+        full queue means activity: the heartbeat is tried again a moment later)."""
+        if not self._lock.acquire(blocking=False):
+            return now + 0.05
+        try:
             if not self._heartbeats or self._closed:
                 return math.inf
             if now >= self._heartbeat_at:
                 try:
-                    self.publisher.heartbeat(**self._identity())
+                    event = self.publisher.event("heartbeat", **self._identity())
+                    if not self.publisher.try_put(event, soon=True):
+                        return now + 0.05
                 except ClientError:
                     self._heartbeats = False
                     return math.inf
                 self._heartbeat_at = now + (self.heartbeat_interval or math.inf)
             return self._heartbeat_at
+        finally:
+            self._lock.release()
