@@ -358,3 +358,30 @@ def test_heartbeats_never_stall_the_sender_of_a_full_blocking_queue() -> None:
     p.close()
     types = [e["type"] for e in transport.events]
     assert types.count("usage") == 7
+
+
+def test_flush_keeps_its_deadline_while_callers_keep_adding() -> None:
+    class Slow(FakeTransport):
+        def send(self, events: Sequence[dict[str, Any]]) -> None:
+            time.sleep(0.01)
+            super().send(events)
+
+    p = publisher(Slow(), batch_size=1, max_queue=100_000)
+    stop = threading.Event()
+
+    def keep_adding() -> None:
+        while not stop.is_set():
+            p.submit_event("usage", user_id="u")
+            time.sleep(0.001)
+
+    adder = threading.Thread(target=keep_adding)
+    adder.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="not delivered in 300 ms"):
+            p.flush(300)
+        assert time.monotonic() - started < 2
+    finally:
+        stop.set()
+        adder.join()
+    p.close()

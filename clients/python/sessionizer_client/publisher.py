@@ -349,6 +349,8 @@ class Publisher:
         deadline = math.inf if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         refused: TransportError | None = None
         while True:
+            if time.monotonic() >= deadline and self.queued:  # callers outpace the sends
+                raise TransportError(f"{self.queued} events not delivered in {timeout_ms} ms")
             try:
                 if not self._deliver_one():
                     break
