@@ -222,7 +222,7 @@ def test_one_user_clients_over_a_shared_publisher() -> None:
     p = publisher(transport, flush_interval_ms=0)
     alice = p.user("alice", "Alice", heartbeat_interval=0.05)
     alice.start_session()
-    time.sleep(0.3)
+    time.sleep(0.5)
     alice.close()
     bob = p.user("bob")
     bob.submit_event("usage")
