@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sessionizer_client.errors import error_info, type_name
 from sessionizer_client.exceptions import ClientError, QueueFullError, TransportError
+from sessionizer_client.kafka_security import KafkaSecurity
 from sessionizer_client.timefmt import format_ms, now_ms
 from sessionizer_client.transports import HttpTransport, KafkaTransport, Transport
 
@@ -137,7 +138,7 @@ class Publisher:
         *,
         topic: str = "events",
         project: str = "default",
-        security: Any = None,
+        security: KafkaSecurity | None = None,
         **options: Any,
     ) -> Publisher:
         """Produce straight to the events topic (``pip install 'sessionizer-client[kafka]'``);

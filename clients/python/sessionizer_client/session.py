@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any
 
 from sessionizer_client.exceptions import ClientError, TransportError
+from sessionizer_client.kafka_security import KafkaSecurity
 from sessionizer_client.publisher import MAX_USER_ID_CHARS, Publisher, new_session_id
 from sessionizer_client.timefmt import now_ms
 from sessionizer_client.transports import HttpTransport, KafkaTransport, Transport
@@ -107,7 +108,7 @@ class SessionClient:
         *,
         topic: str = "events",
         project: str = "default",
-        security: Any = None,
+        security: KafkaSecurity | None = None,
         **options: Any,
     ) -> SessionClient:
         """Produce straight to the events topic with kafka-python."""
