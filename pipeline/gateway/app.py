@@ -11,7 +11,9 @@ endpoint                                   answer
 ``GET /readyz``                            200 when the broker answers, else 503
 =========================================  ===============================================
 
-Every API call needs ``Authorization: Bearer <api key>`` (or
+Browsers on the origins of ``SESSIONIZER_GATEWAY_CORS_ALLOWED_ORIGINS`` may call it
+(:mod:`pipeline.gateway.cors`; none by default). Every API call needs
+``Authorization: Bearer <api key>`` (or
 ``?access_token=<api key>``); the key names the project. Refusals are JSON
 ``{"error": code, "message": text}``, checked in this order and publishing
 nothing: 401 ``unauthorized``, 429 ``rate_limited`` (with ``Retry-After``),
@@ -48,6 +50,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from pipeline.gateway.cors import cors_middleware
 from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.ids import IdMemory
 from pipeline.gateway.mapping import (
@@ -398,7 +401,8 @@ def create_app(
         rate_clock=rate_clock,
     )
     app = web.Application(
-        middlewares=[_json_errors], client_max_size=gateway.settings.max_body_bytes
+        middlewares=[cors_middleware(gateway.settings.cors_origins), _json_errors],
+        client_max_size=gateway.settings.max_body_bytes,
     )
     app[GATEWAY] = gateway
     app.router.add_post("/api/v2/events", gateway.exceptionless_events)

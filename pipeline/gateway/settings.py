@@ -13,15 +13,17 @@ variable                                    default    meaning
 ``SESSIONIZER_GATEWAY_RATE_BURST``          200        requests a key may make at once
 ``SESSIONIZER_GATEWAY_PUBLISH_TIMEOUT``     10         seconds to wait for the broker (503 after)
 ``SESSIONIZER_GATEWAY_ID_MEMORY``           100000     session ids / identities remembered per kind
+``SESSIONIZER_GATEWAY_CORS_ALLOWED_ORIGINS``  (none)   browser origins allowed (CORS), comma-separated, or ``*``
 ==========================================  =========  ==========================================
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.config import read_settings
+from pipeline.gateway.cors import parse_origins
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_EVENTS_PER_BATCH = 1000
@@ -52,6 +54,22 @@ class GatewaySettings(BaseSettings):
     id_memory: int = Field(
         default=ID_MEMORY, ge=100, description="ids remembered for heartbeat resolution"
     )
+    cors_allowed_origins: str = Field(
+        default="",
+        description="browser origins allowed to call the gateway (CORS), comma-separated "
+        "scheme://host[:port], or * for any; empty = none (same-origin pages only)",
+    )
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        parse_origins(value)
+        return value
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        """The allowed origins, parsed (``*`` for any)."""
+        return parse_origins(self.cors_allowed_origins)
 
 
 def load_gateway_settings(**overrides: object) -> GatewaySettings:

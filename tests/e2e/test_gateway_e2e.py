@@ -108,7 +108,10 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def start_gateway(bootstrap: str, events_topic: str, log_path: Path) -> GatewayProcess:
+def start_gateway(
+    bootstrap: str, events_topic: str, log_path: Path, **extra_env: str
+) -> GatewayProcess:
+    """``sessionizer gateway`` on a free port, ready; ``extra_env``: more variables."""
     port = free_port()
     env = {
         **os.environ,
@@ -117,6 +120,7 @@ def start_gateway(bootstrap: str, events_topic: str, log_path: Path) -> GatewayP
         "SESSIONIZER_API_KEYS": f"{KEY}:{PROJECT}",
         "SESSIONIZER_GATEWAY_HOST": "127.0.0.1",
         "SESSIONIZER_GATEWAY_PORT": str(port),
+        **extra_env,
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
