@@ -129,6 +129,25 @@ class Settings(BaseSettings):
         "required", pattern="^(?i)(required|optional|none)$",
         description="verify the Redis server certificate: required, optional or none",
     )
+    redis_ssl_check_hostname: bool = Field(
+        True,
+        description="check that the Redis server certificate names the host in "
+        "SESSIONIZER_REDIS_URL (rediss://); off only with SESSIONIZER_REDIS_SSL_CERT_REQS=none",
+    )
+    redis_socket_timeout: float = Field(
+        10.0, gt=0,
+        description="seconds a Redis command waits for its reply (a half-open connection fails "
+        "instead of hanging), and for a free pooled connection",
+    )
+    redis_connect_timeout: float = Field(5.0, gt=0, description="seconds to open a Redis connection")
+    redis_max_connections: int = Field(
+        32, ge=2, description="most connections each process keeps to Redis (a bounded pool)"
+    )
+    redis_allow_eviction: bool = Field(
+        False,
+        description="let the worker start against a Redis whose maxmemory-policy evicts keys "
+        "(an evicting Redis silently drops live sessions); keep false and use noeviction",
+    )
 
     # -- gateway -------------------------------------------------------------
     gateway_host: str = Field("0.0.0.0")

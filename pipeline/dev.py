@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.config import load_settings
 from pipeline.display import format_duration
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, free_port
 
@@ -104,8 +105,9 @@ def _poll_worker(port: int) -> dict[str, int]:
 
 
 def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int) -> None:
-    import redis as redis_sync
     from kafka import KafkaConsumer
+
+    from pipeline.store.connection import redis_client_sync
 
     logdir = Path(tempfile.mkdtemp(prefix="sessionizer-dev-"))
     (logdir / "broker").mkdir()
@@ -138,7 +140,7 @@ def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int)
             view = _View(broker.bootstrap, store.url, web_port, logdir)
             consumer = KafkaConsumer("sessions", bootstrap_servers=broker.bootstrap,
                                      auto_offset_reset="earliest", group_id=None)
-            client = redis_sync.Redis.from_url(store.url)
+            client = redis_client_sync(load_settings(redis_url=store.url))
             last_poll = 0.0
             with Live(get_renderable=view.render, refresh_per_second=4, screen=False):
                 while True:

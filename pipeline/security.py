@@ -259,8 +259,8 @@ def redis_options(settings: Settings) -> dict[str, Any]:
         if value:
             options[name] = _file(variable, value)
     options["ssl_cert_reqs"] = cert_reqs
-    if cert_reqs == "none":
-        options["ssl_check_hostname"] = False
+    # explicit, whatever redis-py's default: the certificate must name the host
+    options["ssl_check_hostname"] = cert_reqs != "none" and settings.redis_ssl_check_hostname
     return options
 
 

@@ -244,7 +244,7 @@ def test_rediss_with_files_and_verification(pki: dict[str, str]) -> None:
     ))
     assert options == {
         "ssl_ca_certs": pki["ca"], "ssl_certfile": pki["client"], "ssl_keyfile": pki["client_key"],
-        "ssl_cert_reqs": "required",
+        "ssl_cert_reqs": "required", "ssl_check_hostname": True,
     }
     relaxed = redis_options(Settings(redis_url="rediss://r:6380/0", redis_ssl_cert_reqs="NONE"))
     assert relaxed == {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
