@@ -48,7 +48,7 @@ from pipeline.store.redis import RedisStore
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "report-browser"
 WIDTH, HEIGHT = 1360, 900
-TOKEN = "report-token-for-the-browser-test"
+TOKEN = "report-token-for-the-browser-Q7x"
 NO_VALUE = "\u2013"  # what the page shows for "none" (an en dash)
 CHROMIUM_FLAGS = [
     "--headless",

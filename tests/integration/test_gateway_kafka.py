@@ -20,7 +20,7 @@ from pipeline.gateway.app import create_app
 from pipeline.gateway.publisher import KafkaPublisher
 from pipeline.gateway.settings import GatewaySettings
 
-KEY = "testkey-1234567890"
+KEY = "Kq7vM2pXr9LwB4nZ"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SESSION = "66e634246cc3414faed6531eb988749a"
 
