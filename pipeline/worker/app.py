@@ -6,8 +6,11 @@ consumer's fetch loop (``_drain_messages``) hands each fetched batch to
 partition lives in Redis (written atomically with the state it covers), and
 Kafka's committed offset follows it for lag monitoring.
 
-The faust web server serves ``GET /healthz``, ``GET /stats`` and ``GET /metrics``
-(Prometheus, :mod:`pipeline.metrics`).
+The faust web server is the worker's admin port (``SESSIONIZER_WEB_HOST`` /
+``_PORT``, loopback by default): ``GET /healthz`` (liveness: 503 when a partition
+with input waiting has applied nothing for ``SESSIONIZER_LIVENESS_STALL``
+seconds), ``GET /readyz`` (200 once partitions are assigned and caught up),
+``GET /stats`` and ``GET /metrics`` (Prometheus, :mod:`pipeline.metrics`).
 """
 
 from __future__ import annotations
@@ -94,6 +97,8 @@ class Runtime:
         self.on_batch_hooks: list[Any] = []
         self.web_url = ""  # set by build_app; announced for `sessionizer status`
         self._last_prune = 0.0
+        # partition -> (its applied offsets, since when they have not moved: monotonic s)
+        self._progress: dict[int, tuple[tuple[int, ...], float]] = {}
 
     async def start(self) -> None:
         if not self.started:
@@ -375,6 +380,54 @@ class Runtime:
         for hook in self.on_batch_hooks:
             hook(stats)
 
+    # -- health ----------------------------------------------------------------------
+    def backlog(self, partition: int) -> int | None:
+        """Records of ``partition`` not applied yet (both input topics); None if unknown."""
+        processor = self.processors.get(partition)
+        if processor is None:
+            return None
+        total = 0
+        for topic in (self.topics.events, self.topics.repartition):
+            try:
+                high = self.app.consumer.highwater(TP(topic, partition))
+            except Exception:
+                high = None
+            if high is None:
+                return None
+            total += max(0, high - (processor.resume_offset(topic) or 0))
+        return total
+
+    def stalled(self, now_s: float | None = None) -> list[int]:
+        """Partitions with records waiting whose applied offsets have not moved for
+        ``SESSIONIZER_LIVENESS_STALL`` seconds (a stuck partition: liveness fails)."""
+        now_s = time.monotonic() if now_s is None else now_s
+        limit_s = self.settings.liveness_stall
+        stuck = []
+        for partition, processor in list(self.processors.items()):
+            offsets = tuple(
+                processor.resume_offset(topic) or 0
+                for topic in (self.topics.events, self.topics.repartition)
+            )
+            backlog = self.backlog(partition)
+            seen = self._progress.get(partition)
+            if seen is None or seen[0] != offsets or not backlog:
+                self._progress[partition] = (offsets, now_s)
+            elif now_s - seen[1] > limit_s:
+                stuck.append(partition)
+        for partition in set(self._progress) - set(self.processors):
+            del self._progress[partition]
+        return stuck
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: partitions assigned and each caught up (at most one fetch behind)."""
+        if not self.processors:
+            return False, "no partitions assigned"
+        behind = {p: self.backlog(p) for p in self.processors}
+        slow = sorted(p for p, n in behind.items() if n is None or n > self.settings.batch_max_records)
+        if slow:
+            return False, f"partitions {slow} are catching up"
+        return True, "assigned and caught up"
+
     # -- gauges ----------------------------------------------------------------------
     @staticmethod
     async def _prune_workers(client: Any, workers: str, now_ms: int) -> None:
@@ -397,6 +450,7 @@ class Runtime:
         entry in the workers hash that ``sessionizer status`` reads."""
         metrics, processors = self.metrics, dict(self.processors)
         now_ms = time.time_ns() // 1_000_000
+        self.stalled()  # progress sampled between the probes too
         consumer = self.app.consumer
         for partition, processor in processors.items():
             label = str(partition)
@@ -542,7 +596,24 @@ def build_app(settings: Settings) -> SessionizerApp:
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
+        stuck = runtime.stalled()
+        if stuck:
+            return web.json(
+                {"ok": False, "partitions": sorted(runtime.processors), "stalled": stuck,
+                 "reason": f"partitions {stuck} have input waiting and applied nothing for "
+                           f"{settings.liveness_stall:g} s"},
+                status=503,
+            )
         return web.json({"ok": True, "partitions": sorted(runtime.processors)})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ready, reason = runtime.readiness()
+        return web.json(
+            {"status": "ready" if ready else "not_ready", "reason": reason,
+             "partitions": sorted(runtime.processors)},
+            status=200 if ready else 503,
+        )
 
     @app.page("/stats")
     async def stats(web: Any, request: Any) -> Any:
