@@ -805,8 +805,8 @@ def test_k8s_hpa_alternative_replaces_keda() -> None:
     assert hpa["spec"]["minReplicas"] >= 1
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "External"
-    assert metric["external"]["metric"]["name"] == "kafka_consumergroup_lag"
-    assert metric["external"]["metric"]["selector"]["matchLabels"]["consumergroup"] == "sessionizer"
+    assert metric["external"]["metric"]["name"] == "sessionizer_consumer_lag"  # the applied-offset lag
+    assert metric["external"]["metric"]["selector"]["matchLabels"]["topic"] == _config("hpa")["SESSIONIZER_EVENTS_TOPIC"]
     assert "metrics adapter" in (K8S / "hpa" / "kustomization.yaml").read_text()
 
 
