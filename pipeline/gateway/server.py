@@ -9,12 +9,14 @@ import signal
 from aiohttp import web
 
 from pipeline.config import Settings, load_settings
+from pipeline.credentials import check_secret
 from pipeline.exceptions import ConfigError
 from pipeline.gateway.app import create_admin_app, create_app
 from pipeline.gateway.publisher import KafkaPublisher
 from pipeline.gateway.settings import GatewaySettings, load_gateway_settings
 from pipeline.logs import configure_logging
 from pipeline.metrics import GatewayMetrics
+from pipeline.report.settings import load_report_settings
 from pipeline.security import aiokafka_options
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,9 @@ def run_gateway(
             "SESSIONIZER_API_KEYS is empty, so the gateway would refuse every request; "
             "set it to key:project pairs, e.g. SESSIONIZER_API_KEYS=<16+ random characters>:shop"
         )
+    token = load_report_settings().token.get_secret_value()
+    if token:  # checked again when the report is mounted; here before anything connects
+        check_secret("SESSIONIZER_REPORT_TOKEN", token, "the token")
     asyncio.run(_serve(settings, gateway_settings))
 
 

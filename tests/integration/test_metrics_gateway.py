@@ -172,3 +172,17 @@ def test_the_gateway_refuses_weak_keys_at_start(keys: str, says: str, tmp_path: 
     assert len(lines) == 1, done.stderr
     assert "SESSIONIZER_API_KEYS" in lines[0] and says in lines[0]
     assert keys.split(":")[0] not in lines[0]
+
+
+def test_the_gateway_refuses_a_weak_report_token_at_start() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
+    env["SESSIONIZER_API_KEYS"] = f"{KEY}:shop"
+    env["SESSIONIZER_REPORT_TOKEN"] = "change-me"
+    env["SESSIONIZER_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "gateway"], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sessionizer: error: SESSIONIZER_REPORT_TOKEN:"), lines
