@@ -37,6 +37,7 @@ from pipeline.status import WORKER_RETENTION_S, worker_entry, workers_key
 from pipeline.store.base import StaleStateError
 from pipeline.store.connection import redis_client
 from pipeline.store.redis import RedisStore
+from pipeline.worker.health import Health
 from pipeline.worker.heap import TRIM_INTERVAL_S, HeapTrimmer
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
 from pipeline.worker.routing import Router
@@ -97,8 +98,7 @@ class Runtime:
         self.on_batch_hooks: list[Any] = []
         self.web_url = ""  # set by build_app; announced for `sessionizer status`
         self._last_prune = 0.0
-        # partition -> (its applied offsets, since when they have not moved: monotonic s)
-        self._progress: dict[int, tuple[tuple[int, ...], float]] = {}
+        self.health = Health(settings.liveness_stall, settings.batch_max_records)
 
     async def start(self) -> None:
         if not self.started:
@@ -381,52 +381,26 @@ class Runtime:
             hook(stats)
 
     # -- health ----------------------------------------------------------------------
-    def backlog(self, partition: int) -> int | None:
-        """Records of ``partition`` not applied yet (both input topics); None if unknown."""
-        processor = self.processors.get(partition)
-        if processor is None:
-            return None
-        total = 0
-        for topic in (self.topics.events, self.topics.repartition):
-            try:
-                high = self.app.consumer.highwater(TP(topic, partition))
-            except Exception:
-                high = None
-            if high is None:
-                return None
-            total += max(0, high - (processor.resume_offset(topic) or 0))
-        return total
-
-    def stalled(self, now_s: float | None = None) -> list[int]:
-        """Partitions with records waiting whose applied offsets have not moved for
-        ``SESSIONIZER_LIVENESS_STALL`` seconds (a stuck partition: liveness fails)."""
-        now_s = time.monotonic() if now_s is None else now_s
-        limit_s = self.settings.liveness_stall
-        stuck = []
+    def positions(self) -> dict[int, list[tuple[int, int | None]]]:
+        """Per owned partition: (applied offset, high-water mark) of each input topic."""
+        found: dict[int, list[tuple[int, int | None]]] = {}
         for partition, processor in list(self.processors.items()):
-            offsets = tuple(
-                processor.resume_offset(topic) or 0
-                for topic in (self.topics.events, self.topics.repartition)
-            )
-            backlog = self.backlog(partition)
-            seen = self._progress.get(partition)
-            if seen is None or seen[0] != offsets or not backlog:
-                self._progress[partition] = (offsets, now_s)
-            elif now_s - seen[1] > limit_s:
-                stuck.append(partition)
-        for partition in set(self._progress) - set(self.processors):
-            del self._progress[partition]
-        return stuck
+            found[partition] = []
+            for topic in (self.topics.events, self.topics.repartition):
+                try:
+                    high = self.app.consumer.highwater(TP(topic, partition))
+                except Exception:
+                    high = None
+                found[partition].append((processor.resume_offset(topic) or 0, high))
+        return found
+
+    def stalled(self) -> list[int]:
+        """Partitions stuck with input waiting (``/healthz`` fails): :mod:`.health`."""
+        return self.health.stalled(self.positions(), time.monotonic())
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready: partitions assigned and each caught up (at most one fetch behind)."""
-        if not self.processors:
-            return False, "no partitions assigned"
-        behind = {p: self.backlog(p) for p in self.processors}
-        slow = sorted(p for p, n in behind.items() if n is None or n > self.settings.batch_max_records)
-        if slow:
-            return False, f"partitions {slow} are catching up"
-        return True, "assigned and caught up"
+        """Assigned and caught up (``/readyz``): :mod:`.health`."""
+        return self.health.readiness(self.positions())
 
     # -- gauges ----------------------------------------------------------------------
     @staticmethod
