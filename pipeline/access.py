@@ -6,12 +6,18 @@ Shared by the ingestion API (:mod:`pipeline.gateway.app`) and the Sessions repor
 more than ``SESSIONIZER_GATEWAY_AUTH_FAILURES_PER_MINUTE`` times a minute is
 answered 429 (``"limit": "auth_failures"``) until its budget refills, whatever it
 sends; every 429 names its limit and carries ``Retry-After``.
+
+A client is its TCP peer address, unless the peer is one of the trusted proxies
+(``SESSIONIZER_GATEWAY_TRUSTED_PROXIES``, set on the app as
+:data:`TRUSTED_PROXIES`): then the nearest address in ``X-Forwarded-For`` that
+is not a trusted proxy.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -20,6 +26,30 @@ from aiohttp import web
 from pipeline.ratelimit import RateLimiter, retry_after
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: the proxies whose X-Forwarded-For is believed (none by default)
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple)
+
+
+def parse_networks(text: str, variable: str = "SESSIONIZER_GATEWAY_TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR networks; a bad one raises ``ValueError`` naming it."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{variable}: {item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _trusted(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def refusal(
@@ -43,8 +73,17 @@ def bearer(request: web.Request) -> str:
 
 
 def client_address(request: web.Request) -> str:
-    """Who a per-client limit counts: the peer address (a proxy in front counts as one)."""
-    return request.remote or "unknown"
+    """Who a per-client limit counts: the peer address, or behind trusted proxies the
+    nearest untrusted address they forwarded (``X-Forwarded-For``, right to left)."""
+    peer = request.remote or "unknown"
+    networks = request.app.get(TRUSTED_PROXIES, ())
+    if not networks or not _trusted(peer, networks):
+        return peer
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed([hop for hop in hops if hop]):
+        if not _trusted(hop, networks):
+            return hop
+    return peer
 
 
 def rate_limited(limit: str, what: str, wait_s: float) -> web.Response:

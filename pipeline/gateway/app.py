@@ -54,7 +54,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pipeline.access import authenticate, rate_limited
+from pipeline.access import TRUSTED_PROXIES, authenticate, parse_networks, rate_limited
 from pipeline.credentials import check_secret
 from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.ids import IdMemory
@@ -414,6 +414,7 @@ def create_app(
         middlewares=[_json_errors], client_max_size=gateway.settings.max_body_bytes
     )
     app[GATEWAY] = gateway
+    app[TRUSTED_PROXIES] = parse_networks(gateway.settings.trusted_proxies)
     app.router.add_post("/api/v2/events", gateway.exceptionless_events)
     app.router.add_get("/api/v2/events/session/heartbeat", gateway.heartbeat)
     app.router.add_get("/api/v2/projects/config", gateway.project_config)

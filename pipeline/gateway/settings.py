@@ -14,6 +14,7 @@ variable                                    default    meaning
 ``SESSIONIZER_GATEWAY_RATE_BURST``          2000       events a key may send at once
 ``SESSIONIZER_GATEWAY_AUTH_FAILURES_PER_MINUTE``  10   failed authentications per client address
                                                        and minute before it is answered 429
+``SESSIONIZER_GATEWAY_TRUSTED_PROXIES``     (none)     proxies whose X-Forwarded-For names the client
 ``SESSIONIZER_GATEWAY_PUBLISH_TIMEOUT``     10         seconds to wait for the broker (503 after)
 ``SESSIONIZER_GATEWAY_ID_MEMORY``           100000     session ids / identities remembered per kind
 ==========================================  =========  ==========================================
@@ -21,7 +22,7 @@ variable                                    default    meaning
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.config import read_settings
@@ -57,6 +58,21 @@ class GatewaySettings(BaseSettings):
         description="failed authentications a client address may make per minute (also the "
         "burst); past it every request from it is answered 429 until the budget refills",
     )
+    trusted_proxies: str = Field(
+        default="",
+        description="comma-separated addresses or CIDR networks of proxies in front of the "
+        "gateway whose X-Forwarded-For names the client for the per-client limits; empty = "
+        "the TCP peer is the client",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from pipeline.access import parse_networks
+
+        parse_networks(value)
+        return value
+
     publish_timeout: float = Field(
         default=PUBLISH_TIMEOUT, gt=0, description="seconds to wait for broker acks"
     )

@@ -316,6 +316,42 @@ def test_failed_authentications_are_limited_per_client_address() -> None:
     serve(scenario, settings=GatewaySettings(auth_failures_per_minute=3))
 
 
+def test_behind_a_trusted_proxy_the_forwarded_client_is_limited() -> None:
+    """One client's failures do not lock out the others that share the proxy."""
+
+    async def scenario(client: TestClient, pub: FakePublisher) -> None:
+        bad = {"Authorization": "Bearer guess-Wq3Er5Ty7Ui9Op", "X-Forwarded-For": "203.0.113.5"}
+        for _ in range(3):
+            assert (await client.post("/v1/events", data=b"[]", headers=bad)).status == 401
+        assert (await client.post("/v1/events", data=b"[]", headers=bad)).status == 429
+        # a spoofed hop left of the proxy's own entry changes nothing
+        spoofed = {**bad, "X-Forwarded-For": "198.51.100.1, 203.0.113.5"}
+        assert (await client.post("/v1/events", data=b"[]", headers=spoofed)).status == 429
+        other = {**AUTH, "X-Forwarded-For": "203.0.113.9"}
+        response = await client.get("/api/v2/projects/config", headers=other)
+        assert response.status == 200
+
+    serve(scenario, settings=GatewaySettings(auth_failures_per_minute=3, trusted_proxies="127.0.0.0/8"))
+
+
+def test_without_trusted_proxies_forwarded_for_is_ignored() -> None:
+    async def scenario(client: TestClient, pub: FakePublisher) -> None:
+        for n in range(3):
+            bad = {"Authorization": "Bearer guess-Wq3Er5Ty7Ui9Op", "X-Forwarded-For": f"203.0.113.{n}"}
+            assert (await client.post("/v1/events", data=b"[]", headers=bad)).status == 401
+        other = {**AUTH, "X-Forwarded-For": "203.0.113.9"}
+        assert (await client.get("/api/v2/projects/config", headers=other)).status == 429
+
+    serve(scenario, settings=GatewaySettings(auth_failures_per_minute=3))
+
+
+def test_a_bad_trusted_proxy_names_the_variable() -> None:
+    from pipeline.gateway.settings import load_gateway_settings
+
+    with pytest.raises(ConfigError, match="SESSIONIZER_GATEWAY_TRUSTED_PROXIES"):
+        load_gateway_settings(trusted_proxies="10.0.0.0/8,not-an-ip")
+
+
 @pytest.mark.parametrize(
     ("key", "says"),
     [
