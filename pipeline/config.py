@@ -150,7 +150,9 @@ class Settings(BaseSettings):
     )
     redis_connect_timeout: float = Field(5.0, gt=0, description="seconds to open a Redis connection")
     redis_max_connections: int = Field(
-        32, ge=2, description="most connections each process keeps to Redis (a bounded pool)"
+        64, ge=2,
+        description="most connections each process keeps to Redis (a bounded pool; a command "
+        "that finds them all busy waits up to the socket timeout)",
     )
     redis_allow_eviction: bool = Field(
         False,
