@@ -810,11 +810,12 @@ def test_k8s_hpa_alternative_replaces_keda() -> None:
     assert "metrics adapter" in (K8S / "hpa" / "kustomization.yaml").read_text()
 
 
-def test_k8s_gateway() -> None:
-    gateway = _one("base", "Deployment", "sessionizer-gateway")
+@pytest.mark.parametrize("name", ["base", "production"])
+def test_k8s_gateway(name: str) -> None:
+    gateway = _one(name, "Deployment", "sessionizer-gateway")
     container = _container(gateway)
     assert container["args"] == ["gateway"]
-    config = _config("base")
+    config = _config(name)
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "http": int(config["SESSIONIZER_GATEWAY_PORT"]), "admin": int(config["SESSIONIZER_GATEWAY_ADMIN_PORT"]),
     } == {"http": 8080, "admin": 8081}
@@ -827,7 +828,7 @@ def test_k8s_gateway() -> None:
     assert {"SESSIONIZER_API_KEYS", "SESSIONIZER_REDIS_URL", "SESSIONIZER_REDIS_PASSWORD",
             "SESSIONIZER_REPORT_TOKEN"} <= env
     assert gateway["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    _one("base", "Service", "sessionizer-gateway")
+    _one(name, "Service", "sessionizer-gateway")
 
 
 @pytest.mark.parametrize("name", ["base", "production"])
