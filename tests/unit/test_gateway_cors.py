@@ -15,7 +15,7 @@ from pipeline.gateway.app import create_app
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings, load_gateway_settings
 
-KEY = "testkey-1234567890"
+KEY = "Rv8cN3qLw7ZpT5xB"
 APP = "http://app.example.com:3000"
 PREFLIGHT = {
     "Origin": APP,
