@@ -75,19 +75,45 @@ def _parse_general(value: object) -> int:
 _DAYS: dict[int, str] = {}
 
 
+#: Days since the epoch of 0001-01-01 and 9999-12-31, the dates ``datetime`` renders.
+_FIRST_DAY = -719_162
+_LAST_DAY = 2_932_896
+
+
 def format_ms(ms: int) -> str:
     """Epoch milliseconds as RFC 3339 UTC with millisecond precision.
 
     The date of each day is formatted once (a session's events share a few days),
-    the time of day by arithmetic."""
+    the time of day by arithmetic. Never raises for an integer: a date outside the
+    years 1-9999, which RFC 3339 cannot write, comes out with an ISO 8601 expanded
+    year (``+10000-01-01``, ``-0001-12-31``) rather than failing."""
     seconds, millis = divmod(ms, 1000)
     days, clock = divmod(seconds, 86_400)
     day = _DAYS.get(days)
     if day is None:
-        day = f"{datetime.fromtimestamp(days * 86_400, UTC):%Y-%m-%d}"
+        if _FIRST_DAY <= days <= _LAST_DAY:
+            day = f"{datetime.fromtimestamp(days * 86_400, UTC):%Y-%m-%d}"
+        else:
+            day = _expanded_date(days)
         if len(_DAYS) >= 4096:
             _DAYS.clear()
         _DAYS[days] = day
     hours, clock = divmod(clock, 3600)
     minutes, secs = divmod(clock, 60)
     return f"{day}T{hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}Z"
+
+
+def _expanded_date(days: int) -> str:
+    """Days since the epoch as an ISO 8601 date with an expanded, signed year
+    (proleptic Gregorian calendar, astronomical year numbering: year 0 is 1 BC)."""
+    z = days + 719_468  # days since 0000-03-01
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    sign = "-" if year < 0 else "+"
+    return f"{sign}{abs(year):04d}-{month:02d}-{day:02d}"
