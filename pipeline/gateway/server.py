@@ -52,6 +52,7 @@ async def _serve(settings: Settings, gateway_settings: GatewaySettings) -> None:
         settings=gateway_settings,
         max_event_bytes=settings.max_event_bytes,
         ready=publisher.ready,
+        on_rejected=metrics.count_rejected,
     )
     metrics.install(app)  # GET /metrics, and every request counted
     runner = web.AppRunner(app, access_log=None)
