@@ -3,6 +3,7 @@ RFC 3339 UTC with millisecond precision out."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -41,6 +42,10 @@ def _epoch_ms(parsed: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
+#: The expanded-year form :func:`format_ms` writes outside the years 1-9999.
+_EXPANDED = re.compile(r"([+-])(\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{3})Z")
+
+
 def _parse_general(value: object) -> int:
     """:func:`parse_timestamp_ms` for any value."""
     if isinstance(value, bool):
@@ -54,6 +59,13 @@ def _parse_general(value: object) -> int:
             f"a timestamp must be an RFC 3339 string or integer epoch ms, not {type(value).__name__}"
         )
     text = value.strip()
+    if text[:1] in ("+", "-"):
+        expanded = _EXPANDED.fullmatch(text)
+        if expanded is None:
+            raise TimestampError(
+                f"{value!r} is not an RFC 3339 date-time (e.g. 2026-11-27T10:00:00Z)"
+            )
+        return _expanded_ms(expanded)
     if len(text) < 20 or text[10] not in "Tt ":
         raise TimestampError(f"{value!r} is not an RFC 3339 date-time (e.g. 2026-11-27T10:00:00Z)")
     if text[-1] == "z":  # RFC 3339 allows a lower-case z (and t)
@@ -117,3 +129,19 @@ def _expanded_date(days: int) -> str:
     year = yoe + era * 400 + (1 if month <= 2 else 0)
     sign = "-" if year < 0 else "+"
     return f"{sign}{abs(year):04d}-{month:02d}-{day:02d}"
+
+
+def _expanded_ms(match: re.Match[str]) -> int:
+    """Epoch ms of an expanded-year date-time as :func:`format_ms` writes it."""
+    sign, year_text, month_text, day_text, hh, mm, ss, millis = match.groups()
+    year, month, day = int(year_text) * (-1 if sign == "-" else 1), int(month_text), int(day_text)
+    if 1 <= year <= 9999 or not (1 <= month <= 12 and 1 <= day <= 31 and int(hh) < 24 and int(mm) < 60
+            and int(ss) < 60):
+        raise TimestampError(f"{match.string!r} is not a valid date-time")
+    y = year - (1 if month <= 2 else 0)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month - 3 if month > 2 else month + 9) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146_097 + doe - 719_468
+    return ((days * 86_400 + int(hh) * 3600 + int(mm) * 60 + int(ss)) * 1000) + int(millis)

@@ -147,3 +147,12 @@ async def _drive(batches: list[list[tuple[bytes | None, int]]]) -> None:
 @given(st.lists(_records, min_size=1, max_size=3))
 def test_any_input_is_applied_forwarded_or_dead_lettered(batches: Any) -> None:
     asyncio.run(_drive(batches))
+
+
+def test_a_session_dated_past_year_9999_by_its_record_timestamp_goes_through() -> None:
+    # sent_at correction carries an in-range timestamp to a record timestamp past 9999.
+    late = 253_402_300_799_999
+    event = {"type": "session", "timestamp": late, "sent_at": late, "user_id": "a"}
+    end = {"type": "sessionend", "timestamp": late, "sent_at": late, "user_id": "a"}
+    arrival = late + 10**9
+    asyncio.run(_drive([[(orjson.dumps(event), arrival), (orjson.dumps(end), arrival + 1)]]))

@@ -125,7 +125,8 @@ def test_format_ms_outside_datetimes_years_writes_an_expanded_year(ms: int, text
 
 
 @given(st.integers())
-def test_format_ms_never_raises_for_an_integer(ms: int) -> None:
+def test_format_ms_never_raises_for_an_integer_and_parses_back(ms: int) -> None:
     text = format_ms(ms)
     assert text.endswith("Z")
     assert int(text[-4:-1]) == ms % 1000
+    assert parse_timestamp_ms(text) == ms
