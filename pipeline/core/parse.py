@@ -275,7 +275,9 @@ def parse_record(
             )
         ]
     if type(doc) is dict:
-        if deeper_than_limit(doc, value):
+        # no more ``{`` and ``[`` than levels allowed: cannot nest deeper (inlined
+        # :func:`deeper_than_limit`, which walks the event only when there are more)
+        if value.count(b"{") + value.count(b"[") > MAX_JSON_DEPTH and deeper_than_limit(doc):
             return [_too_deep(None, partition, offset, value)]
         return [_parse_event(doc, None, value, arrival_ms, partition, offset, rules)]
     if type(doc) is list:
