@@ -361,6 +361,12 @@ class GatewayMetrics:
             "sessionizer_gateway_events_published",
             "Events published to the events topic and acknowledged by the broker.", registry=r,
         )
+        self.events_rejected = Counter(
+            "sessionizer_gateway_events_rejected",
+            "Events refused one by one, by reason (the SPEC section 6 code: invalid_event, "
+            "no_identity, too_large, forbidden_project); the rest of their request goes on.",
+            ["reason"], registry=r,
+        )
         self.publish_failures = Counter(
             "sessionizer_gateway_publish_failures",
             "Publish calls the broker did not acknowledge (the request was answered 503).", registry=r,
@@ -373,6 +379,10 @@ class GatewayMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return exposition(self.registry)
+
+    def count_rejected(self, reason: str) -> None:
+        """One event refused by the gateway for ``reason``."""
+        self.events_rejected.labels(reason).inc()
 
     def instrument(self, publish: Publish) -> Publish:
         """``publish``, counting events and timing each call."""

@@ -12,8 +12,8 @@ Nothing starts unless a test asks for it:
                     broker and redis-server, with fresh topics (created, with
                     ``topic_partitions`` partitions) and a fresh consumer group
 
-Tests under ``tests/integration``, ``tests/e2e`` and ``tests/faults`` get the markers
-``integration``, ``e2e`` and ``faults`` automatically.
+Tests under ``tests/integration``, ``tests/e2e``, ``tests/faults`` and ``tests/adversarial``
+get the markers ``integration``, ``e2e``, ``faults`` and ``adversarial`` automatically.
 
 The session's broker and redis-server are shared: a test that kills or pauses them
 gets them back running (and resumed) before the next test, but the broker's memory
@@ -42,7 +42,12 @@ from pipeline.config import Settings
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
 
 TESTS_DIR = Path(__file__).resolve().parent
-_DIR_MARKERS = {"integration": "integration", "e2e": "e2e", "faults": "faults"}
+_DIR_MARKERS = {
+    "integration": "integration",
+    "e2e": "e2e",
+    "faults": "faults",
+    "adversarial": "adversarial",
+}
 
 #: The session's services that have been started, for the per-test health check.
 _STARTED: list[EmbeddedBroker | EmbeddedRedis] = []

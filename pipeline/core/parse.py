@@ -15,11 +15,14 @@ empty array, or top level not object/array  ``invalid_event``
 batch element over ``max_event_bytes``      ``too_large``
 (measured as ``len(orjson.dumps(element))``)
 batch element not an object                 ``invalid_event``
+nested deeper than 64 levels (the event     ``invalid_event``
+object is level 1)
 neither a non-empty ``user_id`` nor         ``no_identity``
 a non-empty ``session_id``
 schema (``schemas/event.schema.json``)      ``invalid_event``
 timestamp / sent_at not RFC 3339 with an    ``invalid_event``
-offset nor integer epoch ms
+offset nor integer epoch ms, or outside
+the years 1970-9999
 event time older than ``max_event_age``     ``too_old``
 ==========================================  ======================
 
@@ -51,6 +54,13 @@ import fastjsonschema
 import orjson
 
 from pipeline.core.event import Event, RejectCode, Rejection
+from pipeline.core.limits import (
+    MAX_JSON_DEPTH,
+    MAX_TIME_MS,
+    MAX_USER_NAME_CHARS,
+    MIN_TIME_MS,
+    deeper_than_limit,
+)
 from pipeline.core.rules import SessionRules
 from pipeline.core.timefmt import TimestampError, format_ms, parse_timestamp_ms
 
@@ -110,7 +120,7 @@ _BUNDLED_EVENT_SCHEMA: Final[dict[str, Any]] = {
         },
         "id": {"type": "string", "minLength": 1, "maxLength": 100},
         "project": {"type": "string", "minLength": 1, "maxLength": 100, "default": "default"},
-        "user_name": {"type": "string"},
+        "user_name": {"type": "string", "maxLength": 256},
         "source": {"type": "string"},
         "message": {"type": "string"},
         "value": {"type": "number"},
@@ -265,6 +275,10 @@ def parse_record(
             )
         ]
     if type(doc) is dict:
+        # no more ``{`` and ``[`` than levels allowed: cannot nest deeper (inlined
+        # :func:`deeper_than_limit`, which walks the event only when there are more)
+        if value.count(b"{") + value.count(b"[") > MAX_JSON_DEPTH and deeper_than_limit(doc):
+            return [_too_deep(None, partition, offset, value)]
         return [_parse_event(doc, None, value, arrival_ms, partition, offset, rules)]
     if type(doc) is list:
         if not doc:
@@ -279,8 +293,16 @@ def parse_record(
                 )
             ]
         out: list[Event | Rejection] = []
+        # No element nests deeper than the whole record minus its array.
+        shallow = value.count(b"{") + value.count(b"[") <= MAX_JSON_DEPTH + 1
         for index, element in enumerate(doc):
-            raw = orjson.dumps(element)
+            try:
+                raw = orjson.dumps(element)
+            except orjson.JSONEncodeError:
+                # orjson writes at most 254 levels: the element is far too deep. Its
+                # dead letter carries the record, which holds the element as sent.
+                out.append(_too_deep(index, partition, offset, value))
+                continue
             if len(raw) > limit:
                 out.append(
                     Rejection(
@@ -306,6 +328,8 @@ def parse_record(
                         raw,
                     )
                 )
+            elif not shallow and deeper_than_limit(element, raw):
+                out.append(_too_deep(index, partition, offset, raw))
             else:
                 out.append(_parse_event(element, index, raw, arrival_ms, partition, offset, rules))
         return out
@@ -391,7 +415,11 @@ def _parse_event(
             if project is None
             else (type(project) is str and 1 <= len(project) <= 100)
         )
-        and (("user_name" not in obj) if user_name is None else type(user_name) is str)
+        and (
+            ("user_name" not in obj)
+            if user_name is None
+            else (type(user_name) is str and len(user_name) <= MAX_USER_NAME_CHARS)
+        )
         and (("source" not in obj) if source is None else type(source) is str)
         and (("message" not in obj) if message is None else type(message) is str)
         and (
@@ -416,6 +444,8 @@ def _parse_event(
 
     try:
         time_ms = stamp if type(stamp) is int else parse_timestamp_ms(stamp)
+        if not MIN_TIME_MS <= time_ms <= MAX_TIME_MS:
+            raise _out_of_range(stamp)
     except TimestampError as exc:
         return Rejection(
             RejectCode.INVALID_EVENT,
@@ -428,6 +458,8 @@ def _parse_event(
     if sent is not None:
         try:
             sent_ms = sent if type(sent) is int else _sent_at_ms(sent)
+            if not MIN_TIME_MS <= sent_ms <= MAX_TIME_MS:
+                raise _out_of_range(sent)
         except TimestampError as exc:
             return Rejection(
                 RejectCode.INVALID_EVENT,
@@ -528,6 +560,26 @@ def _sent_at_ms(sent: object) -> int:
     return sent_ms
 
 
+def _out_of_range(value: object) -> TimestampError:
+    return TimestampError(
+        f"{value!r} is outside the years 1970-9999; send the time the event happened "
+        f"(RFC 3339 with an offset, or epoch ms from {MIN_TIME_MS} to {MAX_TIME_MS})"
+    )
+
+
+def _too_deep(index: int | None, partition: int, offset: int, raw: bytes) -> Rejection:
+    return Rejection(
+        RejectCode.INVALID_EVENT,
+        _where(index)
+        + f"invalid event: JSON nested deeper than {MAX_JSON_DEPTH} levels (the event object "
+        "is level 1); flatten the data",
+        partition,
+        offset,
+        index,
+        raw,
+    )
+
+
 def _where(index: int | None) -> str:
     return "" if index is None else f"batch element {index}: "
 
@@ -547,8 +599,5 @@ def _json_kind(value: object) -> str:
 
 
 def _show_ms(ms: int) -> str:
-    """``ms`` as RFC 3339 when it is a representable date, else as a number."""
-    try:
-        return format_ms(ms)
-    except (OverflowError, OSError, ValueError):
-        return f"{ms} ms since the epoch"
+    """``ms`` as RFC 3339 (an expanded year outside the years 1-9999)."""
+    return format_ms(ms)

@@ -37,7 +37,11 @@ others under ``rejected``, because the Exceptionless clients drop a batch
 answered 400 and stop sending for four hours; an event with no user identity
 and no session id, which Exceptionless accepts but no session can hold, is
 rejected that way (``no_identity``), as is an event over the worker's size
-limit (``too_large``). A heartbeat for a session the gateway has seen end is
+limit (``too_large``). Both refuse an event nested deeper than 64 levels, a
+date outside the years 1970-9999 (an Exceptionless ``date`` of ``1e20``) or a
+field of the wrong type or length as ``invalid_event``, never with a 500; every
+event refused on its own is counted in
+``sessionizer_gateway_events_rejected_total{reason}``. A heartbeat for a session the gateway has seen end is
 answered 200 ``{"ignored": "session_ended"}`` and not published
 (:mod:`pipeline.gateway.ids`). The clients read 202 as success, 413 as
 "send smaller batches" and 429/503 as "retry later", keeping the events.
@@ -118,6 +122,7 @@ class Gateway:
         ready: Ready | None = None,
         clock_ms: Callable[[], int] = _now_ms,
         rate_clock: Callable[[], float] = time.monotonic,
+        on_rejected: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings or load_gateway_settings()
         self.max_event_bytes = max_event_bytes
@@ -133,6 +138,12 @@ class Gateway:
         per_minute = self.settings.auth_failures_per_minute
         self.auth_failures = RateLimiter(per_minute / 60, max(1, per_minute), clock=rate_clock)
         self.ids = IdMemory(self.settings.id_memory)
+        self.on_rejected = on_rejected
+
+    def _count_rejected(self, rejected: list[dict[str, Any]]) -> None:
+        if self.on_rejected is not None:
+            for item in rejected:
+                self.on_rejected(str(item["error"]))
 
     def __repr__(self) -> str:  # the keys are secrets
         return f"<Gateway projects={sorted(set(self.api_keys.values()))}>"
@@ -264,6 +275,7 @@ class Gateway:
         failure = await self._publish(events, values, received_ms)
         if failure is not None:
             return failure
+        self._count_rejected(rejected)
         if rejected:
             log.info(
                 "project %s: %d of %d events rejected, first: %s",
@@ -339,6 +351,7 @@ class Gateway:
             assign_ids(mapped, raws, project=project)
             events, values, errors = self._encode(mapped, list(range(len(mapped))))
         if errors:
+            self._count_rejected(errors)
             codes = {e["error"] for e in errors}
             status, code = {
                 frozenset({"forbidden_project"}): (403, "forbidden_project"),
@@ -399,11 +412,14 @@ def create_app(
     clock_ms: Callable[[], int] = _now_ms,
     rate_clock: Callable[[], float] = time.monotonic,
     report_settings: ReportSettings | None = None,
+    on_rejected: Callable[[str], None] | None = None,
 ) -> web.Application:
     """The aiohttp application; ``publish`` is the only I/O it does.
 
     ``max_event_bytes`` is the worker's per-event limit (``SESSIONIZER_MAX_EVENT_BYTES``):
-    a larger event is refused here rather than dead-lettered there.
+    a larger event is refused here rather than dead-lettered there. ``on_rejected`` is
+    called with the code of every event refused on its own (the metric
+    ``sessionizer_gateway_events_rejected_total{reason}``).
     """
     gateway = Gateway(
         api_keys,
@@ -413,6 +429,7 @@ def create_app(
         ready=ready,
         clock_ms=clock_ms,
         rate_clock=rate_clock,
+        on_rejected=on_rejected,
     )
     app = web.Application(
         middlewares=[cors_middleware(gateway.settings.cors_origins), _json_errors],

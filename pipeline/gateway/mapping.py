@@ -45,7 +45,13 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.timefmt import TimestampError, format_ms, parse_timestamp_ms
+from pipeline.core.limits import (
+    MAX_JSON_DEPTH,
+    MAX_USER_NAME_CHARS,
+    deeper_than_limit,
+    parse_event_time_ms,
+)
+from pipeline.core.timefmt import TimestampError, format_ms
 
 #: Session id format shared with Exceptionless: 8-100 of ``[A-Za-z0-9-]``.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9-]{8,100}")
@@ -116,10 +122,7 @@ def parse_bool(text: str | None, *, name: str) -> bool:
 
 def from_exceptionless(raw: object, *, project: str, received_ms: int) -> dict[str, Any]:
     """Map one Exceptionless event to a SPEC event (without ``id``; see :func:`assign_ids`)."""
-    if not isinstance(raw, dict):
-        raise EventError(
-            "invalid_event", f"an event must be a JSON object, not {type(raw).__name__}"
-        )
+    raw = _check_object(raw)
     data = raw.get("data")
     if data is None:
         data = {}
@@ -134,7 +137,7 @@ def from_exceptionless(raw: object, *, project: str, received_ms: int) -> dict[s
         time_ms = received_ms
     else:
         try:
-            time_ms = parse_timestamp_ms(date)
+            time_ms = parse_event_time_ms(date, "date")
         except TimestampError as exc:
             raise EventError("invalid_event", f"date: {exc}") from None
 
@@ -156,6 +159,11 @@ def from_exceptionless(raw: object, *, project: str, received_ms: int) -> dict[s
         if name not in (None, ""):
             if not isinstance(name, str):
                 raise EventError("invalid_event", 'data["@user"].name must be a string')
+            if len(name) > MAX_USER_NAME_CHARS:
+                raise EventError(
+                    "invalid_event",
+                    f'data["@user"].name is longer than {MAX_USER_NAME_CHARS} characters',
+                )
             event["user_name"] = name
 
     reference_id = raw.get("reference_id")
@@ -211,10 +219,7 @@ def from_exceptionless(raw: object, *, project: str, received_ms: int) -> dict[s
 
 def from_spec(raw: object, *, project: str) -> dict[str, Any]:
     """Check one SPEC event (section 2) and stamp the key's project on it."""
-    if not isinstance(raw, dict):
-        raise EventError(
-            "invalid_event", f"an event must be a JSON object, not {type(raw).__name__}"
-        )
+    raw = _check_object(raw)
     event = dict(raw)
     _check_text(event.get("type"), "type", MAX_TYPE_CHARS)
     if "timestamp" not in event:
@@ -226,7 +231,7 @@ def from_spec(raw: object, *, project: str) -> dict[str, Any]:
                     "invalid_event", f"{name} must be an RFC 3339 string or integer epoch ms"
                 )
             try:
-                parse_timestamp_ms(event[name])
+                parse_event_time_ms(event[name], name)
             except TimestampError as exc:
                 raise EventError("invalid_event", f"{name}: {exc}") from None
     if event.get("user_id") is not None:
@@ -249,6 +254,10 @@ def from_spec(raw: object, *, project: str) -> dict[str, Any]:
     for name in ("user_name", "source", "message"):
         if event.get(name) is not None and not isinstance(event[name], str):
             raise EventError("invalid_event", f"{name} must be a string")
+    if event.get("user_name") is not None and len(event["user_name"]) > MAX_USER_NAME_CHARS:
+        raise EventError(
+            "invalid_event", f"user_name is longer than {MAX_USER_NAME_CHARS} characters"
+        )
     if event.get("value") is not None:
         _check_number(event["value"], "value")
     if event.get("close") is not None and not isinstance(event["close"], bool):
@@ -338,6 +347,33 @@ def routing_key(event: dict[str, Any]) -> bytes:
 
 
 # -- helpers ---------------------------------------------------------------------
+
+
+def _check_object(raw: object) -> dict[str, Any]:
+    """``raw`` if it is a JSON object nested at most :data:`MAX_JSON_DEPTH` levels deep."""
+    if not isinstance(raw, dict):
+        raise EventError(
+            "invalid_event", f"an event must be a JSON object, not {_json_kind(raw)}"
+        )
+    if deeper_than_limit(raw):
+        raise EventError(
+            "invalid_event",
+            f"the event is nested deeper than {MAX_JSON_DEPTH} levels (the event object is "
+            "level 1); flatten its data",
+        )
+    return raw
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
 
 
 def _check_text(value: object, name: str, max_chars: int) -> None:

@@ -57,6 +57,7 @@ async def _serve(settings: Settings, gateway_settings: GatewaySettings) -> None:
         settings=gateway_settings,
         max_event_bytes=settings.max_event_bytes,
         ready=publisher.ready,
+        on_rejected=metrics.count_rejected,
     )
     admin = create_admin_app(app)
     metrics.install(app, admin)  # every request counted; GET /metrics on the admin port

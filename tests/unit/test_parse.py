@@ -439,8 +439,14 @@ def test_future_skew_one_ms_over_the_limit_is_clamped_to_arrival() -> None:
 
 
 def test_far_future_is_clamped() -> None:
-    e = ok(ev(timestamp=10**19))
+    e = ok(ev(timestamp=253_402_300_799_999))  # 9999-12-31T23:59:59.999Z
     assert (e.time_ms, e.clamped) == (ARRIVAL, True)
+
+
+def test_timestamp_past_year_9999_is_invalid() -> None:
+    # SPEC v1.1 section 2: a timestamp outside the years 1970-9999 is invalid_event.
+    r = bad(ev(timestamp=10**19), RejectCode.INVALID_EVENT)
+    assert "1970-9999" in r.detail
 
 
 def test_zero_skew_allowed() -> None:
@@ -468,9 +474,16 @@ def test_age_is_measured_after_sent_at_correction() -> None:
     assert "sent_at" in rej.detail
 
 
-def test_absurdly_old_epoch_is_too_old_with_a_readable_detail() -> None:
-    rej = bad(ev(timestamp=-(10**18)), RejectCode.TOO_OLD)
-    assert "ms since the epoch" in rej.detail
+def test_absurdly_old_epoch_is_out_of_range() -> None:
+    # SPEC v1.1 section 2: a timestamp before 1970 is invalid_event.
+    rej = bad(ev(timestamp=-(10**18)), RejectCode.INVALID_EVENT)
+    assert "1970-9999" in rej.detail
+
+
+def test_event_time_before_year_1_is_too_old_with_a_readable_detail() -> None:
+    # Both clocks in range, the correction by sent_at puts the event before year 1.
+    rej = bad(ev(timestamp=0, sent_at=253_402_300_799_999), RejectCode.TOO_OLD)
+    assert "event time -6005-11-28T10:00:00.001Z is" in rej.detail
 
 
 # -- batches -------------------------------------------------------------------------------

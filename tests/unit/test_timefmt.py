@@ -111,7 +111,22 @@ def test_format_ms_is_datetimes_rendering(ms: int) -> None:
     assert format_ms(ms) == expected
 
 
-@pytest.mark.parametrize("ms", [_FIRST_MS - 1, _LAST_MS + 1])
-def test_format_ms_outside_datetimes_years_raises_as_datetime_does(ms: int) -> None:
-    with pytest.raises(ValueError):
-        format_ms(ms)
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (_FIRST_MS - 1, "+0000-12-31T23:59:59.999Z"),
+        (_LAST_MS + 1, "+10000-01-01T00:00:00.000Z"),
+        (10**20, "+3168875820-09-06T09:46:40.000Z"),
+        (-(10**20), "-3168871881-04-27T14:13:20.000Z"),
+    ],
+)
+def test_format_ms_outside_datetimes_years_writes_an_expanded_year(ms: int, text: str) -> None:
+    assert format_ms(ms) == text
+
+
+@given(st.integers())
+def test_format_ms_never_raises_for_an_integer_and_parses_back(ms: int) -> None:
+    text = format_ms(ms)
+    assert text.endswith("Z")
+    assert int(text[-4:-1]) == ms % 1000
+    assert parse_timestamp_ms(text) == ms

@@ -1,0 +1,181 @@
+"""The adversarial suite's cluster: ``sessionizer worker`` processes and a
+``sessionizer gateway`` on the session's broker and redis-server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+
+from pipeline.checker import consumer_lag, redis_leftovers
+from pipeline.config import Settings
+from pipeline.services import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+READY = re.compile(r"assigned partitions \[([0-9, ]*)\]")
+API_KEY = "adversarial-key-0123456789"
+PROJECT = "shop"
+#: Every message on an output topic stays under this (the broker's default limit).
+ONE_MIB = 1 << 20
+
+#: Short sessions, so that the drain takes seconds: a user's session closes 4 s after
+#: its last event; record timestamps at most 1 s ahead of the reading worker's clock.
+WORKER_SETTINGS: dict[str, Any] = {
+    "topic_partitions": 4,
+    "inactivity_timeout": 4.0,
+    "reopen_grace": 2.0,
+    "max_future_skew": 1.0,
+    "max_events_per_session": 1_000_000,
+    "updates_interval": 1.0,
+    "log_level": "info",
+}
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).parent / "sessionizer"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+
+
+class Process:
+    """``sessionizer <command>`` in a process of its own, its output in a log file."""
+
+    def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*_command(), command], cwd=REPO, env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def assigned(self) -> list[int] | None:
+        found = READY.findall(self.log())
+        return [int(p) for p in found[-1].split(",") if p.strip()] if found else None
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Cluster:
+    settings: Settings
+    env: dict[str, str]
+    root: Path
+    workers: list[Process] = field(default_factory=list)
+    gateway: Process | None = None
+    gateway_url: str = ""
+
+    def start_workers(self, count: int = 2, timeout_s: float = 90.0) -> None:
+        for n in range(count):
+            self.workers.append(Process("worker", self.env, self.root / f"worker-{n + 1}.log"))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            owned = [w.assigned() for w in self.workers]
+            if all(owned) and sorted(p for o in owned if o for p in o) == list(
+                range(self.settings.topic_partitions)
+            ):
+                return
+            for w in self.workers:
+                assert w.running, f"a worker exited while starting:\n{w.log()[-3000:]}"
+            assert time.monotonic() < deadline, "workers did not share the partitions: " + "\n".join(
+                w.log()[-2000:] for w in self.workers
+            )
+            time.sleep(0.2)
+
+    def start_gateway(self, timeout_s: float = 30.0) -> None:
+        port = free_port()
+        env = dict(self.env, SESSIONIZER_GATEWAY_HOST="127.0.0.1",
+                   SESSIONIZER_GATEWAY_PORT=str(port), SESSIONIZER_API_KEYS=f"{API_KEY}:{PROJECT}")
+        self.gateway = Process("gateway", env, self.root / "gateway.log")
+        self.gateway_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.gateway.running, f"gateway exited:\n{self.gateway.log()[-3000:]}"
+            try:
+                if self.post("/healthz", None)[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"gateway not ready:\n{self.gateway.log()[-3000:]}"
+            time.sleep(0.1)
+
+    def post(self, path: str, body: bytes | None) -> tuple[int, Any]:
+        """POST ``body`` (raw bytes; None: a GET) to the gateway; ``(status, JSON answer)``."""
+        request = urllib.request.Request(
+            self.gateway_url + path, data=body,
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, orjson.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read() or b"null")
+
+    def get_text(self, path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(self.gateway_url + path, timeout=30) as response:
+            return response.status, response.read().decode()
+
+    def publish(self, records: Iterable[tuple[bytes | None, bytes | None, int, int]]) -> list[Any]:
+        """``(key, value, timestamp_ms, partition)`` records, in order; their metadata."""
+        producer = KafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5,
+            max_in_flight_requests_per_connection=1, max_request_size=8 << 20,
+        )
+        try:
+            futures = [producer.send(self.settings.events_topic, key=k, value=v, timestamp_ms=t,
+                                     partition=p) for k, v, t, p in records]
+            producer.flush(60)
+            return [f.get(timeout=60) for f in futures]
+        finally:
+            producer.close(timeout=5)
+
+    def drain(self, timeout_s: float = 90.0) -> tuple[int | None, dict[str, int]]:
+        """Wait until the consumer lag is 0 and Redis holds no open session nor outbox
+        message, three probes in a row; the last lag and Redis leftovers seen."""
+        s = self.settings
+        deadline = time.monotonic() + timeout_s
+        good, lag, left = 0, None, {}
+        while time.monotonic() < deadline:
+            lag = sum(consumer_lag(s.kafka_bootstrap, s.consumer_group,
+                                   [s.events_topic, s.repartition_topic]).values())
+            left = redis_leftovers(s.redis_url, s.redis_key_prefix)
+            good = good + 1 if lag == 0 and not any(left.values()) else 0
+            if good >= 3:
+                break
+            time.sleep(1.0)
+        return lag, left
+
+    def logs(self) -> str:
+        parts = [f"--- {p.log_path.name}\n{p.log()[-4000:]}" for p in self.workers]
+        if self.gateway is not None:
+            parts.append(f"--- gateway.log\n{self.gateway.log()[-2000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        for p in [*self.workers, *([self.gateway] if self.gateway else [])]:
+            p.stop()
