@@ -25,7 +25,7 @@ from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
 from pipeline.metrics import GatewayMetrics
 
-KEY = "testkey-1234567890"
+KEY = "Rv8cN3qLw7ZpT5xB"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SESSION = "66e634246cc3414faed6531eb988749a"
 RECEIVED_MS = 1_795_758_300_000
