@@ -37,12 +37,19 @@ class Progress:
     rows: int = 0
     batches: int = 0
     busy_s: float = 0.0  # time spent writing batches
+    first_at: float | None = None  # when the first batch came (the group joined)
+
+    def rate(self) -> float:
+        """Sessions per second since the first batch."""
+        if self.first_at is None:
+            return 0.0
+        return self.sessions / max(1e-9, time.monotonic() - self.first_at)
 
     def line(self, partitions: list[int]) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
         return (f"exported {self.sessions:,} sessions ({self.rows:,} rows written, {self.read:,} "
-                f"records read) in {elapsed:,.0f} s, {self.sessions / elapsed:,.0f}/s; "
-                f"partitions {partitions}")
+                f"records read) in {elapsed:,.1f} s, {self.rate():,.0f} sessions/s since the "
+                f"first batch, {self.busy_s:,.2f} s writing; partitions {partitions}")
 
 
 def run_export(
@@ -77,6 +84,8 @@ def run_export(
     try:
         for batch in consumer.batches():
             began = time.monotonic()
+            if progress.first_at is None:
+                progress.first_at = began
             progress.rows += target.apply(batch.sessions, batch.topic, batch.positions)
             progress.busy_s += time.monotonic() - began
             progress.read += batch.read
