@@ -132,13 +132,16 @@ def tail(from_beginning: bool, as_json: bool) -> None:
               help="consumer group: run several exporters with one group for more partitions")
 @click.option("--progress", "progress_s", default=5.0, show_default=True,
               help="seconds between progress lines (0: none)")
+@click.option("--batch", default=2000, show_default=True,
+              help="most records read and written per transaction")
 @_clean_errors
-def export(url: str, table: str, from_beginning: bool, group_id: str, progress_s: float) -> None:
+def export(url: str, table: str, from_beginning: bool, group_id: str, progress_s: float,
+           batch: int) -> None:
     """Write closed sessions into a database table, exactly once (until Ctrl-C or SIGTERM)."""
     from pipeline.export.run import run_export
 
     run_export(url, table=table, from_beginning=from_beginning, group_id=group_id,
-               progress_s=progress_s)
+               progress_s=progress_s, batch_size=batch)
 
 @main.command()
 @click.option("--users", default=300, show_default=True, help="simulated users")

@@ -38,18 +38,19 @@ class Progress:
     batches: int = 0
     busy_s: float = 0.0  # time spent writing batches
     first_at: float | None = None  # when the first batch came (the group joined)
+    last_at: float | None = None  # when the last batch was written
 
     def rate(self) -> float:
-        """Sessions per second since the first batch."""
-        if self.first_at is None:
+        """Sessions per second from the first batch read to the last one written."""
+        if self.first_at is None or self.last_at is None:
             return 0.0
-        return self.sessions / max(1e-9, time.monotonic() - self.first_at)
+        return self.sessions / max(1e-3, self.last_at - self.first_at)
 
     def line(self, partitions: list[int]) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
         return (f"exported {self.sessions:,} sessions ({self.rows:,} rows written, {self.read:,} "
-                f"records read) in {elapsed:,.1f} s, {self.rate():,.0f} sessions/s since the "
-                f"first batch, {self.busy_s:,.2f} s writing; partitions {partitions}")
+                f"records read) in {elapsed:,.1f} s, {self.rate():,.0f} sessions/s from the first "
+                f"batch to the last, {self.busy_s:,.2f} s writing; partitions {partitions}")
 
 
 def run_export(
@@ -60,6 +61,7 @@ def run_export(
     group_id: str = "sessionizer-export",
     settings: Settings | None = None,
     progress_s: float = 5.0,
+    batch_size: int = 2_000,
     out: TextIO | None = None,
 ) -> Progress:
     """Export until SIGINT or SIGTERM; the batch in hand is written before stopping."""
@@ -68,7 +70,7 @@ def run_export(
     target = open_table(url, table)
     consumer = SessionConsumer(
         settings, group_id=group_id, from_beginning=from_beginning, resume=target.positions,
-        client_id="sessionizer-export",
+        client_id="sessionizer-export", max_records=batch_size,
     )
     progress = Progress()
 
@@ -87,7 +89,8 @@ def run_export(
             if progress.first_at is None:
                 progress.first_at = began
             progress.rows += target.apply(batch.sessions, batch.topic, batch.positions)
-            progress.busy_s += time.monotonic() - began
+            progress.last_at = time.monotonic()
+            progress.busy_s += progress.last_at - began
             progress.read += batch.read
             progress.sessions += len(batch.sessions)
             progress.batches += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -57,6 +58,9 @@ class SessionTable:
                 "(at most 63, not starting with a digit)"
             )
         self.conn, self.dialect, self.table = conn, dialect, table
+        # the consumer's rebalance callback (asking for positions) may run on the
+        # client's I/O thread: one transaction at a time on the connection
+        self._lock = threading.Lock()
         postgres = dialect == "postgresql"
         mark = "%s" if postgres else "?"
         cols = ", ".join(_quoted(c) for c in COLUMNS)
@@ -136,7 +140,7 @@ class SessionTable:
             return list(cur.fetchall())
 
     def _transaction(self) -> Any:
-        return _Transaction(self.conn, self.dialect)
+        return _Transaction(self.conn, self.dialect, self._lock)
 
     def close(self) -> None:
         self.conn.close()
@@ -151,13 +155,18 @@ class SessionTable:
 class _Transaction:
     """A cursor inside one transaction: committed on success, rolled back on error."""
 
-    def __init__(self, conn: Any, dialect: str) -> None:
-        self.conn, self.dialect = conn, dialect
+    def __init__(self, conn: Any, dialect: str, lock: threading.Lock) -> None:
+        self.conn, self.dialect, self.lock = conn, dialect, lock
 
     def __enter__(self) -> Any:
-        self.cur = self.conn.cursor()
-        if self.dialect == "sqlite":
-            self.cur.execute("BEGIN IMMEDIATE")
+        self.lock.acquire()
+        try:
+            self.cur = self.conn.cursor()
+            if self.dialect == "sqlite":
+                self.cur.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
         return self.cur
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
@@ -168,6 +177,7 @@ class _Transaction:
                 self.conn.rollback()
         finally:
             self.cur.close()
+            self.lock.release()
 
 
 def open_table(url: str, table: str = "sessions", *, create: bool = True) -> SessionTable:
@@ -176,7 +186,7 @@ def open_table(url: str, table: str = "sessions", *, create: bool = True) -> Ses
         path = url[len("sqlite://"):]
         if not path.startswith("/") or path == "/":
             raise ConfigError(f"{url!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db")
-        conn = sqlite3.connect(path[1:], timeout=60, isolation_level=None)
+        conn = sqlite3.connect(path[1:], timeout=60, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         result = SessionTable(_SqliteConnection(conn), "sqlite", table)
