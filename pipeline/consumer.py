@@ -49,6 +49,13 @@ Resume = Callable[[str, list[int]], Mapping[int, int]]
 
 
 def _time(value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)  # the records' own format, quickly
+            if parsed.tzinfo is not None:
+                return parsed
+        except ValueError:
+            pass
     return datetime.fromtimestamp(parse_timestamp_ms(value) / 1000, tz=UTC)
 
 
@@ -94,10 +101,14 @@ class SessionRecord:
     has_error: bool
     type_counts: Mapping[str, int]
     data: Mapping[str, Any]
-    events: tuple[SessionEvent, ...]
     events_truncated: bool
     truncated: bool
     record: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def events(self) -> tuple[SessionEvent, ...]:
+        """The record's event list, typed (parsed on each access: most consumers never read it)."""
+        return tuple(SessionEvent.from_dict(e) for e in self.record.get("events") or ())
 
     @property
     def key(self) -> tuple[str, str]:
@@ -116,7 +127,6 @@ class SessionRecord:
             duplicate_events=int(rec.get("duplicate_events", 0)),
             has_error=bool(rec.get("has_error", False)), type_counts=rec.get("type_counts") or {},
             data=rec.get("data") or {},
-            events=tuple(SessionEvent.from_dict(e) for e in rec.get("events") or ()),
             events_truncated=bool(rec.get("events_truncated", False)),
             truncated=bool(rec.get("truncated", False)), record=rec,
         )
