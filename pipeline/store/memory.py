@@ -6,7 +6,7 @@ Redis, so a test through this store also proves the state round-trips.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.shards: dict[int, _Shard] = {}
+        self.revision_marks: dict[tuple[str, str], int] = {}  # (session_id, project) -> revision
 
     async def claim(self, partition: int) -> Claim:
         shard = self.shards.setdefault(partition, _Shard())
@@ -46,6 +47,16 @@ class MemoryStore:
 
     def release(self, partition: int) -> None:
         pass
+
+    async def revisions(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        marks = self.revision_marks
+        return {ref: marks[ref] for ref in refs if ref in marks}
+
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int]) -> None:
+        held = self.revision_marks
+        for ref, revision in marks.items():
+            if revision > held.get(ref, 0):
+                held[ref] = revision
 
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int

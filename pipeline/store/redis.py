@@ -12,7 +12,7 @@ store kept from its last commit turn out not to be Redis's, see
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -199,6 +199,15 @@ if token ~= '' then redis.call('HSET', meta, 'token', token) end
 return 1
 """
 
+# KEYS: the revisions hash; ARGV: field, revision, field, revision, ...: each kept if higher
+RAISE_LUA = """
+for i = 1, #ARGV, 2 do
+  local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > held then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
 # KEYS: meta (one slot: safe on Redis Cluster)
 CLAIM_LUA = """
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
@@ -258,6 +267,7 @@ class RedisStore:
         self.keys = Keys(prefix)
         self._commit = client.register_script(COMMIT_LUA)
         self._claim = client.register_script(CLAIM_LUA)
+        self._raise = client.register_script(RAISE_LUA)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sz", **options: int) -> RedisStore:
@@ -284,6 +294,21 @@ class RedisStore:
     def release(self, partition: int) -> None:
         """Forget the partition's index entries kept from its last commit."""
         self._indexed.pop(partition, None)
+
+    async def revisions(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        wanted = list(refs)
+        if not wanted:
+            return {}
+        found = await self.client.hmget(self.keys.revisions, [session_ref(s, p) for s, p in wanted])
+        return {ref: int(value) for ref, value in zip(wanted, found, strict=True) if value is not None}
+
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int]) -> None:
+        if marks:
+            args: list[Any] = []
+            for (sid, project), revision in marks.items():
+                args += [session_ref(sid, project), revision]
+            # its own key (slot): not part of a partition's commit script
+            await self._raise(keys=[self.keys.revisions], args=args)
 
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int

@@ -113,9 +113,11 @@ class Runtime:
     async def on_assigned(self, assigned: set[TP]) -> None:
         await self.start()
         consumer = self.app.consumer
+        count = consumer.topic_partitions(self.topics.events) or self.settings.topic_partitions
         if self.router is None:
-            count = consumer.topic_partitions(self.topics.events) or self.settings.topic_partitions
             self.router = Router(count)
+        elif self.router.resize(count):  # partitions were added: route by the new count
+            log.info("events topic has %d partitions now: routing by that count", count)
         wanted = self._partitions_of(assigned)
         self._assigned = set(wanted)
         async with self.lock:

@@ -925,3 +925,20 @@ async def test_redis_index_entries_of_the_earlier_layout_are_replaced_on_the_nex
     assert {m.decode() for m in await store.client.smembers(k.project(0, "shop"))} == {"s-bob-02"}
     assert await store.client.hgetall(k.index(0)) == {
         keyid(bob).encode(): b"8:4:s-bob-02shopbob"}
+
+
+# -- revisions of client-chosen session ids ---------------------------------------------
+
+
+@contract
+async def test_revision_marks_are_shared_by_partitions_and_only_go_up(backend: Backend) -> None:
+    store = backend.store()
+    assert await store.revisions([("s-1", "p")]) == {}
+    await store.raise_revisions({("s-1", "p"): 2, ("s-1", "q"): 5, ("a:b", "p"): 1})
+    await store.raise_revisions({("s-1", "p"): 1, ("s-1", "q"): 7})  # a lower one is ignored
+    other = backend.store()  # another worker's handle sees them
+    assert await other.revisions([("s-1", "p"), ("s-1", "q"), ("a:b", "p"), ("none", "p")]) == {
+        ("s-1", "p"): 2, ("s-1", "q"): 7, ("a:b", "p"): 1,
+    }
+    await store.raise_revisions({})
+    assert await store.revisions([]) == {}
