@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.consumer import SessionRecord
+from pipeline.consumer import SessionRecord, newest
 from pipeline.exceptions import ConfigError
 
 __all__ = ["COLUMNS", "OFFSETS_TABLE", "SessionTable", "open_table"]
@@ -113,7 +113,7 @@ class SessionTable:
     def apply(self, sessions: list[SessionRecord], topic: str, positions: Mapping[int, int]) -> int:
         """Write the sessions (each kept only over a lower revision) and the positions, in
         one transaction. Returns the rows inserted or replaced."""
-        rows = [self._row(s) for s in sessions]
+        rows = [self._row(s) for s in newest(sessions)]  # each session once, its newest
         with self._transaction() as cur:
             changed = 0
             if rows:
