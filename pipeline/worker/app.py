@@ -113,11 +113,11 @@ class Runtime:
     async def on_assigned(self, assigned: set[TP]) -> None:
         await self.start()
         consumer = self.app.consumer
-        count = consumer.topic_partitions(self.topics.events) or self.settings.topic_partitions
+        known = consumer.topic_partitions(self.topics.events)
         if self.router is None:
-            self.router = Router(count)
-        elif self.router.resize(count):  # partitions were added: route by the new count
-            log.info("events topic has %d partitions now: routing by that count", count)
+            self.router = Router(known or self.settings.topic_partitions)
+        elif known and self.router.resize(known):  # partitions were added: the new count
+            log.info("events topic has %d partitions now: routing by that count", known)
         wanted = self._partitions_of(assigned)
         self._assigned = set(wanted)
         async with self.lock:
