@@ -323,8 +323,8 @@ class TimedStore:
         result: dict[tuple[str, str], int] = await self._timed("revisions", self.store.revisions(refs))
         return result
 
-    async def raise_revisions(self, marks: Mapping[tuple[str, str], int]) -> None:
-        await self._timed("raise_revisions", self.store.raise_revisions(marks))
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int], now_ms: int) -> None:
+        await self._timed("raise_revisions", self.store.raise_revisions(marks, now_ms))
 
     async def open_sessions(
         self, project: str | None = None, user_id: str | None = None, limit: int = 1000

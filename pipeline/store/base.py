@@ -105,9 +105,10 @@ class SessionStore(Protocol):
         (``session_id``, ``project``) of a client-chosen session id; absent ones left out."""
         ...
 
-    async def raise_revisions(self, marks: Mapping[tuple[str, str], int]) -> None:
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int], now_ms: int) -> None:
         """Record revisions given to client-chosen session ids (each kept only when higher
-        than the one recorded): partitions share them, whichever owns the id now."""
+        than the one recorded), dated ``now_ms`` (wall time): partitions share them,
+        whichever owns the id now. Marks not written for the retention are forgotten."""
         ...
 
     async def open_sessions(

@@ -38,6 +38,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.shards: dict[int, _Shard] = {}
         self.revision_marks: dict[tuple[str, str], int] = {}  # (session_id, project) -> revision
+        self.revision_at: dict[tuple[str, str], int] = {}  # when each mark was last written (ms)
+        self.revision_retention_ms = 30 * 86_400_000
 
     async def claim(self, partition: int) -> Claim:
         shard = self.shards.setdefault(partition, _Shard())
@@ -52,11 +54,16 @@ class MemoryStore:
         marks = self.revision_marks
         return {ref: marks[ref] for ref in refs if ref in marks}
 
-    async def raise_revisions(self, marks: Mapping[tuple[str, str], int]) -> None:
-        held = self.revision_marks
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int], now_ms: int) -> None:
+        if not marks:
+            return
+        held, at = self.revision_marks, self.revision_at
         for ref, revision in marks.items():
             if revision > held.get(ref, 0):
                 held[ref] = revision
+            at[ref] = now_ms
+        for ref in [r for r, ms in at.items() if ms <= now_ms - self.revision_retention_ms]:
+            del held[ref], at[ref]
 
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int

@@ -199,13 +199,20 @@ if token ~= '' then redis.call('HSET', meta, 'token', token) end
 return 1
 """
 
-# KEYS: the revisions hash; ARGV: field, revision, field, revision, ...: each kept if higher
+# KEYS: revisions hash, their times (zset); ARGV: cutoff ms, now ms, then field, revision, ...:
+# each revision kept if higher, its time set to now; up to 100 entries older than the cutoff go
 RAISE_LUA = """
-for i = 1, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   if tonumber(ARGV[i + 1]) > held then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i])
 end
-return 1
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 100)
+if #old > 0 then
+  redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('ZREM', KEYS[2], unpack(old))
+end
+return #old
 """
 
 # KEYS: meta (one slot: safe on Redis Cluster)
@@ -252,10 +259,12 @@ class RedisStore:
         prefix: str = "sz",
         *,
         history_retention_ms: int = 86_400_000,
+        revision_retention_ms: int = 30 * 86_400_000,
         history_max: int = 50_000,
         index_memory: int = 100_000,
     ) -> None:
         self.history_retention_ms = history_retention_ms
+        self.revision_retention_ms = revision_retention_ms
         self.history_max = history_max
         # per partition: the token of the last commit that applied, and the index entry
         # (idx) it left for each key it wrote: a commit whose token Redis still holds
@@ -302,13 +311,13 @@ class RedisStore:
         found = await self.client.hmget(self.keys.revisions, [session_ref(s, p) for s, p in wanted])
         return {ref: int(value) for ref, value in zip(wanted, found, strict=True) if value is not None}
 
-    async def raise_revisions(self, marks: Mapping[tuple[str, str], int]) -> None:
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int], now_ms: int) -> None:
         if marks:
-            args: list[Any] = []
+            args: list[Any] = [now_ms - self.revision_retention_ms, now_ms]
             for (sid, project), revision in marks.items():
                 args += [session_ref(sid, project), revision]
-            # its own key (slot): not part of a partition's commit script
-            await self._raise(keys=[self.keys.revisions], args=args)
+            # their own slot: not part of a partition's commit script
+            await self._raise(keys=[self.keys.revisions, self.keys.revisions_at], args=args)
 
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int

@@ -70,6 +70,7 @@ class Runtime:
         self.store = RedisStore(
             connect(settings.redis_url, **redis_options(settings)), settings.redis_key_prefix,
             history_retention_ms=round(settings.history_retention * 1000),
+            revision_retention_ms=round(settings.revision_retention * 1000),
             history_max=settings.history_max_sessions,
         )
         self.sink = KafkaSink(

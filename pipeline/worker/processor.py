@@ -429,7 +429,7 @@ class PartitionProcessor:
         engine.revision_floors.clear()
         marks = self._revision_marks(changes)
         if marks:  # before the commit that emits or holds them
-            await self.store.raise_revisions(marks)
+            await self.store.raise_revisions(marks, int(self.wall() * 1000))
         await self._flush()  # the commit trims what the broker acknowledged so far
         commit = Commit(
             states=changes,
