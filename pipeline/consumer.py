@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.errors import CommitFailedError
 
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import parse_timestamp_ms
@@ -280,15 +281,22 @@ class SessionConsumer:
             yield from batch.sessions
             self.commit(batch)
 
-    def commit(self, batch: SessionBatch) -> None:
-        """Commit the batch's positions to the consumer group (partitions still assigned)."""
+    def commit(self, batch: SessionBatch) -> bool:
+        """Commit the batch's positions to the consumer group (partitions still assigned).
+        False when a rebalance refused it: the batch's records come again to whoever holds
+        their partitions now (at least once)."""
         mine = {tp.partition for tp in self.consumer.assignment()}
         offsets = {
             TopicPartition(batch.topic, p): OffsetAndMetadata(o, "", -1)
             for p, o in batch.positions.items() if p in mine
         }
         if offsets:
-            self.consumer.commit(offsets)
+            try:
+                self.consumer.commit(offsets)
+            except CommitFailedError as exc:
+                log.info("commit refused (the group rebalanced): %s", exc)
+                return False
+        return True
 
     def stop(self) -> None:
         """Make :meth:`batches` return after its current poll."""

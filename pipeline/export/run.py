@@ -10,7 +10,6 @@ are also committed to the consumer group, for lag monitoring only.
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -21,8 +20,6 @@ from typing import TextIO
 from pipeline.config import Settings, load_settings
 from pipeline.consumer import SessionConsumer
 from pipeline.export.sql import open_table
-
-log = logging.getLogger("pipeline.export")
 
 DEFAULT_URL = "sqlite:///sessions.db"
 
@@ -94,10 +91,7 @@ def run_export(
             progress.read += batch.read
             progress.sessions += len(batch.sessions)
             progress.batches += 1
-            try:
-                consumer.commit(batch)  # for lag monitoring: the table's offsets are the truth
-            except Exception as exc:  # a rebalance in between: the next batch commits
-                log.info("group commit skipped: %s", exc)
+            consumer.commit(batch)  # for lag monitoring: the table's offsets are the truth
             if progress_s and time.monotonic() - last >= progress_s:
                 last = time.monotonic()
                 out.write(progress.line(consumer.assignment()) + "\n")
