@@ -136,6 +136,29 @@ def tail(from_beginning: bool, as_json: bool) -> None:
     run_tail(from_beginning=from_beginning, as_json=as_json)
 
 
+
+@main.command()
+@click.option("--to", "url", default="sqlite:///sessions.db", show_default=True,
+              help="database URL: sqlite:///path.db or postgresql://user:pass@host/db")
+@click.option("--table", default="sessions", show_default=True, help="the session table's name")
+@click.option("--from-beginning", is_flag=True,
+              help="partitions the table has no offsets for start at the topic's beginning "
+                   "(else at its end)")
+@click.option("--group", "group_id", default="sessionizer-export", show_default=True,
+              help="consumer group: run several exporters with one group for more partitions")
+@click.option("--progress", "progress_s", default=5.0, show_default=True,
+              help="seconds between progress lines (0: none)")
+@click.option("--batch", default=2000, show_default=True,
+              help="most records read and written per transaction")
+@_clean_errors
+def export(url: str, table: str, from_beginning: bool, group_id: str, progress_s: float,
+           batch: int) -> None:
+    """Write closed sessions into a database table, exactly once (until Ctrl-C or SIGTERM)."""
+    from pipeline.export.run import run_export
+
+    run_export(url, table=table, from_beginning=from_beginning, group_id=group_id,
+               progress_s=progress_s, batch_size=batch)
+
 @main.command()
 @click.option("--users", default=300, show_default=True, help="simulated users")
 @click.option("--rate", default=300.0, show_default=True, help="events per second")

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     )
     history_retention: float = Field(86400.0, ge=0, description="how long closed sessions stay listable (s)")
     history_max_sessions: int = Field(50_000, ge=0, description="closed sessions kept per partition")
+    revision_retention: float = Field(
+        30 * 86400.0, gt=0,
+        description="how long the highest revision of a client-chosen session id is remembered "
+                    "after its last change (s): a new session with the id within that time goes "
+                    "on above it (one Redis hash field per id)",
+    )
     redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
     log_level: str = Field("info", description="log level: debug, info, warning or error")
     log_format: str = Field(

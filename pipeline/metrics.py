@@ -12,7 +12,7 @@ what each one means and what healthy looks like.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -318,6 +318,13 @@ class TimedStore:
     async def outbox(self, partition: int) -> list[bytes]:
         result: list[bytes] = await self._timed("outbox", self.store.outbox(partition))
         return result
+
+    async def revisions(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        result: dict[tuple[str, str], int] = await self._timed("revisions", self.store.revisions(refs))
+        return result
+
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int], now_ms: int) -> None:
+        await self._timed("raise_revisions", self.store.raise_revisions(marks, now_ms))
 
     async def open_sessions(
         self, project: str | None = None, user_id: str | None = None, limit: int = 1000

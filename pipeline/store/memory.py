@@ -6,7 +6,7 @@ Redis, so a test through this store also proves the state round-trips.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,9 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.shards: dict[int, _Shard] = {}
+        self.revision_marks: dict[tuple[str, str], int] = {}  # (session_id, project) -> revision
+        self.revision_at: dict[tuple[str, str], int] = {}  # when each mark was last written (ms)
+        self.revision_retention_ms = 30 * 86_400_000
 
     async def claim(self, partition: int) -> Claim:
         shard = self.shards.setdefault(partition, _Shard())
@@ -46,6 +49,21 @@ class MemoryStore:
 
     def release(self, partition: int) -> None:
         pass
+
+    async def revisions(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        marks = self.revision_marks
+        return {ref: marks[ref] for ref in refs if ref in marks}
+
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int], now_ms: int) -> None:
+        if not marks:
+            return
+        held, at = self.revision_marks, self.revision_at
+        for ref, revision in marks.items():
+            if revision > held.get(ref, 0):
+                held[ref] = revision
+            at[ref] = now_ms
+        for ref in [r for r, ms in at.items() if ms <= now_ms - self.revision_retention_ms]:
+            del held[ref], at[ref]
 
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int

@@ -12,7 +12,7 @@ store kept from its last commit turn out not to be Redis's, see
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -199,6 +199,22 @@ if token ~= '' then redis.call('HSET', meta, 'token', token) end
 return 1
 """
 
+# KEYS: revisions hash, their times (zset); ARGV: cutoff ms, now ms, then field, revision, ...:
+# each revision kept if higher, its time set to now; up to 100 entries older than the cutoff go
+RAISE_LUA = """
+for i = 3, #ARGV, 2 do
+  local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > held then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i])
+end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 100)
+if #old > 0 then
+  redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('ZREM', KEYS[2], unpack(old))
+end
+return #old
+"""
+
 # KEYS: meta (one slot: safe on Redis Cluster)
 CLAIM_LUA = """
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
@@ -231,10 +247,12 @@ class RedisStore:
         prefix: str = "sz",
         *,
         history_retention_ms: int = 86_400_000,
+        revision_retention_ms: int = 30 * 86_400_000,
         history_max: int = 50_000,
         index_memory: int = 100_000,
     ) -> None:
         self.history_retention_ms = history_retention_ms
+        self.revision_retention_ms = revision_retention_ms
         self.history_max = history_max
         # per partition: the token of the last commit that applied, and the index entry
         # (idx) it left for each key it wrote: a commit whose token Redis still holds
@@ -246,6 +264,7 @@ class RedisStore:
         self.keys = Keys(prefix)
         self._commit = client.register_script(COMMIT_LUA)
         self._claim = client.register_script(CLAIM_LUA)
+        self._raise = client.register_script(RAISE_LUA)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sz", **options: int) -> RedisStore:
@@ -276,6 +295,21 @@ class RedisStore:
     def release(self, partition: int) -> None:
         """Forget the partition's index entries kept from its last commit."""
         self._indexed.pop(partition, None)
+
+    async def revisions(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        wanted = list(refs)
+        if not wanted:
+            return {}
+        found = await self.client.hmget(self.keys.revisions, [session_ref(s, p) for s, p in wanted])
+        return {ref: int(value) for ref, value in zip(wanted, found, strict=True) if value is not None}
+
+    async def raise_revisions(self, marks: Mapping[tuple[str, str], int], now_ms: int) -> None:
+        if marks:
+            args: list[Any] = [now_ms - self.revision_retention_ms, now_ms]
+            for (sid, project), revision in marks.items():
+                args += [session_ref(sid, project), revision]
+            # their own slot: not part of a partition's commit script
+            await self._raise(keys=[self.keys.revisions, self.keys.revisions_at], args=args)
 
     async def load(
         self, partition: int, keys: Iterable[SessionKey], due_until_ms: int | None, due_limit: int

@@ -75,6 +75,7 @@ class Runtime:
         self.store = RedisStore(
             redis_client(settings), settings.redis_key_prefix,
             history_retention_ms=round(settings.history_retention * 1000),
+            revision_retention_ms=round(settings.revision_retention * 1000),
             history_max=settings.history_max_sessions,
         )
         self.sink = KafkaSink(
@@ -119,9 +120,11 @@ class Runtime:
     async def on_assigned(self, assigned: set[TP]) -> None:
         await self.start()
         consumer = self.app.consumer
+        known = consumer.topic_partitions(self.topics.events)
         if self.router is None:
-            count = consumer.topic_partitions(self.topics.events) or self.settings.topic_partitions
-            self.router = Router(count)
+            self.router = Router(known or self.settings.topic_partitions)
+        elif known and self.router.resize(known):  # partitions were added: the new count
+            log.info("events topic has %d partitions now: routing by that count", known)
         wanted = self._partitions_of(assigned)
         self._assigned = set(wanted)
         async with self.lock:

@@ -39,6 +39,7 @@ from pipeline.core.engine import Sessionizer
 from pipeline.core.event import Event, Rejection
 from pipeline.core.parse import parse_record
 from pipeline.core.rules import SessionRules
+from pipeline.core.session import KeyState
 from pipeline.core.timefmt import parse_timestamp_ms
 from pipeline.exceptions import FencedError
 from pipeline.store.base import Claim, Commit, SessionStore
@@ -158,6 +159,8 @@ class PartitionProcessor:
         self._updates_sent: dict[str, float] = {}
         self.engine = Sessionizer(rules, clock_ms=claim.clock_ms, project_rules=self.project_rules)
         self._recent: dict[Any, None] = {}
+        # revisions of client-chosen session ids the store has recorded (raise_revisions)
+        self._marked: dict[tuple[str, str], int] = {}
         # the engine holds every key state the store has for this partition (``warm``):
         # a key it does not hold has none, and every deadline is in its heap, so a batch
         # needs no load from the store; lost when a key is evicted or the cache reset
@@ -393,6 +396,12 @@ class PartitionProcessor:
             for state in await self.store.load(self.partition, missing, clock_ms, self.due_limit):
                 if state.key not in held:
                     engine.load(state)
+        # client-chosen session ids that may begin a session here: the revisions they had
+        # elsewhere (another partition, or a session of this one forgotten past the grace)
+        fresh = {(key[2], key[0]) for key in keys
+                 if key[1] == "s" and (key not in held or held[key].open is None)}
+        if fresh:
+            engine.revision_floors.update(await self.store.revisions(fresh))
         sessions_out: list[Outgoing] = []
         records: list[dict[str, Any]] = []
         apply_to = engine.apply_to
@@ -417,6 +426,10 @@ class PartitionProcessor:
             (m.key.decode(), m.project, m.end_ms, m.value) for m in sessions_out if m.key is not None
         ]
         changes = engine.take_changes()
+        engine.revision_floors.clear()
+        marks = self._revision_marks(changes)
+        if marks:  # before the commit that emits or holds them
+            await self.store.raise_revisions(marks, int(self.wall() * 1000))
         await self._flush()  # the commit trims what the broker acknowledged so far
         commit = Commit(
             states=changes,
@@ -452,6 +465,10 @@ class PartitionProcessor:
             return
         self.sent_unacked = 0
         self.applied.update(offsets)
+        if marks:
+            if len(self._marked) > self.cache_keys:
+                self._marked.clear()
+            self._marked.update(marks)
         self.clock_ms = engine.clock_ms
         stats.counters = dict(engine.counters)
         engine.counters.clear()
@@ -462,6 +479,20 @@ class PartitionProcessor:
                 if changed is not None and changed.open is not None:
                     self._updates_pending[changed_key] = None
         self._evict(changes)
+
+    def _revision_marks(self, changes: Mapping[Any, KeyState | None]) -> dict[tuple[str, str], int]:
+        """The revisions of client-chosen session ids this batch gave out and the store has
+        not recorded yet (sessions begun or amended)."""
+        marks: dict[tuple[str, str], int] = {}
+        marked = self._marked
+        for key, state in changes.items():
+            if key[1] != "s" or state is None:
+                continue
+            for session in state.sessions():
+                ref = (session.session_id, session.project)
+                if marked.get(ref, 0) < session.revision > marks.get(ref, 0):
+                    marks[ref] = session.revision
+        return marks
 
     def _idle_deadlines(self, changes: Mapping[Any, Any], sessions_out: list[Outgoing]) -> list[int]:
         """The stream-clock deadlines (last arrival + inactivity timeout) of the sessions

@@ -49,6 +49,16 @@ class Router:
         self._memo: dict[str, int] = {}
         self._memo_size = memo_size
 
+    def resize(self, partitions: int) -> bool:
+        """Follow a new partition count (partitions were added); True when it changed."""
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        if partitions == self.partitions:
+            return False
+        self.partitions = partitions
+        self._memo.clear()
+        return True
+
     def partition_of(self, routing_key: str) -> int:
         found = self._memo.get(routing_key)
         if found is None:

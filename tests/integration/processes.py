@@ -47,11 +47,11 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> int:
 class Child:
     """``sessionizer <command>`` in a process of its own."""
 
-    def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, command: str, env: dict[str, str], log_path: Path, *args: str) -> None:
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*sessionizer(), command], cwd=REPO, env=env,
+                [*sessionizer(), command, *args], cwd=REPO, env=env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
 

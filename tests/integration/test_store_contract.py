@@ -925,3 +925,25 @@ async def test_redis_index_entries_of_the_earlier_layout_are_replaced_on_the_nex
     assert {m.decode() for m in await store.client.smembers(k.project(0, "shop"))} == {"s-bob-02"}
     assert await store.client.hgetall(k.index(0)) == {
         keyid(bob).encode(): b"8:4:s-bob-02shopbob"}
+
+
+# -- revisions of client-chosen session ids ---------------------------------------------
+
+
+@contract
+async def test_revision_marks_are_shared_by_partitions_and_only_go_up(backend: Backend) -> None:
+    store = backend.store()
+    assert await store.revisions([("s-1", "p")]) == {}
+    await store.raise_revisions({("s-1", "p"): 2, ("s-1", "q"): 5, ("a:b", "p"): 1}, T0)
+    await store.raise_revisions({("s-1", "p"): 1, ("s-1", "q"): 7}, T0 + 10)  # a lower one is ignored
+    other = backend.store()  # another worker's handle sees them
+    assert await other.revisions([("s-1", "p"), ("s-1", "q"), ("a:b", "p"), ("none", "p")]) == {
+        ("s-1", "p"): 2, ("s-1", "q"): 7, ("a:b", "p"): 1,
+    }
+    await store.raise_revisions({}, T0 + 20)
+    assert await store.revisions([]) == {}
+    # past the retention (30 days by default) from their last write, marks are forgotten
+    await store.raise_revisions({("new", "p"): 1}, T0 + 5 + 30 * 86_400_000)
+    assert await other.revisions([("s-1", "p"), ("s-1", "q"), ("a:b", "p"), ("new", "p")]) == {
+        ("s-1", "p"): 2, ("s-1", "q"): 7, ("new", "p"): 1,
+    }

@@ -898,6 +898,48 @@ def world() -> MemoryWorld:
     return MemoryWorld()
 
 
+# -- revisions never go back (SPEC 4) ------------------------------------------------------
+
+
+@scenario
+async def a_client_session_id_reused_after_the_grace_goes_on_above_its_revision(world: World) -> None:
+    env = Env(world)
+    proc = await env.processor()
+    sid = "client-session-0001"
+    await proc.process([env.event("session", at=0, id="a1", session_id=sid)])
+    await proc.process([env.event("sessionend", at=1 * MIN, id="a2", session_id=sid)])
+    await proc.process([env.event("usage", at=30 * SEC, arrival=2 * MIN, id="a3", session_id=sid)])
+    # long past the reopen grace, the client uses the id again: a new session, revision 3
+    await proc.process([env.event("session", at=40 * MIN, id="a4", session_id=sid)])
+    await proc.process([env.event("sessionend", at=41 * MIN, id="a5", session_id=sid)])
+    # and once more, from a new owner of the partition (a claim rebuilds the state)
+    proc = await env.processor()
+    await proc.process([env.event("session", at=80 * MIN, id="a6", session_id=sid)])
+    await proc.process([env.event("sessionend", at=81 * MIN, id="a7", session_id=sid)])
+    got = [(r["session_id"], r["revision"], r["event_count"]) for r in env.sink.sessions()]
+    assert got == [(sid, 1, 2), (sid, 2, 3), (sid, 3, 2), (sid, 4, 2)]
+
+
+@scenario
+async def a_client_session_id_moved_to_another_partition_goes_on_above_its_revision(
+    world: World,
+) -> None:
+    env = Env(world, partitions=1)
+    old = await env.processor(0)
+    moved = next(f"moved-session-{i:04d}" for i in range(1000) if Router(2).partition_of(
+        f"moved-session-{i:04d}") == 1)
+    await old.process([env.event("session", at=0, id="m1", session_id=moved)])
+    await old.process([env.event("sessionend", at=1 * MIN, id="m2", session_id=moved)])
+    await old.process([env.event("usage", at=30 * SEC, arrival=2 * MIN, id="m3", session_id=moved)])
+    # partitions were added: the id routes to partition 1 now, which never saw it
+    assert env.router.resize(2)
+    new = await env.processor(1)
+    await new.process([env.event("session", at=3 * MIN, id="m4", session_id=moved, partition=1)])
+    await new.process([env.event("sessionend", at=4 * MIN, id="m5", session_id=moved, partition=1)])
+    got = [(r["session_id"], r["revision"], r["event_count"]) for r in env.sink.sessions()]
+    assert got == [(moved, 1, 2), (moved, 2, 3), (moved, 3, 2)]
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
 def test_processor(world: World, scenario: Callable[[World], Awaitable[None]]) -> None:
     run(world, scenario)

@@ -92,3 +92,13 @@ def test_router_refuses_no_partitions(partitions: int) -> None:
 @given(st.binary(max_size=300))
 def test_murmur2_is_aiokafkas(data: bytes) -> None:
     assert murmur2(data) == aiokafka_murmur2(data)
+
+
+def test_resize_follows_added_partitions() -> None:
+    router = Router(2)
+    before = {k: router.partition_of(k) for k in (f"user-{i}" for i in range(200))}
+    assert not router.resize(2)
+    assert router.resize(4)
+    after = {k: router.partition_of(k) for k in before}
+    assert after == {k: (murmur2(k.encode()) & 0x7FFFFFFF) % 4 for k in before}
+    assert any(after[k] != before[k] for k in before)
