@@ -53,8 +53,9 @@ test-faults: venv
 demo: venv
 	$(BIN)/sessionizer dev --broker $(BROKER)
 
-# The benchmark (bench/README.md): installs bench/requirements.txt first; BENCH_ARGS passes
-# options through, e.g. make bench BENCH_ARGS="--events 100000 --only a,d"
+# The benchmark (bench/README.md), on the embedded Apache Kafka: installs bench/requirements.txt
+# first and builds bench/kstreams (Kafka Streams, mvn) when it changed; BENCH_ARGS passes
+# options through, e.g. make bench BENCH_ARGS="--events 100000 --only a,d" (or "--broker tansu")
 bench: venv
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
@@ -66,7 +67,7 @@ bench-smoke: venv
 	$(BIN)/python -m bench.run --smoke --out artifacts/bench-smoke $(BENCH_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/kstreams/target
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
