@@ -97,7 +97,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if first not in _BROKER_DIRS:
         return
     only = metafunc.definition.get_closest_marker("only_broker")
-    kinds = [only.args[0]] if only is not None else _selected_brokers()
+    kinds = _selected_brokers()
+    if only is not None:  # runs on that broker alone (and not at all when it is not selected)
+        kinds = [kind for kind in kinds if kind == only.args[0]]
     metafunc.parametrize(
         "broker_kind",
         [pytest.param(kind, marks=[pytest.mark.kafka] if kind == "kafka" else []) for kind in kinds],
