@@ -4,6 +4,8 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
+# the broker of `make demo` and `make test-faults`: tansu (in memory) or kafka (Apache Kafka)
+BROKER ?= tansu
 # Lint only the source trees that exist (a fresh clone may not have all of them yet).
 LINT_PATHS := $(wildcard pipeline clients tests bench)
 
@@ -15,8 +17,8 @@ help:
 	@echo "make typecheck    mypy pipeline and the light client"
 	@echo "make test         venv + lint + typecheck + the whole pytest suite (what CI runs)"
 	@echo "make test-unit    unit tests only"
-	@echo "make test-faults  the fault-injection suite"
-	@echo "make demo         the local pipeline (sessionizer dev)"
+	@echo "make test-faults  the full fault run (BROKER=tansu|kafka)"
+	@echo "make demo         the local pipeline (sessionizer dev; BROKER=tansu|kafka)"
 	@echo "make bench        the benchmark"
 	@echo "make clean        remove caches and build output (keeps $(VENV))"
 	@echo "make distclean    clean, and remove $(VENV)"
@@ -42,15 +44,18 @@ test: venv lint typecheck
 test-unit: venv
 	$(PYTEST) -q tests/unit
 
-# The full fault run (the reduced one is part of `make test`); FAULTS_SEED=<n> for another seed.
+# The full fault run (the reduced one, on both brokers, is part of `make test`);
+# BROKER=kafka runs it on Apache Kafka (default tansu); FAULTS_SEED=<n> for another seed.
 test-faults: venv
-	$(PYTEST) -q -s -m "faults and not routine" tests/faults
+	BROKER=$(BROKER) $(PYTEST) -q -s -m "faults and not routine" tests/faults
 
+# BROKER=kafka runs it on Apache Kafka (needs Java 17 and Maven); the default is Tansu
 demo: venv
-	$(BIN)/sessionizer dev
+	$(BIN)/sessionizer dev --broker $(BROKER)
 
-# The benchmark (bench/README.md): installs bench/requirements.txt first; BENCH_ARGS passes
-# options through, e.g. make bench BENCH_ARGS="--events 100000 --only a,d"
+# The benchmark (bench/README.md), on the embedded Apache Kafka: installs bench/requirements.txt
+# first and builds bench/kstreams (Kafka Streams, mvn) when it changed; BENCH_ARGS passes
+# options through, e.g. make bench BENCH_ARGS="--events 100000 --only a,d" (or "--broker tansu")
 bench: venv
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
@@ -62,7 +67,7 @@ bench-smoke: venv
 	$(BIN)/python -m bench.run --smoke --out artifacts/bench-smoke $(BENCH_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/kstreams/target
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

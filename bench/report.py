@@ -27,6 +27,7 @@ NAMES = {
     "a": "raw aiokafka + orjson (ceiling)",
     "b": "Quix Streams session_window",
     "c": "bare faust agent",
+    "e": "Kafka Streams SessionWindows",
     "d": "sessionizer worker",
 }
 GOAL_EVENTS_PER_S = 50_000
@@ -39,7 +40,7 @@ def derive(results: dict[str, Any]) -> None:
     contenders = results.get("contenders", {})
     d = contenders.get("d", {}).get("events_per_s")
     ratios: dict[str, float | None] = {}
-    for key in ("a", "b", "c"):
+    for key in ("a", "b", "c", "e"):
         other = contenders.get(key, {}).get("events_per_s")
         ratios[f"d_vs_{key}"] = d / other if d and other else None
     scaling = results.get("scaling")
@@ -160,7 +161,7 @@ def markdown(results: dict[str, Any], *, heading: bool = True, commit: bool = Tr
         add("| contender | events/s | (d) ÷ this | CPU s per 100k events | peak RSS "
             "| broker CPU s per 100k | other load |")
         add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for key in ("a", "b", "c", "d"):
+    for key in ("a", "b", "e", "c", "d"):
         if key not in c:
             continue
         r = c[key]
@@ -279,7 +280,7 @@ def markdown(results: dict[str, Any], *, heading: bool = True, commit: bool = Tr
         packages = ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())
         add(f"Machine: {m.get('cpu', '?')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, "
             f"Linux {m.get('kernel')}, Python {m.get('python')}; redis-server {m.get('redis_server')}, "
-            f"{m.get('tansu', 'tansu')}; {packages}. Broker, Redis, contender and harness share the machine. "
+            f"{m.get('broker', m.get('tansu', 'tansu'))}{', ' + m['java'] if m.get('java') else ''}; {packages}. Broker, Redis, contender and harness share the machine. "
             f"Run {results.get('generated_at')}"
             + (f" at {m.get('commit', '?')}" if commit else "") + f", {results.get('duration_s')} s.")
     return "\n".join(lines) + "\n"
@@ -438,7 +439,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     c = results.get("contenders", {})
     labels, values = [], []
-    for key in ("a", "b", "c", "d"):
+    for key in ("a", "b", "e", "c", "d"):
         if key in c:
             labels.append(f"({key}) {NAMES[key]}")
             values.append(c[key]["events_per_s"])

@@ -1,12 +1,14 @@
 """``python -m bench.run``: the throughput, latency and memory benchmark (``make bench``).
 
-One run, one embedded broker (Tansu) and one redis-server, one input:
+One run, one embedded broker (Apache Kafka by default, ``--broker tansu`` for Tansu) and one
+redis-server, one input:
 
 1. a seeded workload (:mod:`bench.workload`, default 20,000 users, 500,000 events)
    published once to ``bench-events``;
-2. four contenders read all of it, one after the other, each in a process of its own:
+2. five contenders read all of it, one after the other, each in a process of its own:
    (a) raw aiokafka + orjson (the ceiling), (b) Quix Streams ``session_window``,
-   (c) a bare faust agent, (d) ``sessionizer worker`` (every rule on: parsing and
+   (c) a bare faust agent, (e) Kafka Streams ``SessionWindows`` (bench/kstreams, Java,
+   built with mvn), (d) ``sessionizer worker`` (every rule on: parsing and
    schema, dead letters, routing, sessions in Redis, closed sessions to Kafka);
 3. scaling: two worker processes on the same input (another group, another Redis prefix);
 4. close latency under load: a fresh worker fed live (record time = wall time) at a
@@ -48,12 +50,14 @@ import orjson
 from bench import kafkautil, report, workload
 from bench.contenders import events_in
 from bench.procs import Child, Sampler, sessionizer_command
+from pipeline.apache_kafka import KAFKA_VERSION, EmbeddedKafka, kafka_unavailable_reason
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
 from pipeline.store.keys import Keys
 from pipeline.worker.heap import TRIM_INTERVAL_S
 from pipeline.worker.routing import Router
 
 REPO = Path(__file__).resolve().parents[1]
+KSTREAMS = REPO / "bench" / "kstreams"
 LIGHT_RATE = 300.0  # events/s of the light-load reference point of the latency phase
 READY = r"assigned partitions \[([0-9, ]+)\]"
 RESULT_DONE = r"BENCH DONE (\S+) (\S+) (\d+) (\d+)"
@@ -74,7 +78,8 @@ class Options:
     probe_interval: float = 0.1
     memory_sessions: int = 1_000_000
     memory_checkpoint: int = 100_000
-    phases: tuple[str, ...] = ("a", "b", "c", "d", "scale", "latency", "memory")
+    phases: tuple[str, ...] = ("a", "b", "c", "e", "d", "scale", "latency", "memory")
+    broker: str = "kafka"
     profile: bool = False
     profile_seconds: float = 20.0
     smoke: bool = False
@@ -84,7 +89,7 @@ class Options:
 @dataclass
 class Context:
     opts: Options
-    broker: EmbeddedBroker
+    broker: EmbeddedBroker | EmbeddedKafka
     redis: EmbeddedRedis
     sampler: Sampler
     scratch: Path
@@ -122,7 +127,7 @@ def per_100k(cpu_s: float | None, events: int) -> float | None:
 # -- the machine --------------------------------------------------------------------
 
 
-def machine_info(broker: EmbeddedBroker | None, redis: EmbeddedRedis | None) -> dict[str, Any]:
+def machine_info(broker: EmbeddedBroker | EmbeddedKafka | None, redis: EmbeddedRedis | None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -149,12 +154,17 @@ def machine_info(broker: EmbeddedBroker | None, redis: EmbeddedRedis | None) -> 
             client = redis.client()
             info["redis_server"] = client.info("server").get("redis_version")
             client.close()
-    if broker is not None:
+    if isinstance(broker, EmbeddedKafka):
+        info["broker"] = f"Apache Kafka {broker.version} (heap {broker.heap})"
+        with contextlib.suppress(Exception):
+            out = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30)
+            info["java"] = (out.stderr or out.stdout).strip().splitlines()[0]
+    elif broker is not None:
         with contextlib.suppress(Exception):
             from pipeline.services import find_tansu
 
             out = subprocess.run([find_tansu(), "--version"], capture_output=True, text=True, timeout=10)
-            info["tansu"] = (out.stdout or out.stderr).strip().splitlines()[0]
+            info["tansu"] = info["broker"] = (out.stdout or out.stderr).strip().splitlines()[0]
     with contextlib.suppress(Exception):
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
@@ -167,12 +177,33 @@ def machine_info(broker: EmbeddedBroker | None, redis: EmbeddedRedis | None) -> 
 # -- contenders (a), (b), (c) ----------------------------------------------------------------
 
 
+def build_kstreams() -> list[str]:
+    """Build bench/kstreams (``mvn package``, when its sources changed) and return the
+    command that runs it."""
+    jar = KSTREAMS / "target" / "kstreams-bench.jar"
+    classpath = KSTREAMS / "target" / "classpath.txt"
+    sources = [KSTREAMS / "pom.xml", *(KSTREAMS / "src").rglob("*.java")]
+    if not (jar.exists() and classpath.exists()
+            and jar.stat().st_mtime >= max(p.stat().st_mtime for p in sources)):
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise RuntimeError("(e) Kafka Streams needs Maven (`apt-get install maven`) to build bench/kstreams")
+        t = time.monotonic()
+        subprocess.run([mvn, "-q", "-B", "package", "dependency:build-classpath",
+                        f"-Dmdep.outputFile={classpath}", "-Dmdep.includeScope=runtime"],
+                       cwd=KSTREAMS, check=True, stdin=subprocess.DEVNULL)
+        log(f"(e) built bench/kstreams in {time.monotonic() - t:.1f} s")
+    cp = os.pathsep.join([str(jar), classpath.read_text().strip()])
+    return ["java", "-Xmx1g", "-Xms1g", "-XX:+UseG1GC", "-cp", cp, "sessionizer.bench.SessionCount"]
+
+
 def run_contender(ctx: Context, key: str, module: str, extra: list[str]) -> dict[str, Any]:
     work = ctx.work
-    name = {"a": "raw", "b": "quix", "c": "faust"}[key]
+    name = {"a": "raw", "b": "quix", "c": "faust", "e": "kstreams"}[key]
     cwd = ctx.scratch / name
     cwd.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", f"bench.contenders.{module}", "--bootstrap", ctx.bootstrap,
+    command = build_kstreams() if key == "e" else [sys.executable, "-m", f"bench.contenders.{module}"]
+    argv = [*command, "--bootstrap", ctx.bootstrap,
             "--topic", ctx.input_topic, "--partitions", str(ctx.opts.partitions),
             "--records", str(work.records_total), "--group", f"bench-{name}-{os.getpid()}", *extra]
     env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -198,7 +229,7 @@ def run_contender(ctx: Context, key: str, module: str, extra: list[str]) -> dict
         "cpu_s": round(cpu1 - cpu0, 3),
         "cpu_s_per_100k": per_100k(cpu1 - cpu0, events),
         "peak_rss_bytes": peak,
-        "broker_cpu_s_per_100k": per_100k(ctx.sampler.cpu_between("tansu", t0, t1), events),
+        "broker_cpu_s_per_100k": per_100k(ctx.sampler.cpu_between("broker", t0, t1), events),
         "other_processes_cores": ctx.sampler.others_share(t0, t1),
         "startup_s": round(t0 - child.started_at, 2),
     }
@@ -396,7 +427,7 @@ def run_workers(ctx: Context, tag: str, count: int) -> dict[str, Any]:
         "cpu_s": round(cpu, 3),
         "cpu_s_per_100k": per_100k(cpu, events),
         "peak_rss_bytes": max(peaks),
-        "broker_cpu_s_per_100k": per_100k(ctx.sampler.cpu_between("tansu", t0, done), events),
+        "broker_cpu_s_per_100k": per_100k(ctx.sampler.cpu_between("broker", t0, done), events),
         "redis_cpu_s_per_100k": per_100k(ctx.sampler.cpu_between("redis", t0, done), events),
         "other_processes_cores": ctx.sampler.others_share(t0, done),
         "startup_s": round(t0 - min(c.started_at for c in children), 2),
@@ -701,7 +732,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny run of every phase (500 users, 5,000 events, 10,000 sessions)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--only", default="", help="comma-separated phases: a,b,c,d,scale,latency,memory")
+    parser.add_argument("--only", default="", help="comma-separated phases: a,b,c,e,d,scale,latency,memory")
+    parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                        help=f"the embedded broker: Apache Kafka {KAFKA_VERSION} (default) or Tansu")
     parser.add_argument("--profile", action="store_true",
                         help="also sample a worker run with py-spy (writes profile-worker.txt)")
     parser.add_argument("--profile-seconds", type=float, default=20.0)
@@ -716,7 +749,7 @@ def parse_args(argv: list[str] | None) -> Options:
     opts = Options(seed=args.seed, partitions=args.partitions, out=args.out, smoke=args.smoke,
                    profile=args.profile, profile_seconds=args.profile_seconds,
                    latency_share=args.latency_share, latency_rate=args.latency_rate,
-                   inactivity_timeout=args.inactivity_timeout)
+                   inactivity_timeout=args.inactivity_timeout, broker=args.broker)
     if args.smoke:
         opts.users, opts.events = 500, 5_000
         opts.memory_sessions, opts.memory_checkpoint = 10_000, 1_000
@@ -750,21 +783,28 @@ def main(argv: list[str] | None = None) -> int:
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "options": {"users": opts.users, "events": opts.events, "seed": opts.seed,
                     "partitions": opts.partitions, "inactivity_timeout_s": opts.inactivity_timeout,
-                    "smoke": opts.smoke},
+                    "smoke": opts.smoke, "broker": opts.broker},
         "workload": work.summary,
         "contenders": {},
     }
     scratch = Path(tempfile.mkdtemp(prefix="sessionizer-bench-"))
     sampler = Sampler().start()
     try:
-        with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
+        if opts.broker == "kafka":
+            reason = kafka_unavailable_reason()
+            if reason:
+                raise SystemExit(f"the benchmark runs on Apache Kafka: {reason}; or pass --broker tansu")
+        broker: EmbeddedBroker | EmbeddedKafka = (
+            EmbeddedKafka(heap="1g", announce=True) if opts.broker == "kafka" else EmbeddedBroker())
+        with broker, EmbeddedRedis() as redis:
             results["machine"] = machine_info(broker, redis)
-            sampler.watch("tansu", broker.pid or 0)
+            sampler.watch("broker", broker.pid or 0)
             sampler.watch("redis", redis.pid or 0)
             sampler.watch("harness", os.getpid())
             ctx = Context(opts, broker, redis, sampler, scratch, logs, work)
             # Quix reads the input topic's retention.ms (DescribeConfigs): give it one explicitly
-            create_topics(broker.bootstrap, {ctx.input_topic: opts.partitions, "bench-quix-out": opts.partitions},
+            create_topics(broker.bootstrap, {ctx.input_topic: opts.partitions, "bench-quix-out": opts.partitions,
+                                             "bench-kstreams-out": opts.partitions},
                           configs={"retention.ms": "-1"})
             t = time.monotonic()
             ctx.input_ends = workload.publish(broker.bootstrap, ctx.input_topic, work.records, opts.partitions)
@@ -772,7 +812,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"to {opts.partitions} partitions")
             ctx.events_per_record = [events_in(r.value) for r in work.records]
             contenders = results["contenders"]
-            plan = [("a", "raw", []), ("b", "quix", ["--output", "bench-quix-out"]), ("c", "faust_agent", [])]
+            plan = [("a", "raw", []), ("b", "quix", ["--output", "bench-quix-out"]), ("c", "faust_agent", []),
+                    ("e", "kstreams", ["--output", "bench-kstreams-out"])]
             for key, module, extra in plan:
                 if key in opts.phases:
                     log(f"({key}) {report.NAMES[key]} ...")

@@ -166,12 +166,15 @@ def export(url: str, table: str, from_beginning: bool, group_id: str, progress_s
               help="seconds of inactivity that close a session, in the traffic's simulated time "
                    "(the producer runs its clock faster than wall time to reach --rate)")
 @click.option("--partitions", default=4, show_default=True)
+@click.option("--broker", "broker_kind", type=click.Choice(["tansu", "kafka"]), default="tansu",
+              show_default=True,
+              help="tansu (in memory, needs nothing) or kafka (Apache Kafka; needs Java 17 and Maven)")
 @_clean_errors
-def dev(users: int, rate: float, inactivity_timeout: float, partitions: int) -> None:
+def dev(users: int, rate: float, inactivity_timeout: float, partitions: int, broker_kind: str) -> None:
     """Run everything locally: broker, Redis, a worker, the producer, and a live view."""
     from pipeline.dev import run_dev
 
-    run_dev(users, rate, inactivity_timeout, partitions)
+    run_dev(users, rate, inactivity_timeout, partitions, broker_kind)
 
 
 @main.command()

@@ -43,6 +43,26 @@ class Settings(BaseSettings):
     )
     topic_partitions: int = Field(8, ge=1, description="partitions when the worker creates a topic")
     topic_replication: int = Field(1, ge=1, description="replication factor when the worker creates a topic")
+    events_retention_ms: int = Field(
+        7 * 86_400_000, ge=-1,
+        description="retention.ms the worker gives the events and repartition topics when it creates "
+        "them (7 days; -1 = keep forever); an existing topic keeps its own",
+    )
+    sessions_retention_ms: int = Field(
+        30 * 86_400_000, ge=-1,
+        description="retention.ms the worker gives the sessions topic when it creates it (30 days; "
+        "-1 = keep forever); an existing topic keeps its own",
+    )
+    dlq_retention_ms: int = Field(
+        14 * 86_400_000, ge=-1,
+        description="retention.ms the worker gives the dead-letter topic when it creates it (14 days; "
+        "-1 = keep forever); an existing topic keeps its own",
+    )
+    updates_retention_ms: int = Field(
+        86_400_000, ge=-1,
+        description="retention.ms the worker gives the updates topic when it creates it (1 day; "
+        "-1 = keep forever); an existing topic keeps its own",
+    )
 
     # -- session rules (seconds) -------------------------------------------
     inactivity_timeout: float = Field(

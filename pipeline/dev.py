@@ -1,6 +1,7 @@
 """``sessionizer dev``: the whole pipeline on this machine, with a live view.
 
-Starts the embedded Tansu broker and a redis-server on free loopback ports,
+Starts an embedded broker (Tansu by default, or Apache Kafka with ``--broker kafka``)
+and a redis-server on free loopback ports,
 creates the topics, runs one worker and the synthetic producer as child
 processes, and shows sessions closing live until Ctrl-C; then stops all of it.
 """
@@ -23,9 +24,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.apache_kafka import EmbeddedKafka, kafka_unavailable_reason
 from pipeline.config import load_settings
 from pipeline.credentials import generate_key
 from pipeline.display import format_duration
+from pipeline.exceptions import ConfigError
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, free_port
 
 
@@ -107,15 +110,22 @@ def _poll_worker(port: int) -> dict[str, int]:
         return {}
 
 
-def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int) -> None:
+def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int,
+            broker_kind: str = "tansu") -> None:
     from kafka import KafkaConsumer
 
     from pipeline.store.connection import redis_client_sync
 
+    if broker_kind == "kafka":
+        reason = kafka_unavailable_reason()
+        if reason:
+            raise ConfigError(f"--broker kafka: {reason}; or run without it (Tansu needs nothing)")
     logdir = Path(tempfile.mkdtemp(prefix="sessionizer-dev-"))
     (logdir / "broker").mkdir()
     (logdir / "redis").mkdir()
-    broker = EmbeddedBroker(workdir=logdir / "broker")
+    broker: EmbeddedBroker | EmbeddedKafka = (
+        EmbeddedKafka(workdir=logdir / "broker", announce=True) if broker_kind == "kafka"
+        else EmbeddedBroker(workdir=logdir / "broker"))
     store = EmbeddedRedis(workdir=logdir / "redis")
     children: list[subprocess.Popen[bytes]] = []
     with broker, store:

@@ -271,11 +271,21 @@ def collect_status(settings: Settings, *, sample_s: float = 1.0) -> dict[str, An
             for p in w.get("partitions", []):
                 owner_redis.setdefault(int(p), str(w["id"]))
 
+    kafka_sets: dict[str, set[int]] = {}
+    for p, member_id in owner_kafka.items():
+        kafka_sets.setdefault(member_id, set()).add(p)
+    redis_sets: dict[str, set[int]] = {}
+    for p, worker_id in owner_redis.items():
+        redis_sets.setdefault(worker_id, set()).add(p)
+
     rows = []
     for p in sorted(set(partitions) | set(redis["partitions"])):
         stored = redis["partitions"].get(p, {})
         row: dict[str, Any] = {"partition": p}
-        if p in owner_kafka:
+        if p in owner_kafka and p in owner_redis and kafka_sets[owner_kafka[p]] == redis_sets[owner_redis[p]]:
+            # both agree (Apache Kafka reports assignments): name the worker, as Redis does
+            row["owner"], row["owner_source"] = owner_redis[p], "kafka"
+        elif p in owner_kafka:
             row["owner"], row["owner_source"] = owner_kafka[p], "kafka"
         elif p in owner_redis:
             row["owner"], row["owner_source"] = owner_redis[p], "redis"

@@ -2,7 +2,16 @@
 
 Nothing starts unless a test asks for it:
 
-``broker``          session-scoped :class:`~pipeline.services.EmbeddedBroker` (Tansu)
+``broker``          the test's broker: Tansu (session-scoped
+                    :class:`~pipeline.services.EmbeddedBroker`) or Apache Kafka
+                    (session-scoped :class:`~pipeline.apache_kafka.EmbeddedKafka`), as
+                    ``broker_kind`` says
+``broker_kind``     ``"tansu"`` or ``"kafka"``: integration, e2e and fault tests that use
+                    a broker run once on each (ids ``[tansu]`` / ``[kafka]``; the Kafka
+                    run is marked ``kafka`` and skips, saying how to get Java and Maven,
+                    where they are missing); elsewhere ``"tansu"``
+``tansu_broker``    the session's Tansu broker
+``kafka_broker``    the session's Apache Kafka broker (skips without Java/Maven)
 ``redis_server``    session-scoped :class:`~pipeline.services.EmbeddedRedis` (AOF on)
 ``redis_client``    a ``redis.Redis`` on ``redis_server``, FLUSHALL before each test
 ``topic_factory``   ``topic_factory(partitions=1, stem="topic") -> name``: a new topic
@@ -15,7 +24,11 @@ Nothing starts unless a test asks for it:
 Tests under ``tests/integration``, ``tests/e2e``, ``tests/faults`` and ``tests/adversarial``
 get the markers ``integration``, ``e2e``, ``faults`` and ``adversarial`` automatically.
 
-The session's broker and redis-server are shared: a test that kills or pauses them
+``SESSIONIZER_TEST_BROKERS=tansu`` (or ``kafka``) runs the parametrized tests on one broker
+only. A test that is meaningful on one broker only is marked ``only_broker("tansu")`` (or
+``"kafka"``): it runs there alone.
+
+The session's brokers and redis-server are shared: a test that kills or pauses them
 gets them back running (and resumed) before the next test, but the broker's memory
 storage does not survive a kill. Fault tests that break services should start their
 own (``with EmbeddedBroker() as broker: ...``).
@@ -24,6 +37,7 @@ own (``with EmbeddedBroker() as broker: ...``).
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import sys
 import uuid
@@ -38,6 +52,7 @@ try:
 except ImportError:  # running pytest without `make venv` (no editable install)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.apache_kafka import EmbeddedKafka, kafka_unavailable_reason
 from pipeline.config import Settings
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
 
@@ -50,7 +65,10 @@ _DIR_MARKERS = {
 }
 
 #: The session's services that have been started, for the per-test health check.
-_STARTED: list[EmbeddedBroker | EmbeddedRedis] = []
+_STARTED: list[EmbeddedBroker | EmbeddedKafka | EmbeddedRedis] = []
+#: The brokers a parametrized test runs on.
+BROKER_KINDS = ("tansu", "kafka")
+_BROKER_DIRS = ("integration", "e2e", "faults")
 
 
 # -- markers and warnings -------------------------------------------------------
@@ -60,6 +78,38 @@ def pytest_configure(config: pytest.Config) -> None:
     # kafka-python 3 loads its protocol schemas with deprecated importlib.resources calls.
     for message in ("read_text is deprecated", "open_text is deprecated"):
         config.addinivalue_line("filterwarnings", f"ignore:{message}:DeprecationWarning")
+    config.addinivalue_line("markers", "kafka: runs on the embedded Apache Kafka broker (needs Java and Maven)")
+    config.addinivalue_line("markers", "only_broker(kind): run this test on one broker only (tansu or kafka)")
+
+
+def _selected_brokers() -> list[str]:
+    wanted = os.environ.get("SESSIONIZER_TEST_BROKERS", ",".join(BROKER_KINDS))
+    kinds = [kind.strip() for kind in wanted.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(BROKER_KINDS))
+    if unknown or not kinds:
+        raise pytest.UsageError(f"SESSIONIZER_TEST_BROKERS={wanted!r}: use tansu, kafka or tansu,kafka")
+    return kinds
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Integration, e2e and fault tests that use a broker run on each broker."""
+    if "broker_kind" not in metafunc.fixturenames:
+        return
+    try:
+        first = Path(metafunc.definition.path).resolve().relative_to(TESTS_DIR).parts[0]
+    except (ValueError, IndexError):
+        return
+    if first not in _BROKER_DIRS:
+        return
+    only = metafunc.definition.get_closest_marker("only_broker")
+    kinds = _selected_brokers()
+    if only is not None:  # runs on that broker alone (and not at all when it is not selected)
+        kinds = [kind for kind in kinds if kind == only.args[0]]
+    metafunc.parametrize(
+        "broker_kind",
+        [pytest.param(kind, marks=[pytest.mark.kafka] if kind == "kafka" else []) for kind in kinds],
+        ids=kinds,
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -77,7 +127,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
+def tansu_broker() -> Iterator[EmbeddedBroker]:
     """A Tansu broker for the whole session (memory-only, loopback, free port)."""
     service = EmbeddedBroker()
     service.start()
@@ -87,6 +137,42 @@ def broker() -> Iterator[EmbeddedBroker]:
     finally:
         _STARTED.remove(service)
         service.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedKafka]:
+    """An Apache Kafka broker for the whole session (KRaft, loopback, free ports)."""
+    reason = kafka_unavailable_reason()
+    if reason:
+        pytest.skip(f"Apache Kafka tests need Java and Maven: {reason}")
+    service = EmbeddedKafka()
+    service.start()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"Apache Kafka {service.version} on {service.bootstrap}: up in "
+            f"{service.startup_seconds:.1f}s, RSS {service.rss_bytes() / 2**20:.0f} MiB (heap {service.heap})"
+        )
+    _STARTED.append(service)
+    try:
+        yield service
+    finally:
+        _STARTED.remove(service)
+        service.close()
+
+
+@pytest.fixture
+def broker_kind() -> str:
+    """The broker a test runs on (parametrized for integration, e2e and fault tests)."""
+    return "tansu"
+
+
+@pytest.fixture
+def broker(broker_kind: str, request: pytest.FixtureRequest) -> EmbeddedBroker | EmbeddedKafka:
+    """The session's broker of ``broker_kind``."""
+    fixture = "kafka_broker" if broker_kind == "kafka" else "tansu_broker"
+    service: EmbeddedBroker | EmbeddedKafka = request.getfixturevalue(fixture)
+    return service
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +255,7 @@ class TopicFactory:
 
 
 @pytest.fixture
-def topic_factory(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> TopicFactory:
+def topic_factory(broker: EmbeddedBroker | EmbeddedKafka, request: pytest.FixtureRequest) -> TopicFactory:
     return TopicFactory(broker.bootstrap, request.node.name)
 
 
@@ -183,11 +269,11 @@ _TOPIC_FIELDS = (
 
 
 @pytest.fixture
-def settings_factory(request: pytest.FixtureRequest) -> Callable[..., Settings]:
+def settings_factory(request: pytest.FixtureRequest, broker_kind: str) -> Callable[..., Settings]:
     """``settings_factory(**overrides) -> Settings`` for the embedded services.
 
     Defaults: ``kafka_bootstrap`` / ``redis_url`` of the session's broker and
-    redis-server (each started only when not overridden), all five topics fresh and
+    redis-server (each started only when not overridden; the broker of ``broker_kind``), all five topics fresh and
     created with ``topic_partitions`` partitions (default 4; a topic name given as an
     override is created too), a unique ``consumer_group``, ``kafka_session_timeout=6``
     (Tansu answers a group join after half of it) and ``web_port=0``. Pass

@@ -15,10 +15,22 @@ from pipeline.security import check_redis, kafka_python_options, kafka_security
 from pipeline.store.connection import redis_client
 
 
+def topic_retention_ms(settings: Settings) -> dict[str, int]:
+    """``{topic: retention.ms}`` the worker gives each topic it creates (``*_retention_ms``)."""
+    return {
+        settings.events_topic: settings.events_retention_ms,
+        settings.repartition_topic: settings.events_retention_ms,
+        settings.sessions_topic: settings.sessions_retention_ms,
+        settings.dlq_topic: settings.dlq_retention_ms,
+        settings.updates_topic: settings.updates_retention_ms,
+    }
+
+
 def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) -> dict[str, int]:
     """Create the missing topics of ``wanted`` (``{name: partitions}``) with the worker's
-    Kafka security settings; ``{name: partition count}`` as the broker reports them
-    (an existing topic keeps its count). Like :func:`pipeline.services.create_topics`."""
+    Kafka security settings and retention (:func:`topic_retention_ms`); ``{name: partition
+    count}`` as the broker reports them (an existing topic keeps its count and its configs).
+    Like :func:`pipeline.services.create_topics`."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -30,9 +42,11 @@ def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) ->
         request_timeout_ms=int(timeout * 1000),
         **kafka_python_options(settings),
     )
+    retention = topic_retention_ms(settings)
     try:
         for name, count in wanted.items():
-            new = NewTopic(name, count, settings.topic_replication, topic_configs={"retention.ms": "-1"})
+            configs = {"retention.ms": str(retention.get(name, settings.events_retention_ms))}
+            new = NewTopic(name, count, settings.topic_replication, topic_configs=configs)
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([new])
         while True:
@@ -111,12 +125,11 @@ def preflight(settings: Settings) -> dict[str, int]:
     try:
         counts = create_topics(settings, {settings.events_topic: settings.topic_partitions}, timeout=10)
         partitions = counts[settings.events_topic]
-        counts.update(create_topics(
-            settings,
-            {settings.repartition_topic: partitions, settings.sessions_topic: partitions,
-             settings.dlq_topic: partitions},
-            timeout=15,
-        ))
+        more = {settings.repartition_topic: partitions, settings.sessions_topic: partitions,
+                settings.dlq_topic: partitions}
+        if settings.updates_interval > 0:
+            more[settings.updates_topic] = partitions
+        counts.update(create_topics(settings, more, timeout=15))
     except (KafkaError, OSError, TimeoutError, ServiceStartError) as exc:
         secured = (
             f", the SESSIONIZER_KAFKA_SECURITY_PROTOCOL ({security.protocol}) / _SASL_* / _SSL_* settings"

@@ -191,7 +191,7 @@ def _topic_names(settings: Settings) -> dict[str, int]:
 
 @pytest.fixture
 def worker_factory(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, broker_kind: str
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """``worker_factory(**overrides) -> WorkerProcess`` (created topics, not started)."""
     workers: list[WorkerProcess] = []

@@ -310,7 +310,7 @@ def test_gateway_command_needs_api_keys(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def worker(request: pytest.FixtureRequest) -> Any:
+def worker(request: pytest.FixtureRequest, broker_kind: str) -> Any:
     try:
         return request.getfixturevalue("worker_process")
     except pytest.FixtureLookupError:

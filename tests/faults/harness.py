@@ -46,6 +46,7 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
+from pipeline.apache_kafka import EmbeddedKafka
 from pipeline.checker import CheckReport, check_pipeline, consumer_lag, redis_leftovers
 from pipeline.config import Settings
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
@@ -100,6 +101,7 @@ class Scenario:
     poison: int = 40  # hand-made poison records on top of the model's bad ones
     drain_timeout_s: float = 150.0
     settings: dict[str, Any] = field(default_factory=dict)
+    broker: str = "tansu"  # or "kafka": Apache Kafka, with the sink's idempotent producer on
 
 
 @dataclass
@@ -204,10 +206,11 @@ class Worker:
 class Cluster:
     """Broker, redis-server and the worker processes of one run."""
 
-    def __init__(self, root: Path, values: dict[str, Any]) -> None:
+    def __init__(self, root: Path, values: dict[str, Any], broker: str = "tansu") -> None:
         self.root = root
         self.values = values
-        self.broker = EmbeddedBroker(workdir=root / "broker")
+        self.broker: EmbeddedBroker | EmbeddedKafka = (
+            EmbeddedKafka(workdir=root / "broker") if broker == "kafka" else EmbeddedBroker(workdir=root / "broker"))
         # AOF on, appendfsync everysec; no automatic AOF rewrite, so that a copy of the
         # AOF directory taken while it runs is a consistent prefix (redis_rollback)
         self.redis = EmbeddedRedis(workdir=root / "redis", extra_args=["--auto-aof-rewrite-percentage", "0"])
@@ -677,7 +680,8 @@ class RunResult:
 
         counts = self.log_counts
         extra = [
-            ("scenario", f"{self.scenario.name}: {self.scenario.users:,} users, seed {self.scenario.seed}, "
+            ("scenario", f"{self.scenario.name} on {self.scenario.broker}: {self.scenario.users:,} users, "
+                         f"seed {self.scenario.seed}, "
                          f"{self.published:,} records published over {self.load_s:.0f} s"),
             ("faults injected", self.fault_summary()),
             ("workers saw", f"{counts['fenced']} fenced writes refused, {counts['rebuilt']} partitions "
@@ -699,6 +703,7 @@ LOG_PATTERNS = {
     "fenced": re.compile(r"another worker took it over"),
     "rebuilt": re.compile(r"Redis lost writes|rebuilding from the input log"),
     "resent": re.compile(r"resending \d+ outbox messages"),
+    "idempotent": re.compile(r"sink: idempotent producer"),
     "transient": re.compile(r"transient failure"),
     "errors": re.compile(r"\bERROR\b|Traceback"),
 }
@@ -727,8 +732,10 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
         updates_topic=f"updates-{unique}", repartition_topic=f"repartition-{unique}",
         consumer_group=f"sessionizer-{unique}", redis_key_prefix=f"sz-{unique}",
     )
+    if scenario.broker == "kafka":
+        values["kafka_idempotence"] = "on"  # Apache Kafka grants it: the run checks it is used
     values.update(scenario.settings)
-    cluster = Cluster(root, values)
+    cluster = Cluster(root, values, scenario.broker)
     problems: list[str] = []
     keep = False
     try:

@@ -1,13 +1,15 @@
 """Nothing lost, nothing doubled: the pipeline under crashes, restarts, rebalances and bad
 input, checked against the pure core replaying the input log offline.
 
-Two runs of the same harness (:mod:`harness`), real processes throughout: a Tansu
-broker, a redis-server with its append-only file, ``sessionizer worker`` processes.
+Two runs of the same harness (:mod:`harness`), real processes throughout: a broker (Tansu,
+or Apache Kafka with the sink's idempotent producer on), a redis-server with its append-only
+file, ``sessionizer worker`` processes.
 
 - ``test_reduced_fault_run`` (part of ``make test``): a few hundred users, every fault
-  kind once.
+  kind once; once on each broker.
 - ``test_full_fault_run`` (``make test-faults``): 2,000 users, 100,000+ events, five
-  worker kills. Its table is what the README's Reliability section quotes.
+  worker kills, on the broker ``BROKER`` names (``tansu``, the default, or ``kafka``).
+  Its table is what the README's Reliability section quotes.
 
 ``FAULTS_SEED`` picks another seed (load and fault times); ``FAULTS_KEEP=1`` keeps the
 broker and redis-server of a failed run up for a look (the test then waits for Ctrl-C).
@@ -15,6 +17,7 @@ broker and redis-server of a failed run up for a look (the test then waits for C
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -55,9 +58,21 @@ def run(scenario: Scenario, root: Path) -> RunResult:
     return result
 
 
+def on_broker(scenario: Scenario, kind: str) -> Scenario:
+    if kind == "kafka":
+        from pipeline.apache_kafka import kafka_unavailable_reason
+
+        reason = kafka_unavailable_reason()
+        if reason:
+            pytest.skip(f"the fault run on Apache Kafka needs Java and Maven: {reason}")
+    return dataclasses.replace(scenario, broker=kind)
+
+
 def verdict(result: RunResult) -> None:
     report = result.report
     where = f"(files: {result.root})"
+    if result.scenario.broker == "kafka":
+        assert result.log_counts["idempotent"] >= 1, f"no worker used the idempotent producer {where}"
     assert not result.problems, f"the run itself went wrong: {result.problems} {where}"
     assert report.lost == 0 and report.lost_heartbeats == 0, f"events lost {where}"
     assert report.doubled == 0 and report.extra_heartbeats == 0, f"events doubled {where}"
@@ -72,10 +87,14 @@ def verdict(result: RunResult) -> None:
 
 @pytest.mark.routine
 @pytest.mark.timeout(480)
-def test_reduced_fault_run(tmp_path_factory: pytest.TempPathFactory) -> None:
-    verdict(run(REDUCED, tmp_path_factory.mktemp("faults-reduced")))
+def test_reduced_fault_run(tmp_path_factory: pytest.TempPathFactory, broker_kind: str) -> None:
+    scenario = on_broker(REDUCED, broker_kind)
+    verdict(run(scenario, tmp_path_factory.mktemp(f"faults-reduced-{broker_kind}")))
 
 
 @pytest.mark.timeout(1800)
 def test_full_fault_run(tmp_path_factory: pytest.TempPathFactory) -> None:
-    verdict(run(FULL, tmp_path_factory.mktemp("faults-full")))
+    kind = os.environ.get("BROKER", "tansu")
+    if kind not in ("tansu", "kafka"):
+        raise pytest.UsageError(f"BROKER={kind!r}: use tansu or kafka")
+    verdict(run(on_broker(FULL, kind), tmp_path_factory.mktemp(f"faults-full-{kind}")))

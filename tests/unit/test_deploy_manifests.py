@@ -945,3 +945,9 @@ def test_healthcheck_defaults_to_the_worker_port(monkeypatch: pytest.MonkeyPatch
     assert module.default_url() == "http://127.0.0.1:6066/healthz"
     monkeypatch.setenv("SESSIONIZER_WEB_PORT", "7000")
     assert module.default_url() == "http://127.0.0.1:7000/healthz"
+
+
+def test_compose_kafka_is_the_version_the_tests_run() -> None:
+    from pipeline.apache_kafka import KAFKA_VERSION
+
+    assert _services()["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
