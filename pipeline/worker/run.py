@@ -53,14 +53,39 @@ def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) ->
         admin.close()
 
 
+def check_schema() -> None:
+    """Read and compile the event schema now: a missing or broken one is a setting to
+    fix (``SESSIONIZER_SCHEMA_DIR``), not something a retry mends."""
+    from pipeline.core.parse import (
+        SCHEMA_DIR_ENV,
+        event_validator,
+        reset_event_validator,
+        schema_dir,
+    )
+
+    reset_event_validator()
+    try:
+        event_validator()
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    except Exception as exc:  # unreadable, not JSON, not a JSON schema
+        raise ConfigError(
+            f"the event schema in {schema_dir()} cannot be used ({exc.__class__.__name__}: {exc}); "
+            f"fix it, or set {SCHEMA_DIR_ENV} to a folder with a valid one (unset: the packaged one)"
+        ) from None
+
+
 def preflight(settings: Settings) -> dict[str, int]:
-    """Fail fast, in one line, when Kafka or Redis is unreachable; create missing topics.
+    """Fail fast, in one line, on what no retry can mend: a missing or broken schema, a
+    bad setting, unreachable Kafka or Redis, topics whose partition counts cannot
+    work; create the missing topics.
 
     The events and repartition topics must have the same partition count (a
     session key routes to the same partition number in both).
     """
     from kafka.errors import KafkaError
 
+    check_schema()
     security = kafka_security(settings)  # a bad combination fails here, naming the variable
     redis_kwargs = redis_options(settings)
 
