@@ -56,9 +56,12 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, 
 class Runtime:
     """The worker's state: one :class:`PartitionProcessor` per assigned partition."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: Settings, partitions: int | None = None) -> None:
         self.app = app
         self.settings = settings
+        #: the events topic's partition count as the broker last reported it (the preflight
+        #: reads it before the app starts; every assignment reads it again)
+        self.partition_count = partitions
         self.topics = Topics(
             events=settings.events_topic,
             repartition=settings.repartition_topic,
@@ -93,6 +96,9 @@ class Runtime:
         self.on_batch_hooks: list[Any] = []
         self.web_url = ""  # set by build_app; announced for `sessionizer status`
         self._last_prune = 0.0
+        self._background: set[asyncio.Task[None]] = set()  # claims retried after a failure
+        #: grows the repartition topic to a partition count (``pipeline.worker.run``)
+        self.grow_repartition: Any = None
 
     async def start(self) -> None:
         if not self.started:
@@ -101,6 +107,8 @@ class Runtime:
             self.started = True
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self._settle()
         await self.sink.stop()
         await self.store.close()
@@ -111,24 +119,90 @@ class Runtime:
         return {tp.partition for tp in tps if tp.topic in ours}
 
     async def on_assigned(self, assigned: set[TP]) -> None:
-        await self.start()
-        consumer = self.app.consumer
-        if self.router is None:
-            count = consumer.topic_partitions(self.topics.events) or self.settings.topic_partitions
-            self.router = Router(count)
+        """Claim the assigned partitions. Never raises (faust would crash the worker): a
+        partition whose claim fails is claimed again in the background, with backoff,
+        while it stays assigned (its records are not read meanwhile: the claim seeks)."""
         wanted = self._partitions_of(assigned)
         self._assigned = set(wanted)
+        try:
+            await self._follow_partition_count()
+            await self.start()
+        except Exception as exc:
+            log.warning("partitions %s: not claimed yet (%s: %s); retrying", sorted(wanted),
+                        exc.__class__.__name__, exc)
+            self.metrics.partition_errors.labels("claim").inc()
+            for partition in sorted(wanted):
+                self._claim_later(partition)
+            return
         async with self.lock:
             await self._settle()
             for partition in list(self.processors):
                 if partition not in wanted:
                     self._drop(partition)
             for partition in sorted(wanted - set(self.processors)):
-                await self._take(partition)
+                try:
+                    await self._take(partition)
+                except Exception as exc:
+                    log.warning("partition %d: claiming it failed (%s: %s); retrying", partition,
+                                exc.__class__.__name__, exc)
+                    self.metrics.partition_errors.labels("claim").inc()
+                    self._claim_later(partition)
             for processor in self.processors.values():  # the budget is per worker
                 processor.cache_keys = self._cache_keys_each()
         self.metrics.partitions.set(len(self.processors))
         log.info("assigned partitions %s", sorted(self.processors))
+
+    async def _follow_partition_count(self) -> None:
+        """Route by the events topic's partition count as the broker's metadata says it
+        (never the setting's default when the topic exists); when it grew, grow the
+        repartition topic with it before anything is forwarded there."""
+        consumer = self.app.consumer
+        count = consumer.topic_partitions(self.topics.events) or self.partition_count
+        if count is None:  # no metadata yet, and no preflight (tests building the app)
+            count = self.settings.topic_partitions
+        if self.router is not None and self.router.partitions == count:
+            return
+        repartition = consumer.topic_partitions(self.topics.repartition)
+        if repartition is not None and repartition < count:
+            if self.grow_repartition is None:
+                raise RuntimeError(
+                    f"{self.topics.repartition} has {repartition} partitions, "
+                    f"{self.topics.events} {count}; add partitions to the repartition topic"
+                )
+            log.warning("%s grew to %d partitions: growing %s from %d", self.topics.events,
+                        count, self.topics.repartition, repartition)
+            await asyncio.get_running_loop().run_in_executor(None, self.grow_repartition, count)
+        if self.router is not None:
+            log.info("%s has %d partitions (was %d): routing by the new count",
+                     self.topics.events, count, self.router.partitions)
+        self.partition_count = count
+        self.router = Router(count)
+        for processor in self.processors.values():
+            processor.router = self.router
+
+    def _claim_later(self, partition: int) -> None:
+        task = asyncio.ensure_future(self._claim_retry(partition))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _claim_retry(self, partition: int) -> None:
+        delay = 0.5
+        while partition in self._assigned and partition not in self.processors:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                async with self.lock:
+                    if partition not in self._assigned or partition in self.processors:
+                        return
+                    await self._follow_partition_count()
+                    await self.start()
+                    await self._take(partition)
+                    self.processors[partition].cache_keys = self._cache_keys_each()
+                self.metrics.partitions.set(len(self.processors))
+                log.info("assigned partitions %s", sorted(self.processors))
+            except Exception as exc:
+                log.warning("partition %d: claiming it failed again (%s: %s); retrying in %.1fs",
+                            partition, exc.__class__.__name__, exc, delay)
 
     def _cache_keys_each(self) -> int:
         """Each partition's share of the key states this worker keeps in memory."""
@@ -503,7 +577,9 @@ def _advertised(host: str) -> str:
     return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
 
 
-def build_app(settings: Settings) -> SessionizerApp:
+def build_app(settings: Settings, partitions: int | None = None) -> SessionizerApp:
+    """The worker's faust app; ``partitions``: the events topic's partition count as the
+    preflight found it (the router's until the broker's metadata says otherwise)."""
     web_port = settings.web_port or free_port(settings.web_host)
     app = SessionizerApp(
         settings.consumer_group,
@@ -525,7 +601,7 @@ def build_app(settings: Settings) -> SessionizerApp:
         producer_acks=-1,
         store="memory://",
     )
-    runtime = Runtime(app, settings)
+    runtime = Runtime(app, settings, partitions)
     app.sessionizer = runtime  # type: ignore[attr-defined]
     runtime.web_url = f"http://{_advertised(settings.web_host)}:{web_port}"
     for name in (settings.events_topic, settings.repartition_topic):

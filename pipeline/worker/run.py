@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -118,10 +119,31 @@ def preflight(settings: Settings) -> dict[str, int]:
     if counts[settings.repartition_topic] != counts[settings.events_topic]:
         raise ConfigError(
             f"topic {settings.repartition_topic} has {counts[settings.repartition_topic]} partitions "
-            f"but {settings.events_topic} has {counts[settings.events_topic]}; they must match: "
-            "recreate the repartition topic with the same count"
+            f"but {settings.events_topic} has {counts[settings.events_topic]}; they must match "
+            "(a session key routes to the same partition number in both): recreate "
+            f"{settings.repartition_topic} with {counts[settings.events_topic]} partitions, or set "
+            "SESSIONIZER_REPARTITION_TOPIC to a new name (the worker creates it)"
         )
     return counts
+
+
+def grow_topic(settings: Settings, name: str, partitions: int, timeout: float = 15.0) -> None:
+    """Add partitions to topic ``name`` up to ``partitions`` (the events topic grew)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewPartitions
+    from kafka.errors import InvalidPartitionsError
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="sessionizer-admin",
+        request_timeout_ms=int(timeout * 1000),
+        **kafka_python_options(settings),
+    )
+    try:
+        with contextlib.suppress(InvalidPartitionsError):  # grown already (by another worker)
+            admin.create_partitions({name: NewPartitions(partitions)})
+    finally:
+        admin.close()
 
 
 #: the cyclic garbage collector's thresholds in the worker (Python's default is a
@@ -150,8 +172,11 @@ def run_worker(settings: Settings | None = None) -> None:
 
     settings = settings or load_settings()
     settings.project_rules  # noqa: B018 -- a bad SESSIONIZER_PROJECT_SETTINGS fails here, in one line
-    preflight(settings)
-    app = build_app(settings)
+    counts = preflight(settings)
+    app = build_app(settings, counts[settings.events_topic])
+    app.sessionizer.grow_repartition = functools.partial(  # type: ignore[attr-defined]
+        grow_topic, settings, settings.repartition_topic
+    )
     level = settings.log_level.upper()
     logging.getLogger("pipeline").setLevel(level)
     logging_config = worker_logging_config(settings)
