@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -53,6 +54,13 @@ def _last_fetch_ms(consumer: Any, tp: TP) -> float | None:
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
+def is_infrastructure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker or Redis is unreachable or timing out: retried
+    with backoff, without end. Anything else a record makes happen is the record's
+    (retried a bounded number of times, then dead-lettered)."""
+    return isinstance(exc, TRANSIENT) or (isinstance(exc, KafkaError) and bool(exc.retriable))
+
+
 class Runtime:
     """The worker's state: one :class:`PartitionProcessor` per assigned partition."""
 
@@ -76,9 +84,12 @@ class Runtime:
             history_max=settings.history_max_sessions,
         )
         self.sink = KafkaSink(
-            settings.kafka_bootstrap, self.topics, settings.kafka_idempotence, **aiokafka_options(settings)
+            settings.kafka_bootstrap, self.topics, settings.kafka_idempotence,
+            max_value_bytes=settings.max_event_bytes, max_record_bytes=settings.max_record_bytes,
+            **aiokafka_options(settings),
         )
         self.sink.on_sent.append(self.metrics.on_sent)
+        self.sink.on_refused.append(self.metrics.refused_messages.inc)
         self.processors: dict[int, PartitionProcessor] = {}
         self._assigned: set[int] = set()  # partitions of this worker's current assignment
         self._heard: dict[int, float] = {}  # partition -> when the broker last answered for it (ms)
@@ -219,6 +230,7 @@ class Runtime:
             updates_interval_s=self.settings.updates_interval or None,
             overlap_sends=True,
             cache_keys=self._cache_keys_each(),
+            max_record_bytes=self.settings.max_record_bytes,
         )
         consumer = self.app.consumer
         positions = {}
@@ -390,20 +402,108 @@ class Runtime:
                 self._drop(partition)
                 self.metrics.partitions.set(len(self.processors))
                 return
-            except TRANSIENT as exc:
-                self.metrics.partition_errors.labels("transient").inc()
-                log.warning("partition %d: transient failure (%s); retrying in %.1fs", partition, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
             except Exception as exc:
-                # the broker refused a send, or anything unexpected: state in Redis
-                # is consistent (the outbox holds what was not acknowledged), so
-                # re-claim the partition, which resends the outbox, and go on
+                if is_infrastructure(exc):
+                    self.metrics.partition_errors.labels("transient").inc()
+                    log.warning("partition %d: transient failure (%s); retrying in %.1fs",
+                                partition, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                # anything unexpected: state in Redis is consistent (the outbox holds
+                # what was not acknowledged), so re-claim the partition, which resends
+                # the outbox; a batch then runs again in parts, to find the record that
+                # made it fail (a poison record) and dead-letter it alone
                 log.exception("partition %d: %s; re-claiming it", partition, exc)
                 self.metrics.partition_errors.labels("reclaim").inc()
                 await asyncio.sleep(delay)
                 await self._rebuild(partition)
+                if func == self._process:
+                    await self._isolate(partition, arg)
                 return
+
+    async def _lost_ownership(self, partition: int, exc: Exception) -> None:
+        """What :meth:`_guarded` does on a fenced write or a store behind this worker."""
+        log.warning("%s", exc)
+        if isinstance(exc, StaleStateError):
+            self.metrics.partition_errors.labels("reclaim").inc()
+            await self._rebuild(partition)  # the replay runs the rest of the batch again
+        else:
+            self.metrics.partition_errors.labels("fenced").inc()
+            self._drop(partition)
+            self.metrics.partitions.set(len(self.processors))
+
+    async def _isolate(self, partition: int, records: list[Any]) -> None:
+        """Run a batch that failed again in halves, then record by record, in order: the
+        parts that go through commit as usual (each exactly once: a part applied already
+        is skipped by its offsets), and a record that fails alone, on each of
+        ``record_max_attempts`` tries, is dead-lettered as ``processing_failed`` and the
+        partition goes on past it. Broker or Redis faults meanwhile are retried."""
+        attempts = self.settings.record_max_attempts
+        stack = [records]
+        while stack:
+            chunk = stack.pop()
+            tries = 0
+            delay = 0.1
+            while True:
+                processor = self.processors.get(partition)
+                if processor is None:
+                    return  # released or fenced: the next owner replays what is left
+                try:
+                    await self._process(chunk)
+                    break
+                except (StaleStateError, FencedError) as exc:
+                    await self._lost_ownership(partition, exc)
+                    return
+                except Exception as exc:
+                    if is_infrastructure(exc):
+                        log.warning("partition %d: transient failure (%s); retrying in %.1fs",
+                                    partition, exc, delay)
+                        self.metrics.partition_errors.labels("transient").inc()
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                        continue
+                    await self._rebuild(partition)  # back to what Redis holds
+                    if len(chunk) > 1:
+                        middle = len(chunk) // 2
+                        stack.extend((chunk[middle:], chunk[:middle]))  # the first half first
+                        break
+                    tries += 1
+                    if tries < attempts:
+                        log.warning("partition %d: record %s@%d failed (%s: %s); try %d of %d",
+                                    partition, chunk[0].topic, chunk[0].offset,
+                                    exc.__class__.__name__, exc, tries + 1, attempts)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                        continue
+                    await self._dead_letter_failed(partition, chunk[0], exc, tries)
+                    break
+
+    async def _dead_letter_failed(self, partition: int, record: Any, exc: BaseException,
+                                  tries: int) -> None:
+        detail = (f"processing the record failed {tries} times: "
+                  f"{exc.__class__.__name__}: {exc}")[:1000]
+        log.error("partition %d: record %s@%d dead-lettered as processing_failed (%s)",
+                  partition, record.topic, record.offset, detail)
+        self.metrics.partition_errors.labels("processing_failed").inc()
+        delay = 0.1
+        while True:
+            processor = self.processors.get(partition)
+            if processor is None:
+                return
+            try:
+                await processor.reject(record, detail)
+                return
+            except (StaleStateError, FencedError) as exc:
+                await self._lost_ownership(partition, exc)
+                return
+            except Exception as failed:
+                log.warning("partition %d: dead-lettering %s@%d failed (%s); retrying in %.1fs",
+                            partition, record.topic, record.offset, failed, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                if not is_infrastructure(failed):
+                    await self._rebuild(partition)
 
     async def _rebuild(self, partition: int) -> None:
         """Claim ``partition`` again from what Redis holds (a new epoch, the outbox
