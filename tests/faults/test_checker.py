@@ -124,7 +124,7 @@ def test_replay_clamps_a_far_future_record_timestamp_as_the_workers_do() -> None
     ten_years_ms = 10 * 365 * 86_400_000
     log = [
         rec(0, "alice", "session", START_MS, START_MS),
-        rec(1, "mallory", "usage", START_MS, START_MS + ten_years_ms),  # a forged timestamp
+        rec(1, "mallory", "usage", START_MS + ten_years_ms, START_MS + ten_years_ms),  # forged
         rec(2, "alice", "usage", START_MS + 1_000, START_MS + 1_000),
     ]
     exp = replay(log, partitions=1, rules=rules, wall_ms=START_MS)
