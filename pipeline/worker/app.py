@@ -182,7 +182,13 @@ class Runtime:
                 )
             log.warning("%s grew to %d partitions: growing %s from %d", self.topics.events,
                         count, self.topics.repartition, repartition)
-            await asyncio.get_running_loop().run_in_executor(None, self.grow_repartition, count)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.grow_repartition, count)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"cannot add partitions to {self.topics.repartition} ({exc.__class__.__name__}: "
+                    f"{exc}); give it {count} partitions, as {self.topics.events} has"
+                ) from exc
         if self.router is not None:
             log.info("%s has %d partitions (was %d): routing by the new count",
                      self.topics.events, count, self.router.partitions)
