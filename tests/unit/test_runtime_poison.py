@@ -148,3 +148,30 @@ def test_a_failing_claim_never_raises_out_of_the_assignment() -> None:
         await runtime.stop()
 
     asyncio.run(main())
+
+
+def test_the_router_follows_the_events_topic_and_grows_the_repartition_topic() -> None:
+    from faust.types import TP
+
+    async def main() -> None:
+        store, sink = MemoryStore(), ListSink()
+        runtime = _runtime(store, sink)
+        counts = {TOPICS.events: 2, TOPICS.repartition: 2}
+        runtime.app = _App(counts)  # type: ignore[assignment]
+        grown: list[int] = []
+        runtime.grow_repartition = grown.append
+
+        async def start() -> None:
+            pass
+
+        runtime.start = start  # type: ignore[method-assign]
+        await runtime.on_assigned({TP(TOPICS.events, 0)})
+        assert runtime.router is not None and runtime.router.partitions == 2 and grown == []
+        counts[TOPICS.events] = 4  # partitions added to the events topic: a rebalance follows
+        await runtime.on_assigned({TP(TOPICS.events, 0)})
+        assert grown == [4]
+        assert runtime.router.partitions == 4
+        assert runtime.processors[0].router is runtime.router
+        await runtime.stop()
+
+    asyncio.run(main())
