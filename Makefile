@@ -5,14 +5,14 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 # Lint only the source trees that exist (a fresh clone may not have all of them yet).
-LINT_PATHS := $(wildcard pipeline tests bench)
+LINT_PATHS := $(wildcard pipeline clients tests bench)
 
 .PHONY: help venv lint typecheck test test-unit test-faults demo bench clean distclean
 
 help:
 	@echo "make venv         create $(VENV) and install the project with its dev extras"
 	@echo "make lint         ruff check"
-	@echo "make typecheck    mypy pipeline"
+	@echo "make typecheck    mypy pipeline and the light client"
 	@echo "make test         venv + lint + typecheck + the whole pytest suite (what CI runs)"
 	@echo "make test-unit    unit tests only"
 	@echo "make test-faults  the fault-injection suite"
@@ -34,7 +34,7 @@ lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 
 typecheck: venv
-	$(BIN)/mypy pipeline
+	$(BIN)/mypy pipeline clients/python/sessionizer_client
 
 test: venv lint typecheck
 	$(PYTEST) -q -rs -m "not faults or routine"

@@ -41,9 +41,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import workload
+from pipeline.config import Settings
 from pipeline.core.rules import SessionRules
 from pipeline.services import EmbeddedRedis
-from pipeline.store.redis import RedisStore, connect
+from pipeline.store.connection import redis_client
+from pipeline.store.redis import RedisStore
 from pipeline.worker.outbox import Outgoing
 from pipeline.worker.processor import PartitionProcessor, Topics
 from pipeline.worker.routing import Router
@@ -87,8 +89,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rules = SessionRules(inactivity_timeout_ms=args.timeout * 1000)
     with EmbeddedRedis(appendonly=True) as redis:
         # under callgrind everything in this process is about fifty times slower
-        slow = {"socket_connect_timeout": 600, "socket_timeout": 600} if args.callgrind_window else {}
-        store = RedisStore(connect(redis.url, **slow), "hot")
+        slow = {"redis_connect_timeout": 600, "redis_socket_timeout": 600} if args.callgrind_window else {}
+        store = RedisStore(redis_client(Settings(redis_url=redis.url, **slow)), "hot")
         sink = CountingSink()
         router = Router(args.partitions)
         processors = {}

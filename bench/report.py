@@ -1,12 +1,27 @@
-"""Benchmark results: derived ratios, ``latest.json``, ``latest.md``, ``latest.png``; py-spy summaries."""
+"""Benchmark results: derived ratios, ``latest.json``, ``latest.md``, ``latest.png``,
+``docs/performance.md``; py-spy summaries.
+
+``make bench`` writes ``docs/performance.md`` from the run's results (a run with
+``--out`` elsewhere writes ``performance.md`` beside its other results instead).
+``python -m bench.report`` renders it again from ``bench/results/latest.json`` without
+running anything (after a change of the page's text here); ``--check`` only says
+whether the committed page is current.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+DOC = REPO / "docs" / "performance.md"
 
 NAMES = {
     "a": "raw aiokafka + orjson (ceiling)",
@@ -90,6 +105,10 @@ def write(results: dict[str, Any], out: Path) -> None:
             slim[name].pop("all_ms", None)
     (out / "latest.json").write_text(json.dumps(slim, indent=2, sort_keys=False) + "\n")
     (out / "latest.md").write_text(markdown(results))
+    doc = doc_path(out)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    # from what latest.json holds, so that `python -m bench.report` renders the same page
+    doc.write_text(performance_doc(slim, doc.parent, out), encoding="utf-8")
     try:
         plot(results, out / "latest.png")
     except ImportError as exc:  # matplotlib missing: everything else still stands
@@ -114,15 +133,18 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], *, heading: bool = True, commit: bool = True) -> str:
+    """The results as Markdown; ``heading=False`` leaves out the title line, ``commit=False``
+    the commit the run measured (for pages that state current facts only)."""
     c = results.get("contenders", {})
     opts = results.get("options", {})
     work = results.get("workload", {})
     lines: list[str] = []
     add = lines.append
     smoke = " (smoke run: numbers mean nothing)" if opts.get("smoke") else ""
-    add(f"### Benchmark results{smoke}")
-    add("")
+    if heading:
+        add(f"### Benchmark results{smoke}")
+        add("")
     add(f"Workload: {opts.get('users', 0):,} users, {work.get('events_sent', 0):,} events in "
         f"{work.get('records', 0):,} records ({work.get('batch_records', 0):,} client batches, "
         f"{work.get('heartbeats', 0):,} heartbeats, {work.get('duplicates', 0):,} duplicates, "
@@ -258,12 +280,150 @@ def markdown(results: dict[str, Any]) -> str:
         add(f"Machine: {m.get('cpu', '?')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, "
             f"Linux {m.get('kernel')}, Python {m.get('python')}; redis-server {m.get('redis_server')}, "
             f"{m.get('tansu', 'tansu')}; {packages}. Broker, Redis, contender and harness share the machine. "
-            f"Run {results.get('generated_at')} at {m.get('commit', '?')}, {results.get('duration_s')} s.")
+            f"Run {results.get('generated_at')}"
+            + (f" at {m.get('commit', '?')}" if commit else "") + f", {results.get('duration_s')} s.")
     return "\n".join(lines) + "\n"
 
 
 def _closes(reasons: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in reasons.items()) or "none"
+
+
+# -- docs/performance.md -----------------------------------------------------------------
+
+
+def doc_path(out: Path) -> Path:
+    """Where a run's page goes: ``docs/performance.md`` for the default results folder,
+    else ``performance.md`` beside the run's other results (a smoke run, a quick look)."""
+    return DOC if out.resolve() == RESULTS.resolve() else out / "performance.md"
+
+
+def _rel(target: Path, doc_dir: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), doc_dir.resolve())).as_posix()
+
+
+def performance_doc(results: dict[str, Any], doc_dir: Path, results_dir: Path) -> str:
+    """The whole ``performance.md`` page: how to reproduce, the run's results, what they mean."""
+    smoke = results.get("options", {}).get("smoke")
+    bench_readme = _rel(REPO / "bench" / "README.md", doc_dir)
+    lines = [
+        "# Performance",
+        "",
+        "<!-- Written by `make bench` (bench/report.py) from bench/results/latest.json; "
+        "do not edit by hand. -->",
+        "",
+        "What one worker process takes on one machine, next to other ways of reading the same "
+        "input, measured by `make bench`, which also writes this page.",
+    ]
+    if smoke:
+        lines += ["", "**This page comes from a smoke run: its numbers mean nothing.**"]
+    lines += [
+        "",
+        "## How to reproduce",
+        "",
+        "```sh",
+        "make bench                    # the full run (about 6 minutes on 2 cores): bench/results/ and this page",
+        "make bench-smoke              # every phase on a tiny input (about a minute), in artifacts/bench-smoke/",
+        "python -m bench.report        # this page again from bench/results/latest.json, without a run",
+        "python -m bench.hotpath --instructions   # instructions per event of the processor alone",
+        "```",
+        "",
+        "One run starts an embedded Tansu broker and a redis-server (AOF on), publishes one "
+        "seeded workload and measures, on that same input and each in a process of its own: "
+        "(a) a raw aiokafka consumer decoding with orjson (the ceiling), (b) Quix Streams' "
+        "`session_window` (30 s gap, `count()`, `final()`, changelogs off), (c) a bare faust "
+        "agent and (d) `sessionizer worker` with every rule of the [contract](contract.md) on; "
+        "then two workers on the same input, close latency under a live load, and memory with "
+        f"up to 1,000,000 open sessions. How and what it measures: [bench/README.md]({bench_readme}); "
+        f"the raw results: [latest.json]({_rel(results_dir / 'latest.json', doc_dir)}).",
+        "",
+        "CPU seconds on a shared host move by up to a third between runs, and not by the same "
+        "factor for every contender: compare the ratios within one run, and compare two versions "
+        "of the hot path by their instructions per event (`python -m bench.hotpath "
+        "--instructions`, which repeats within a few tenths of a per cent).",
+        "",
+        "## Results",
+        "",
+        "The goals: 50,000 events/s for one worker process, 6 times Quix Streams' `session_window`, "
+        "a quarter of the raw consumer.",
+        "",
+        markdown(results, heading=False, commit=False).rstrip("\n"),
+        "",
+        f"![throughput and close latency]({_rel(results_dir / 'latest.png', doc_dir)})",
+    ]
+    capacity = _capacity(results)
+    if capacity:
+        lines += ["", "## What it means for capacity", "", "From the run above:", "", *capacity]
+    lines += [
+        "",
+        "## Where the worker's time goes",
+        "",
+        "The worker's main thread runs the event loop: parsing, the session rules and the "
+        "commits; faust's consumer thread does aiokafka's fetches. Both share the GIL, so the "
+        "main thread's CPU per event bounds one process (the thread table above). To look "
+        "closer: `python -m bench.run --profile` samples the worker's run with py-spy "
+        "(`profile-worker.txt` beside the results), `python -m bench.hotpath --profile` runs "
+        "the partition processors alone against a real redis-server and prints cProfile's "
+        "top functions. What the hot path does to be quick is in "
+        "[design.md](design.md#the-hot-path).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _capacity(results: dict[str, Any]) -> list[str]:
+    d = results.get("contenders", {}).get("d") or {}
+    cpu, redis = d.get("cpu_s_per_100k"), d.get("redis_cpu_s_per_100k")
+    out: list[str] = []
+    if cpu:
+        per_core = 100_000 / cpu
+        scaling = results.get("scaling") or {}
+        two = (f" Two worker processes took {scaling['vs_one_worker']:.2f}x one, on "
+               f"{results.get('machine', {}).get('cores')} cores shared with the broker, Redis and "
+               "the harness." if scaling.get("vs_one_worker") else "")
+        out.append(f"- **Per worker.** A worker is one Python process: one event loop, at most one "
+                   f"core. At {cpu:.2f} CPU seconds per 100k events it takes about "
+                   f"{_round(per_core)} events/s on a core of its own.{two}")
+    if redis:
+        per_redis = 100_000 / redis
+        workers = f", about {per_redis / (100_000 / cpu):.1f} workers per Redis master" if cpu else ""
+        out.append(f"- **Per Redis core.** Redis spent {redis:.2f} CPU seconds per 100k events (one "
+                   f"read and one Lua commit per partition batch): one Redis core takes about "
+                   f"{_round(per_redis)} events/s{workers}.")
+    points = (results.get("memory") or {}).get("points") or []
+    if points:
+        last = points[-1]
+        out.append(f"- **Memory.** Redis holds about {_n(last.get('bytes_per_open_session'))} bytes per "
+                   f"open session; the worker's RSS was {_mib(last.get('worker_rss_bytes'))} with "
+                   f"{last['open_sessions']:,} open sessions, bounded by `SESSIONIZER_STATE_CACHE_KEYS` "
+                   "whatever their number.")
+    if out:
+        out.append("- **Partitions** are the unit of parallelism: a partition is owned by one worker "
+                   "at a time, so workers beyond the partition count wait as standbys. The scaling "
+                   "model and Redis Cluster: [scaling.md](scaling.md); running more workers: "
+                   "[operations.md](operations.md#partitions-bound-the-workers).")
+    return out
+
+
+def _round(value: float) -> str:
+    return f"{round(value, -3):,.0f}" if value >= 10_000 else f"{round(value, -2):,.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description="Render docs/performance.md from bench/results/latest.json (no benchmark run).")
+    parser.add_argument("--check", action="store_true", help="only check that the committed page is current")
+    args = parser.parse_args(argv)
+    results = json.loads((RESULTS / "latest.json").read_text(encoding="utf-8"))
+    text = performance_doc(results, DOC.parent, RESULTS)
+    if args.check:
+        if not DOC.exists() or DOC.read_text(encoding="utf-8") != text:
+            print("docs/performance.md is out of date: run `python -m bench.report`", file=sys.stderr)
+            return 1
+        return 0
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote {DOC.relative_to(REPO)}")
+    return 0
 
 
 # -- plot -------------------------------------------------------------------------------
@@ -409,3 +569,7 @@ def hotspots_text(summary: dict[str, Any]) -> str:
             out.append(f"{row['percent']:5.1f}%  {row['function']}")
         out.append("")
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

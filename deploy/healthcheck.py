@@ -7,7 +7,7 @@ The runtime image has no curl or wget, so the Dockerfile's HEALTHCHECK (and the
 compose file's) run this with the image's Python, standard library only:
 
     python /app/healthcheck.py                      # the worker: port $SESSIONIZER_WEB_PORT (6066)
-    python /app/healthcheck.py http://127.0.0.1:8080/healthz   # the gateway
+    python /app/healthcheck.py http://127.0.0.1:8081/healthz   # the gateway (its admin port)
 
 Exit status: 0 healthy, 1 anything else (connection refused, timeout, non-200,
 a body that is not a JSON object, an ``ok`` that is not true, a ``status`` other

@@ -50,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.config import Settings
+from pipeline.config import Settings, load_settings
 from pipeline.core.engine import Sessionizer
 from pipeline.core.event import HEARTBEAT, Event, Rejection
 from pipeline.core.parse import parse_record
@@ -168,12 +168,11 @@ def consumer_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[tupl
 def redis_leftovers(redis_url: str, prefix: str) -> dict[str, int]:
     """What Redis still holds after a drain: open sessions (the open index, and key
     states holding an open session) and outbox messages, summed over partitions."""
-    import redis
-
+    from pipeline.store.connection import redis_client_sync
     from pipeline.store.keys import Keys
 
     keys = Keys(prefix)
-    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    client = redis_client_sync(load_settings(redis_url=redis_url))
     try:
         open_index = outbox = open_states = 0
         for raw in client.smembers(keys.shards):
@@ -536,8 +535,6 @@ def main(argv: list[str] | None = None) -> int:
     settings name (topics, consumer group, Redis); prints the table, exits 1 on a breach.
     Run it after the input has drained (sessions idle past the inactivity timeout)."""
     import argparse
-
-    from pipeline.config import load_settings
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.checker", description=main.__doc__)
     parser.add_argument("--no-redis", action="store_true", help="do not check what Redis holds")

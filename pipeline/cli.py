@@ -49,6 +49,22 @@ def worker() -> None:
     run_worker()
 
 
+@main.command("api-key")
+@click.option("--file", "path", default=None,
+              help="keep the key in this file as <key>:<project>: created (mode 0600) when missing")
+@click.option("--project", default="demo", show_default=True, help="the project of a new key in --file")
+@_clean_errors
+def api_key(path: str | None, project: str) -> None:
+    """Print a new random API key; with --file, the key kept there (made on first use)."""
+    from pipeline.credentials import ensure_key_file, generate_key
+
+    if path is None:
+        click.echo(generate_key())
+        return
+    key, made = ensure_key_file(path, project)
+    click.echo(f"{'new' if made else 'existing'} API key for project {project!r} ({path}): {key}")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="one JSON document, for machines")
 @click.option("--sample", default=1.0, show_default=True,

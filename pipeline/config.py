@@ -45,13 +45,32 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, description="replication factor when the worker creates a topic")
 
     # -- session rules (seconds) -------------------------------------------
-    inactivity_timeout: float = Field(300.0, gt=0)
-    max_session_duration: float = Field(86400.0, gt=0)
-    reopen_grace: float = Field(900.0, ge=0)
-    max_future_skew: float = Field(300.0, ge=0)
-    max_event_age: float = Field(259200.0, gt=0)
-    max_events_per_session: int = Field(1000, ge=0)
-    max_event_bytes: int = Field(65536, ge=64)
+    inactivity_timeout: float = Field(
+        300.0, gt=0,
+        description="idle time (s) that closes a session: its latest arrival plus this, on the stream clock",
+    )
+    max_session_duration: float = Field(
+        86400.0, gt=0,
+        description="longest session (s); an event that would stretch a session past it opens a new one",
+    )
+    reopen_grace: float = Field(
+        900.0, ge=0,
+        description="how long (s, stream clock) a closed session can still be amended or reopened by a late event",
+    )
+    max_future_skew: float = Field(
+        300.0, ge=0,
+        description="event time further ahead of arrival (and a record time further ahead of the worker's "
+        "clock) than this (s) is clamped and counted",
+    )
+    max_event_age: float = Field(
+        259200.0, gt=0, description="event time further behind arrival than this (s) is rejected (too_old)"
+    )
+    max_events_per_session: int = Field(
+        1000, ge=0, description="events listed in a session record (events_truncated past it)"
+    )
+    max_event_bytes: int = Field(
+        65536, ge=64, description="size limit of one event (bytes); a larger one is dead-lettered (too_large)"
+    )
     max_record_bytes: int = Field(
         1_000_000, ge=4096,
         description="largest session record or dead letter the worker sends (encoded bytes); a "
@@ -80,8 +99,17 @@ class Settings(BaseSettings):
 
     # -- worker --------------------------------------------------------------
     consumer_group: str = Field("sessionizer", description="Kafka consumer group of the workers")
-    web_host: str = Field("127.0.0.1", description="worker web/metrics bind address")
-    web_port: int = Field(0, ge=0, le=65535, description="worker web/metrics port; 0 = any free port")
+    web_host: str = Field(
+        "127.0.0.1",
+        description="worker admin bind address (/metrics, /stats, /healthz, /readyz); loopback "
+        "unless a scraper elsewhere must reach it",
+    )
+    web_port: int = Field(0, ge=0, le=65535, description="worker admin port; 0 = any free port")
+    liveness_stall: float = Field(
+        120.0, gt=0,
+        description="the worker's /healthz fails when a partition with input waiting has "
+        "applied nothing for this many seconds",
+    )
     kafka_session_timeout: float = Field(10.0, gt=0, description="consumer group session timeout (s)")
     state_cache_keys: int = Field(
         100_000, ge=1_000,
@@ -108,7 +136,7 @@ class Settings(BaseSettings):
     history_retention: float = Field(86400.0, ge=0, description="how long closed sessions stay listable (s)")
     history_max_sessions: int = Field(50_000, ge=0, description="closed sessions kept per partition")
     redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
-    log_level: str = Field("info")
+    log_level: str = Field("info", description="log level: debug, info, warning or error")
     log_format: str = Field(
         "text", pattern="^(?i)(text|json)$",
         description="text, or json: one JSON object per line (ts, level, logger, message, extra)",
@@ -141,11 +169,50 @@ class Settings(BaseSettings):
         "required", pattern="^(?i)(required|optional|none)$",
         description="verify the Redis server certificate: required, optional or none",
     )
+    redis_ssl_check_hostname: bool = Field(
+        True,
+        description="check that the Redis server certificate names the host in "
+        "SESSIONIZER_REDIS_URL (rediss://); off only with SESSIONIZER_REDIS_SSL_CERT_REQS=none",
+    )
+    redis_socket_timeout: float = Field(
+        10.0, gt=0,
+        description="seconds a Redis command waits for its reply (a half-open connection fails "
+        "instead of hanging), and for a free pooled connection",
+    )
+    redis_connect_timeout: float = Field(5.0, gt=0, description="seconds to open a Redis connection")
+    redis_max_connections: int = Field(
+        64, ge=2,
+        description="most connections each process keeps to Redis (a bounded pool; a command "
+        "that finds them all busy waits up to the socket timeout)",
+    )
+    redis_allow_eviction: bool = Field(
+        False,
+        description="let the worker start against a Redis whose maxmemory-policy evicts keys "
+        "(an evicting Redis silently drops live sessions); keep false and use noeviction",
+    )
 
     # -- gateway -------------------------------------------------------------
-    gateway_host: str = Field("0.0.0.0")
-    gateway_port: int = Field(8080, ge=0, le=65535)
-    api_keys: str = Field("", description="comma-separated key:project pairs")
+    gateway_host: str = Field("0.0.0.0", description="gateway public bind address (ingestion, report)")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="gateway public port")
+    gateway_admin_host: str = Field(
+        "127.0.0.1",
+        description="gateway admin bind address (/metrics, /healthz, /readyz); loopback unless "
+        "a scraper elsewhere must reach it",
+    )
+    gateway_admin_port: int = Field(
+        8081, ge=0, le=65535, description="gateway admin port (/metrics, /healthz, /readyz); 0 = any free port"
+    )
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="the gateway's API keys, comma-separated key:project pairs; each key at "
+        "least 16 random characters (placeholders such as change-me or demo are refused)",
+    )
+
+    api_keys_file: str = Field(
+        "",
+        description="a file holding the API keys in the format of SESSIONIZER_API_KEYS (a mounted "
+        "secret), read when SESSIONIZER_API_KEYS is empty",
+    )
 
     @field_validator("kafka_bootstrap", "redis_url")
     @classmethod
@@ -174,18 +241,32 @@ class Settings(BaseSettings):
 
     @property
     def api_key_map(self) -> dict[str, str]:
-        """``SESSIONIZER_API_KEYS`` parsed into ``{key: project}``."""
+        """``SESSIONIZER_API_KEYS`` parsed into ``{key: project}``; a malformed pair or a
+        weak key (:func:`pipeline.credentials.weakness`) raises :class:`ConfigError`."""
+        from pipeline.credentials import check_secret
+
+        text = self.api_keys.get_secret_value()
+        if not text.strip() and self.api_keys_file.strip():
+            try:
+                with open(self.api_keys_file.strip()) as source:
+                    text = ",".join(line.strip() for line in source if line.strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"SESSIONIZER_API_KEYS_FILE: cannot read it ({exc.strerror}); give the path "
+                    "of a file of key:project pairs"
+                ) from None
         pairs: dict[str, str] = {}
-        for item in self.api_keys.split(","):
+        for item in text.split(","):
             item = item.strip()
             if not item:
                 continue
             key, sep, project = item.partition(":")
             if not sep or not key or not project:
                 raise ConfigError(
-                    f"SESSIONIZER_API_KEYS: {item!r} is not a key:project pair; "
-                    "write e.g. SESSIONIZER_API_KEYS=abc123:shop,def456:blog"
+                    f"SESSIONIZER_API_KEYS: item {len(pairs) + 1} is not a key:project pair; "
+                    "write e.g. SESSIONIZER_API_KEYS=<key>:shop,<key2>:blog"
                 )
+            check_secret("SESSIONIZER_API_KEYS", key, f"the key of project {project!r}")
             pairs[key] = project
         return pairs
 

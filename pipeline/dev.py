@@ -23,6 +23,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.config import load_settings
+from pipeline.credentials import generate_key
 from pipeline.display import format_duration
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, free_port
 
@@ -32,8 +34,9 @@ def _sessionizer() -> list[str]:
 
 
 class _View:
-    def __init__(self, broker: str, redis_url: str, web_port: int, logdir: Path) -> None:
+    def __init__(self, broker: str, redis_url: str, web_port: int, logdir: Path, report: str = "") -> None:
         self.broker, self.redis_url, self.web_port, self.logdir = broker, redis_url, web_port, logdir
+        self.report = report
         self.started = time.monotonic()
         self.reasons: Counter[str] = Counter()
         self.closed = 0
@@ -61,6 +64,7 @@ class _View:
         head = Text.assemble(
             ("sessionizer dev", "bold"), f"  broker {self.broker}  redis {self.redis_url}  "
             f"worker http://127.0.0.1:{self.web_port}/stats  logs {self.logdir}  (Ctrl-C stops)",
+            f"\n{self.report}" if self.report else "",
         )
         summary = Table.grid(padding=(0, 3))
         totals = self.worker_totals
@@ -104,8 +108,9 @@ def _poll_worker(port: int) -> dict[str, int]:
 
 
 def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int) -> None:
-    import redis as redis_sync
     from kafka import KafkaConsumer
+
+    from pipeline.store.connection import redis_client_sync
 
     logdir = Path(tempfile.mkdtemp(prefix="sessionizer-dev-"))
     (logdir / "broker").mkdir()
@@ -114,9 +119,16 @@ def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int)
     store = EmbeddedRedis(workdir=logdir / "redis")
     children: list[subprocess.Popen[bytes]] = []
     with broker, store:
-        web_port = free_port()
+        web_port, gateway_port, admin_port = free_port(), free_port(), free_port()
+        # strong credentials made for this run (weak ones are refused), printed below
+        api_key, report_token = generate_key(), generate_key()
         env = dict(
             os.environ,
+            SESSIONIZER_API_KEYS=f"{api_key}:demo",
+            SESSIONIZER_REPORT_TOKEN=report_token,
+            SESSIONIZER_GATEWAY_HOST="127.0.0.1",
+            SESSIONIZER_GATEWAY_PORT=str(gateway_port),
+            SESSIONIZER_GATEWAY_ADMIN_PORT=str(admin_port),
             SESSIONIZER_KAFKA_BOOTSTRAP=broker.bootstrap,
             SESSIONIZER_REDIS_URL=store.url,
             SESSIONIZER_INACTIVITY_TIMEOUT=str(inactivity_timeout),
@@ -130,15 +142,23 @@ def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int)
             with open(logdir / "worker.log", "wb") as worker_log:
                 children.append(subprocess.Popen([*_sessionizer(), "worker"], env=env,
                                                  stdout=worker_log, stderr=subprocess.STDOUT))
+            with open(logdir / "gateway.log", "wb") as gateway_log:
+                children.append(subprocess.Popen([*_sessionizer(), "gateway"], env=env,
+                                                 stdout=gateway_log, stderr=subprocess.STDOUT))
+            report = (
+                f"report http://127.0.0.1:{gateway_port}/sessions  token {report_token}  "
+                f"(API key of project demo: {api_key})"
+            )
+            print(report, flush=True)
             with open(logdir / "produce.log", "wb") as produce_log:
                 children.append(subprocess.Popen(
                     [*_sessionizer(), "produce", "--users", str(users), "--rate", str(rate),
                      "--duration", "0", "--quiet"],
                     env=env, stdout=produce_log, stderr=subprocess.STDOUT))
-            view = _View(broker.bootstrap, store.url, web_port, logdir)
+            view = _View(broker.bootstrap, store.url, web_port, logdir, report)
             consumer = KafkaConsumer("sessions", bootstrap_servers=broker.bootstrap,
                                      auto_offset_reset="earliest", group_id=None)
-            client = redis_sync.Redis.from_url(store.url)
+            client = redis_client_sync(load_settings(redis_url=store.url))
             last_poll = 0.0
             with Live(get_renderable=view.render, refresh_per_second=4, screen=False):
                 while True:

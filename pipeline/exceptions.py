@@ -3,6 +3,7 @@
 ::
 
     SessionizerError                 root: catch this to catch everything of ours
+    ├── ClientError                  the Python client's (sessionizer_client.exceptions)
     ├── ConfigError                  a setting is invalid (says which and why)
     ├── ServiceUnavailable           the broker or Redis cannot be reached
     │   ├── BrokerUnavailable
@@ -15,9 +16,19 @@ Every message says what was wrong and what to do about it.
 
 from __future__ import annotations
 
+# The root is the light client's (``sessionizer_client``, which publishers install without
+# the worker), so one ``except SessionizerError`` catches the client's errors too.
+from sessionizer_client.exceptions import SessionizerError
 
-class SessionizerError(Exception):
-    """Root of every error raised by this package."""
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigError",
+    "FencedError",
+    "RedisUnavailable",
+    "ServiceStartError",
+    "ServiceUnavailable",
+    "SessionizerError",
+]
 
 
 class ConfigError(SessionizerError):

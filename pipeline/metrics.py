@@ -406,9 +406,10 @@ class GatewayMetrics:
 
         return timed_publish
 
-    def install(self, app: Any) -> None:
-        """Add ``GET /metrics`` and the request-counting middleware to an aiohttp app
-        (before it starts; the middleware goes outermost, so it sees every answer)."""
+    def install(self, app: Any, admin: Any = None) -> None:
+        """Add the request-counting middleware to an aiohttp app and ``GET /metrics`` to
+        its ``admin`` app (default: the app itself), before they start; the middleware
+        goes outermost, so it sees every answer."""
         from aiohttp import web
 
         @web.middleware
@@ -434,7 +435,7 @@ class GatewayMetrics:
             return web.Response(body=body, headers={"Content-Type": content_type})
 
         app.middlewares.insert(0, count_requests)
-        app.router.add_get("/metrics", metrics)
+        (app if admin is None else admin).router.add_get("/metrics", metrics)
 
 
 def _endpoint(request: Any) -> str:

@@ -28,6 +28,7 @@ saying which variable to fix.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from dataclasses import dataclass
@@ -48,7 +49,13 @@ __all__ = [
     "redis_options",
 ]
 
+log = logging.getLogger(__name__)
+
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+PLAIN_OVER_PLAINTEXT = (
+    "SESSIONIZER_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT with SASL mechanism PLAIN sends the "
+    "Kafka password in clear text over the network; use SASL_SSL (or a SCRAM mechanism)"
+)
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 REDIS_CERT_REQS = ("required", "optional", "none")
 
@@ -149,6 +156,8 @@ def kafka_security(settings: Settings) -> KafkaSecurity:
     elif not username or not password:
         missing = "SESSIONIZER_KAFKA_SASL_USERNAME" if not username else "SESSIONIZER_KAFKA_SASL_PASSWORD"
         raise ConfigError(f"SESSIONIZER_KAFKA_SECURITY_PROTOCOL={protocol} needs {missing}")
+    elif protocol == "SASL_PLAINTEXT" and mechanism == "PLAIN":
+        log.warning("%s", PLAIN_OVER_PLAINTEXT)
     return KafkaSecurity(
         protocol=protocol,
         mechanism=mechanism if security.uses_sasl else None,
@@ -259,8 +268,8 @@ def redis_options(settings: Settings) -> dict[str, Any]:
         if value:
             options[name] = _file(variable, value)
     options["ssl_cert_reqs"] = cert_reqs
-    if cert_reqs == "none":
-        options["ssl_check_hostname"] = False
+    # explicit, whatever redis-py's default: the certificate must name the host
+    options["ssl_check_hostname"] = cert_reqs != "none" and settings.redis_ssl_check_hostname
     return options
 
 

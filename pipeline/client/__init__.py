@@ -1,18 +1,27 @@
-"""The Python client: user sessions from an app, over the gateway or straight to Kafka.
-
-- :class:`SessionClient` - identity, events, exceptions, sessions, heartbeats, batching.
-- :class:`HttpTransport` / :class:`KafkaTransport` - where the events go.
-- :class:`ClientError` / :class:`TransportError` - what can go wrong.
+"""The Python client, kept importable as ``pipeline.client``: it lives in the light
+``sessionizer_client`` package (``clients/python``), which publishing services install
+without the worker. See docs/publishing.md.
 """
 
-from pipeline.client.exceptions import ClientError, TransportError
-from pipeline.client.session import SessionClient
-from pipeline.client.transports import HttpTransport, KafkaTransport, Transport
+from sessionizer_client import (
+    ClientError,
+    HttpTransport,
+    KafkaSecurity,
+    KafkaTransport,
+    Publisher,
+    QueueFullError,
+    SessionClient,
+    Transport,
+    TransportError,
+)
 
 __all__ = [
     "ClientError",
     "HttpTransport",
+    "KafkaSecurity",
     "KafkaTransport",
+    "Publisher",
+    "QueueFullError",
     "SessionClient",
     "Transport",
     "TransportError",

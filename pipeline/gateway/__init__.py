@@ -5,7 +5,8 @@
 
 Modules: :mod:`.app` (endpoints and refusals), :mod:`.mapping` (request
 bodies to SPEC events, pure), :mod:`.ids` (how a heartbeat's id is read),
-:mod:`.publisher` (Kafka), :mod:`.ratelimit`, :mod:`.settings` (limits).
+:mod:`.publisher` (Kafka), :mod:`.settings` (limits); who may call it is
+:mod:`pipeline.access` (with :mod:`pipeline.ratelimit`).
 """
 
 from pipeline.gateway.app import create_app

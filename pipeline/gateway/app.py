@@ -7,16 +7,26 @@ endpoint                                   answer
 ``GET /api/v2/events/session/heartbeat``   200 (``?id=<session id or identity>&close=<bool>``)
 ``GET /api/v2/projects/config``            200 ``{"version", "settings"}``, 304 when current
 ``POST /v1/events``                        202 ``{"accepted", "ids"}`` (SPEC events)
-``GET /healthz``                           200 while the process serves
-``GET /readyz``                            200 when the broker answers, else 503
 =========================================  ===============================================
+
+Browsers on the origins of ``SESSIONIZER_GATEWAY_CORS_ALLOWED_ORIGINS`` may call it
+(:mod:`pipeline.gateway.cors`; none by default).
+
+The admin surfaces (``GET /healthz``: 200 while the process serves; ``GET
+/readyz``: 200 when the broker answers, else 503; ``GET /metrics``) are on a
+separate app, :func:`create_admin_app`, that the gateway serves on its admin
+port (``SESSIONIZER_GATEWAY_ADMIN_HOST`` / ``_PORT``, loopback by default), never
+on the public one.
 
 Every API call needs ``Authorization: Bearer <api key>`` (or
 ``?access_token=<api key>``); the key names the project. Refusals are JSON
 ``{"error": code, "message": text}``, checked in this order and publishing
-nothing: 401 ``unauthorized``, 429 ``rate_limited`` (with ``Retry-After``),
-413 ``body_too_large``, 400 ``invalid_json`` / ``invalid_body``, 413
-``too_many_events``, then per event. The broker down is 503
+nothing: 429 ``rate_limited`` with ``"limit": "auth_failures"`` (a client
+address that failed authentication too often), 401 ``unauthorized``, 413
+``body_too_large``, 400 ``invalid_json`` / ``invalid_body``, 413
+``too_many_events``, 429 ``rate_limited`` with ``"limit": "events_per_key"``
+(an event POST costs its number of events, any other call one), then per event.
+Every 429 carries ``Retry-After``. The broker down is 503
 ``broker_unavailable``: a 2xx means every event is acknowledged by the broker.
 
 Per-event problems differ by dialect. ``/v1/events`` is strict: one bad event
@@ -38,7 +48,6 @@ its user id), timestamped with the time the request arrived.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import uuid
@@ -48,6 +57,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from pipeline.access import TRUSTED_PROXIES, authenticate, parse_networks, rate_limited
+from pipeline.credentials import check_secret
+from pipeline.gateway.cors import cors_middleware
 from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.ids import IdMemory
 from pipeline.gateway.mapping import (
@@ -63,9 +75,10 @@ from pipeline.gateway.mapping import (
     routing_key,
 )
 from pipeline.gateway.publisher import Publish, Ready, Record
-from pipeline.gateway.ratelimit import RateLimiter
 from pipeline.gateway.settings import GatewaySettings, load_gateway_settings
+from pipeline.ratelimit import RateLimiter
 from pipeline.report import setup_report
+from pipeline.report.settings import ReportSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +105,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _api_key(request: web.Request) -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.query.get("access_token", "").strip()
-
-
 class Gateway:
     """The handlers and their state: keys, limits, id memory, the publish edge."""
 
@@ -115,6 +121,8 @@ class Gateway:
     ) -> None:
         self.settings = settings or load_gateway_settings()
         self.max_event_bytes = max_event_bytes
+        for key, project in api_keys.items():
+            check_secret("SESSIONIZER_API_KEYS", key, f"the key of project {project!r}")
         self.api_keys = dict(api_keys)
         self.publish = publish
         self.ready = ready
@@ -122,44 +130,50 @@ class Gateway:
         self.rate = RateLimiter(
             self.settings.rate_limit, self.settings.rate_burst, clock=rate_clock
         )
+        per_minute = self.settings.auth_failures_per_minute
+        self.auth_failures = RateLimiter(per_minute / 60, max(1, per_minute), clock=rate_clock)
         self.ids = IdMemory(self.settings.id_memory)
+
+    def __repr__(self) -> str:  # the keys are secrets
+        return f"<Gateway projects={sorted(set(self.api_keys.values()))}>"
 
     # -- checks shared by the API endpoints ----------------------------------------
 
-    def _admit(self, request: web.Request) -> tuple[str, str] | web.Response:
-        """``(api key, project)``, or the 401/429 refusal."""
-        key = _api_key(request)
-        project = None
-        for known, known_project in self.api_keys.items():
-            if hmac.compare_digest(known.encode(), key.encode()):
-                project = known_project
-        if not key or project is None:
-            return refusal(
-                401,
-                "unauthorized",
-                "missing or unknown API key; send Authorization: Bearer <api key>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        wait_s = self.rate.acquire(key)
-        if wait_s > 0:
-            retry_after = max(1, int(wait_s + 0.999))
-            return refusal(
-                429,
-                "rate_limited",
-                f"more than {self.settings.rate_limit:g} requests per second for this API key; "
-                f"retry after {retry_after} s",
-                headers={"Retry-After": str(retry_after)},
-            )
-        return key, project
+    def _admit(self, request: web.Request, cost: int | None = 1) -> tuple[str, str] | web.Response:
+        """``(api key, project)``, or the 429/401 refusal; ``cost`` events taken from
+        the key's budget (None: not yet, the caller charges them)."""
+        admitted = authenticate(request, self.api_keys, self.auth_failures)
+        if isinstance(admitted, web.Response):
+            return admitted
+        if cost is not None:
+            limited = self._charge(admitted[0], cost)
+            if limited is not None:
+                return limited
+        return admitted
+
+    def _charge(self, key: str, events: int) -> web.Response | None:
+        """The 429 refusal when ``key`` is past its events-per-second budget."""
+        wait_s = self.rate.acquire(key, events)
+        if wait_s <= 0:
+            return None
+        return rate_limited(
+            "events_per_key",
+            f"more than {self.settings.rate_limit:g} events per second (bursts of "
+            f"{self.settings.rate_burst}) for this API key",
+            wait_s,
+        )
 
     async def _admit_events(self, request: web.Request) -> tuple[str, list[Any]] | web.Response:
-        """``(project, raw events)`` of an event POST, or its 401/429/413/400 refusal."""
-        admitted = self._admit(request)
+        """``(project, raw events)`` of an event POST, or its 429/401/413/400 refusal."""
+        admitted = self._admit(request, cost=None)
         if isinstance(admitted, web.Response):
             return admitted
         raws = await self._read_events(request)
         if isinstance(raws, web.Response):
             return raws
+        limited = self._charge(admitted[0], len(raws))
+        if limited is not None:
+            return limited
         return admitted[1], raws
 
     async def _read_events(self, request: web.Request) -> list[Any] | web.Response:
@@ -341,6 +355,8 @@ class Gateway:
             return failure
         return json_response({"accepted": len(events), "ids": [e["id"] for e in events]}, 202)
 
+    # -- admin (create_admin_app) ---------------------------------------------------
+
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"}, 200)
 
@@ -382,6 +398,7 @@ def create_app(
     ready: Ready | None = None,
     clock_ms: Callable[[], int] = _now_ms,
     rate_clock: Callable[[], float] = time.monotonic,
+    report_settings: ReportSettings | None = None,
 ) -> web.Application:
     """The aiohttp application; ``publish`` is the only I/O it does.
 
@@ -398,14 +415,31 @@ def create_app(
         rate_clock=rate_clock,
     )
     app = web.Application(
-        middlewares=[_json_errors], client_max_size=gateway.settings.max_body_bytes
+        middlewares=[cors_middleware(gateway.settings.cors_origins), _json_errors],
+        client_max_size=gateway.settings.max_body_bytes,
     )
     app[GATEWAY] = gateway
+    app[TRUSTED_PROXIES] = parse_networks(gateway.settings.trusted_proxies)
     app.router.add_post("/api/v2/events", gateway.exceptionless_events)
     app.router.add_get("/api/v2/events/session/heartbeat", gateway.heartbeat)
     app.router.add_get("/api/v2/projects/config", gateway.project_config)
     app.router.add_post("/v1/events", gateway.spec_events)
-    app.router.add_get("/healthz", gateway.healthz)
-    app.router.add_get("/readyz", gateway.readyz)
-    setup_report(app)  # the Sessions report: /sessions, /api/sessions (pipeline.report)
+    # the Sessions report: /sessions, /api/sessions (pipeline.report); the API keys open
+    # their own project's sessions
+    setup_report(
+        app,
+        api_keys=gateway.api_keys,
+        auth_failures=gateway.auth_failures,
+        report_settings=report_settings,
+    )
     return app
+
+
+def create_admin_app(app: web.Application) -> web.Application:
+    """The admin surfaces of a gateway app: ``/healthz``, ``/readyz`` (and ``/metrics``,
+    added by :meth:`pipeline.metrics.GatewayMetrics.install`), for the admin port."""
+    gateway = app[GATEWAY]
+    admin = web.Application(middlewares=[_json_errors])
+    admin.router.add_get("/healthz", gateway.healthz)
+    admin.router.add_get("/readyz", gateway.readyz)
+    return admin

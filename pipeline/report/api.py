@@ -14,12 +14,23 @@ route                                  answer
                                        events and data; 404 when unknown
 =====================================  ================================================
 
-The report is for operators and analysts, not for the apps that send events:
-the ingestion API keys do not open it. With ``SESSIONIZER_REPORT_TOKEN`` set the
-JSON API needs ``Authorization: Bearer <token>`` (the page asks for it); the
-page and its assets hold no data and are served to anyone. Refusals are JSON
-``{"error", "message"}``: 400 ``invalid_parameter`` (with ``parameter``), 401
-``unauthorized``, 404 ``not_found``, 503 ``store_unavailable``.
+The JSON API always needs a credential in ``Authorization: Bearer <x>`` (never
+in the URL: it would end up in access logs); the page asks for it and keeps it
+for the browser tab. An ingestion API key (``SESSIONIZER_API_KEYS``) sees its
+own project's sessions only (a ``project`` parameter naming another one is 403
+``forbidden_project``); the operator token ``SESSIONIZER_REPORT_TOKEN`` sees
+every project. The page and its assets hold no data and are served to anyone.
+
+A list answers summaries (no events, no data), one page of at most ``limit``
+rows from ``offset``; each call reads at most ``SESSIONIZER_REPORT_MAX_OPEN``
+open and ``SESSIONIZER_REPORT_SCAN_LIMIT`` closed sessions from Redis. Calls are
+limited per client address (``SESSIONIZER_REPORT_RATE_LIMIT`` per second,
+bursts of ``_RATE_BURST``), as are failed authentications (:mod:`pipeline.access`).
+
+Refusals are JSON ``{"error", "message"}``: 400 ``invalid_parameter`` (with
+``parameter``), 401 ``unauthorized``, 403 ``forbidden_project``, 404
+``not_found``, 429 ``rate_limited`` (with ``limit`` and ``Retry-After``), 503
+``store_unavailable``.
 """
 
 from __future__ import annotations
@@ -28,8 +39,8 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -38,9 +49,12 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipeline.access import auth_failure_refusal, client_address, find_key, rate_limited
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import format_ms
+from pipeline.credentials import check_secret
 from pipeline.exceptions import RedisUnavailable
+from pipeline.ratelimit import RateLimiter
 from pipeline.report import stats
 from pipeline.report.data import Limits, ReportStore, SessionData, detail, summary
 from pipeline.report.params import (
@@ -110,6 +124,27 @@ def load_assets() -> dict[str, Asset]:
     return assets
 
 
+#: who a credential lets see: every project (None) or one
+Scope = str | None
+
+
+class Forbidden(Exception):
+    """A parameter names a project the credential does not open."""
+
+    def __init__(self, project: str) -> None:
+        super().__init__(project)
+        self.project = project
+
+
+def scoped(scope: Scope, asked: str | None) -> str | None:
+    """The project a call may read: what it asked for, within the credential's scope."""
+    if scope is None:
+        return asked
+    if asked is not None and asked != scope:
+        raise Forbidden(asked)
+    return scope
+
+
 class Report:
     """The report's handlers; ``data`` is set when the app starts."""
 
@@ -117,35 +152,67 @@ class Report:
         self,
         token: str = "",
         *,
+        api_keys: Mapping[str, str] | None = None,
         data: SessionData | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        rate: RateLimiter | None = None,
+        auth_failures: RateLimiter | None = None,
     ) -> None:
         self.token = token
+        self.api_keys = dict(api_keys or {})
         self.data = data
         self.clock_ms = clock_ms
         self.assets = load_assets()
+        self.rate = rate or RateLimiter(0, 1)
+        self.auth_failures = auth_failures or RateLimiter(10 / 60, 10)
+
+    def __repr__(self) -> str:  # the token and keys are secrets
+        return f"<Report projects={sorted(set(self.api_keys.values()))}>"
 
     # -- API ------------------------------------------------------------------------
-    def _refused(self, request: web.Request) -> web.Response | None:
-        if not self.token:
-            return None
+    def _scope(self, request: web.Request) -> Scope | web.Response:
+        """Every project (the operator token), one (an API key), or the 429/401 refusal."""
+        blocked = auth_failure_refusal(request, self.auth_failures)
+        if blocked is not None:
+            return blocked
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), self.token.encode()
-        ):
-            return None
+        given = given.strip() if scheme.lower() == "bearer" else ""
+        if given:
+            if self.token and hmac.compare_digest(given.encode(), self.token.encode()):
+                return None
+            project = find_key(self.api_keys, given)
+            if project is not None:
+                return project
+        self.auth_failures.acquire(client_address(request))
         return _refusal(
             401,
             "unauthorized",
-            "the Sessions report needs Authorization: Bearer <SESSIONIZER_REPORT_TOKEN>",
+            "the Sessions report needs Authorization: Bearer <the API key of your project, "
+            "or the operator token SESSIONIZER_REPORT_TOKEN>",
         )
 
-    async def _answer(self, request: web.Request, handler: Callable[[], Any]) -> web.Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
+    async def _answer(
+        self, request: web.Request, handler: Callable[[Scope], Any]
+    ) -> web.Response:
+        scope = self._scope(request)
+        if isinstance(scope, web.Response):
+            return scope
+        wait_s = self.rate.acquire(client_address(request))
+        if wait_s > 0:
+            return rate_limited(
+                "report_requests",
+                f"more than {self.rate.rate:g} report requests per second from this address",
+                wait_s,
+            )
         try:
-            return await handler()  # type: ignore[no-any-return]
+            return await handler(scope)  # type: ignore[no-any-return]
+        except Forbidden as exc:
+            return _refusal(
+                403,
+                "forbidden_project",
+                f"this API key does not open project {exc.project!r}; use its own project's "
+                "key, or the operator token",
+            )
         except ParamError as exc:
             return _refusal(400, "invalid_parameter", str(exc), parameter=exc.parameter)
         except _STORE_DOWN as exc:
@@ -164,13 +231,16 @@ class Report:
         return self.data
 
     async def list_sessions(self, request: web.Request) -> web.Response:
-        async def answer() -> web.Response:
+        async def answer(scope: Scope) -> web.Response:
             query = parse_list_query(request.query.items())
+            query = replace(query, project=scoped(scope, query.project))
             found = await self._data.find(query)
             return _json({
                 "sessions": [summary(r) for r in found.sessions],
                 "count": len(found.sessions),
                 "limit": query.limit,
+                "offset": query.offset,
+                "next_offset": query.offset + len(found.sessions) if found.has_more else None,
                 "has_more": found.has_more,
                 "partial": found.partial,
                 "now": format_ms(self.clock_ms()),
@@ -179,9 +249,10 @@ class Report:
         return await self._answer(request, answer)
 
     async def session_stats(self, request: web.Request) -> web.Response:
-        async def answer() -> web.Response:
+        async def answer(scope: Scope) -> web.Response:
             now_ms = self.clock_ms()
             query = parse_stats_query(request.query.items(), now_ms)
+            query = replace(query, project=scoped(scope, query.project))
             records, partial = await self._data.started_between(
                 query.project, query.since_ms, query.until_ms
             )
@@ -193,9 +264,9 @@ class Report:
         return await self._answer(request, answer)
 
     async def session(self, request: web.Request) -> web.Response:
-        async def answer() -> web.Response:
+        async def answer(scope: Scope) -> web.Response:
             session_id = parse_session_id(request.match_info["session_id"])
-            project = parse_session_query(request.query.items())
+            project = scoped(scope, parse_session_query(request.query.items()))
             record = await self._data.get(session_id, project)
             if record is None:
                 where = "" if project is None else f" in project {project!r}"
@@ -251,15 +322,27 @@ def setup_report(
     settings: Settings | None = None,
     report_settings: ReportSettings | None = None,
     clock_ms: Callable[[], int] | None = None,
+    api_keys: Mapping[str, str] | None = None,
+    auth_failures: RateLimiter | None = None,
 ) -> None:
     """Mount the report on ``app``. Without ``store``, a Redis store from the settings
     (``SESSIONIZER_REDIS_URL``, ``SESSIONIZER_REDIS_KEY_PREFIX``) is opened when the app
     starts and closed when it stops. Nothing is mounted when
-    ``SESSIONIZER_REPORT_ENABLED`` is false."""
+    ``SESSIONIZER_REPORT_ENABLED`` is false. ``api_keys`` (``{key: project}``) open
+    their own project; ``SESSIONIZER_REPORT_TOKEN`` opens all (a weak token raises
+    :class:`~pipeline.exceptions.ConfigError`)."""
     report_settings = report_settings or load_report_settings()
     if not report_settings.enabled:
         return
-    report = Report(report_settings.token)
+    token = report_settings.token.get_secret_value()
+    if token:
+        check_secret("SESSIONIZER_REPORT_TOKEN", token, "the token")
+    report = Report(
+        token,
+        api_keys=api_keys,
+        rate=RateLimiter(report_settings.rate_limit, report_settings.rate_burst),
+        auth_failures=auth_failures,
+    )
     if clock_ms is not None:
         report.clock_ms = clock_ms
     app[REPORT] = report
@@ -271,16 +354,16 @@ def setup_report(
             report.data = SessionData(store, limits)
             yield
             return
+        from pipeline.store.connection import redis_client
         from pipeline.store.redis import RedisStore
 
-        redis_store = RedisStore.from_url(
-            pipeline_settings.redis_url, pipeline_settings.redis_key_prefix
-        )
+        # the same client as the worker's: password, TLS, timeouts, a bounded pool
+        redis_store = RedisStore(redis_client(pipeline_settings), pipeline_settings.redis_key_prefix)
         report.data = SessionData(redis_store, limits)
         if not report.token:
-            log.warning(
-                "the Sessions report (/sessions, /api/sessions) is served without a token: "
-                "set SESSIONIZER_REPORT_TOKEN or keep those paths behind your ingress auth"
+            log.info(
+                "the Sessions report's API opens to the API keys, each for its own project; "
+                "set SESSIONIZER_REPORT_TOKEN for an operator token that sees every project"
             )
         try:
             yield

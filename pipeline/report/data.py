@@ -126,13 +126,14 @@ class SessionData:
             closed, scan_partial = await self._closed_newest(query, set(found), in_range)
             partial = partial or scan_partial
         rows = _newest_first([*opened.values(), *closed.values()])
-        return Found(rows[: query.limit], has_more=len(rows) > query.limit, partial=partial)
+        end = query.offset + query.limit
+        return Found(rows[query.offset : end], has_more=len(rows) > end, partial=partial)
 
     async def _closed_newest(
         self, query: ListQuery, skip: set[tuple[str, str]], in_range: Callable[[int], bool]
     ) -> tuple[dict[tuple[str, str], tuple[int, Record]], bool]:
         """Matching closed sessions, enough of them to hold the newest ``limit + 1``."""
-        wanted = query.limit + 1
+        wanted = query.offset + query.limit + 1
         high = None if query.until_ms is None else query.until_ms + self.limits.longest_session_ms
         read = min(self.limits.scan_limit, max(_FIRST_READ, 4 * wanted))
         while True:

@@ -11,6 +11,7 @@ from pipeline.core.timefmt import TimestampError, parse_timestamp_ms
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_OFFSET = 10_000
 DEFAULT_STATS_RANGE_MS = 24 * 3_600_000
 _MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,128}")
@@ -37,6 +38,7 @@ class ListQuery:
     until_ms: int | None = None
     active_only: bool = False
     limit: int = DEFAULT_LIMIT
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +111,17 @@ def _limit(values: dict[str, str]) -> int:
     return int(text)
 
 
+def _offset(values: dict[str, str]) -> int:
+    text = values.get("offset")
+    if text is None:
+        return 0
+    if not text.isdigit() or int(text) > MAX_OFFSET:
+        raise ParamError("offset", f"{text!r} is not a whole number from 0 to {MAX_OFFSET}")
+    return int(text)
+
+
 def parse_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
-    values = _single(pairs, ("project", "user", "since", "until", "active", "limit"))
+    values = _single(pairs, ("project", "user", "since", "until", "active", "limit", "offset"))
     since, until = _range(values)
     return ListQuery(
         project=_text(values, "project", 100),
@@ -119,6 +130,7 @@ def parse_list_query(pairs: Iterable[tuple[str, str]]) -> ListQuery:
         until_ms=until,
         active_only=_bool(values, "active"),
         limit=_limit(values),
+        offset=_offset(values),
     )
 
 

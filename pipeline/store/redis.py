@@ -222,18 +222,6 @@ def _index_of(state: KeyState | None) -> str:
     return index_entry(s.session_id, s.project, s.user_id)
 
 
-def connect(url: str, **options: Any) -> aioredis.Redis:
-    """A client for ``url``; nothing is sent until first use.
-
-    ``options`` go to redis-py: AUTH and TLS (``password``, ``ssl_ca_certs``,
-    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``), as
-    :func:`pipeline.security.redis_options` builds them from the settings. A
-    ``rediss://`` URL connects with TLS; values in the URL win over ``options``.
-    """
-    options.setdefault("health_check_interval", 30)
-    return aioredis.Redis.from_url(url, decode_responses=False, **options)
-
-
 class RedisStore:
     """:class:`~pipeline.store.base.SessionStore` on Redis."""
 
@@ -261,7 +249,11 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "sz", **options: int) -> RedisStore:
-        return cls(connect(url), prefix, **options)
+        """A store on ``url`` with the other Redis settings from the environment."""
+        from pipeline.config import load_settings
+        from pipeline.store.connection import redis_client
+
+        return cls(redis_client(load_settings(redis_url=url)), prefix, **options)
 
     async def ping(self) -> None:
         try:

@@ -6,8 +6,11 @@ consumer's fetch loop (``_drain_messages``) hands each fetched batch to
 partition lives in Redis (written atomically with the state it covers), and
 Kafka's committed offset follows it for lag monitoring.
 
-The faust web server serves ``GET /healthz``, ``GET /stats`` and ``GET /metrics``
-(Prometheus, :mod:`pipeline.metrics`).
+The faust web server is the worker's admin port (``SESSIONIZER_WEB_HOST`` /
+``_PORT``, loopback by default): ``GET /healthz`` (liveness: 503 when a partition
+with input waiting has applied nothing for ``SESSIONIZER_LIVENESS_STALL``
+seconds), ``GET /readyz`` (200 once partitions are assigned and caught up),
+``GET /stats`` and ``GET /metrics`` (Prometheus, :mod:`pipeline.metrics`).
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pipeline.config import Settings
 from pipeline.exceptions import FencedError
 from pipeline.metrics import WorkerMetrics
-from pipeline.security import aiokafka_options, check_redis, faust_options, redis_options
+from pipeline.security import aiokafka_options, check_redis, faust_options
 from pipeline.status import WORKER_RETENTION_S, worker_entry, workers_key
 from pipeline.store.base import StaleStateError
-from pipeline.store.redis import RedisStore, connect
+from pipeline.store.connection import redis_client
+from pipeline.store.redis import RedisStore
+from pipeline.worker.health import Health
 from pipeline.worker.heap import TRIM_INTERVAL_S, HeapTrimmer
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
 from pipeline.worker.routing import Router
@@ -79,7 +84,7 @@ class Runtime:
         )
         self.metrics = WorkerMetrics()
         self.store = RedisStore(
-            connect(settings.redis_url, **redis_options(settings)), settings.redis_key_prefix,
+            redis_client(settings), settings.redis_key_prefix,
             history_retention_ms=round(settings.history_retention * 1000),
             history_max=settings.history_max_sessions,
         )
@@ -110,6 +115,7 @@ class Runtime:
         self._background: set[asyncio.Task[None]] = set()  # claims retried after a failure
         #: grows the repartition topic to a partition count (``pipeline.worker.run``)
         self.grow_repartition: Any = None
+        self.health = Health(settings.liveness_stall, settings.batch_max_records)
 
     async def start(self) -> None:
         if not self.started:
@@ -554,6 +560,28 @@ class Runtime:
         for hook in self.on_batch_hooks:
             hook(stats)
 
+    # -- health ----------------------------------------------------------------------
+    def positions(self) -> dict[int, list[tuple[int, int | None]]]:
+        """Per owned partition: (applied offset, high-water mark) of each input topic."""
+        found: dict[int, list[tuple[int, int | None]]] = {}
+        for partition, processor in list(self.processors.items()):
+            found[partition] = []
+            for topic in (self.topics.events, self.topics.repartition):
+                try:
+                    high = self.app.consumer.highwater(TP(topic, partition))
+                except Exception:
+                    high = None
+                found[partition].append((processor.resume_offset(topic) or 0, high))
+        return found
+
+    def stalled(self) -> list[int]:
+        """Partitions stuck with input waiting (``/healthz`` fails): :mod:`.health`."""
+        return self.health.stalled(self.positions(), time.monotonic())
+
+    def readiness(self) -> tuple[bool, str]:
+        """Assigned and caught up (``/readyz``): :mod:`.health`."""
+        return self.health.readiness(self.positions())
+
     # -- gauges ----------------------------------------------------------------------
     @staticmethod
     async def _prune_workers(client: Any, workers: str, now_ms: int) -> None:
@@ -576,6 +604,7 @@ class Runtime:
         entry in the workers hash that ``sessionizer status`` reads."""
         metrics, processors = self.metrics, dict(self.processors)
         now_ms = time.time_ns() // 1_000_000
+        self.stalled()  # progress sampled between the probes too
         consumer = self.app.consumer
         for partition, processor in processors.items():
             label = str(partition)
@@ -723,7 +752,24 @@ def build_app(settings: Settings, partitions: int | None = None) -> SessionizerA
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
+        stuck = runtime.stalled()
+        if stuck:
+            return web.json(
+                {"ok": False, "partitions": sorted(runtime.processors), "stalled": stuck,
+                 "reason": f"partitions {stuck} have input waiting and applied nothing for "
+                           f"{settings.liveness_stall:g} s"},
+                status=503,
+            )
         return web.json({"ok": True, "partitions": sorted(runtime.processors)})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ready, reason = runtime.readiness()
+        return web.json(
+            {"status": "ready" if ready else "not_ready", "reason": reason,
+             "partitions": sorted(runtime.processors)},
+            status=200 if ready else 503,
+        )
 
     @app.page("/stats")
     async def stats(web: Any, request: Any) -> Any:

@@ -12,8 +12,8 @@ from typing import Any
 
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import BrokerUnavailable, ConfigError, ServiceStartError
-from pipeline.security import check_redis, kafka_python_options, kafka_security, redis_options
-from pipeline.store.redis import connect
+from pipeline.security import check_redis, kafka_python_options, kafka_security
+from pipeline.store.connection import redis_client
 
 
 def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) -> dict[str, int]:
@@ -75,6 +75,40 @@ def check_schema() -> None:
             f"fix it, or set {SCHEMA_DIR_ENV} to a folder with a valid one (unset: the packaged one)"
         ) from None
 
+#: maxmemory-policy values under which Redis never deletes a key to make room
+SAFE_EVICTION_POLICIES = ("noeviction",)
+
+
+async def check_eviction(client: Any, settings: Settings) -> None:
+    """Refuse (:class:`ConfigError`, one line) a Redis whose ``maxmemory-policy`` evicts
+    keys: it would drop live sessions and applied offsets without a word. A Redis that
+    does not let ``CONFIG GET`` through (managed services) is taken at its word; set
+    ``SESSIONIZER_REDIS_ALLOW_EVICTION=true`` to start anyway against an evicting one."""
+    from redis.exceptions import ResponseError
+
+    try:
+        reply = await client.config_get("maxmemory-policy")
+    except ResponseError as exc:
+        logging.getLogger("pipeline.worker").warning(
+            "cannot read Redis's maxmemory-policy (%s); make sure it is noeviction", exc
+        )
+        return
+    raw = reply.get(b"maxmemory-policy", reply.get("maxmemory-policy", b""))
+    policy = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if policy in SAFE_EVICTION_POLICIES or not policy:
+        return
+    if settings.redis_allow_eviction:
+        logging.getLogger("pipeline.worker").warning(
+            "Redis maxmemory-policy is %s: it may evict live sessions when full "
+            "(started anyway: SESSIONIZER_REDIS_ALLOW_EVICTION=true)", policy
+        )
+        return
+    raise ConfigError(
+        f"Redis maxmemory-policy is {policy}, which evicts keys when memory is full and would "
+        "silently drop live sessions; set it to noeviction (CONFIG SET maxmemory-policy "
+        "noeviction, or in redis.conf), or set SESSIONIZER_REDIS_ALLOW_EVICTION=true to accept it"
+    )
+
 
 def preflight(settings: Settings) -> dict[str, int]:
     """Fail fast, in one line, on what no retry can mend: a missing or broken schema, a
@@ -88,12 +122,13 @@ def preflight(settings: Settings) -> dict[str, int]:
 
     check_schema()
     security = kafka_security(settings)  # a bad combination fails here, naming the variable
-    redis_kwargs = redis_options(settings)
+    redis_client(settings)  # a bad Redis TLS/AUTH combination fails here, naming the variable
 
     async def ping_redis() -> None:
-        client = connect(settings.redis_url, **redis_kwargs)
+        client = redis_client(settings)
         try:
             await check_redis(client, settings)
+            await check_eviction(client, settings)
         finally:
             await client.aclose()
 

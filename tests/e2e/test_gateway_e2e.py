@@ -103,13 +103,17 @@ class GatewayProcess:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    admin_url: str = ""  # /healthz, /readyz, /metrics: not on the public url
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def start_gateway(bootstrap: str, events_topic: str, log_path: Path) -> GatewayProcess:
-    port = free_port()
+def start_gateway(
+    bootstrap: str, events_topic: str, log_path: Path, **extra_env: str
+) -> GatewayProcess:
+    """``sessionizer gateway`` on a free port, ready; ``extra_env``: more variables."""
+    port, admin_port = free_port(), free_port()
     env = {
         **os.environ,
         "SESSIONIZER_KAFKA_BOOTSTRAP": bootstrap,
@@ -117,6 +121,8 @@ def start_gateway(bootstrap: str, events_topic: str, log_path: Path) -> GatewayP
         "SESSIONIZER_API_KEYS": f"{KEY}:{PROJECT}",
         "SESSIONIZER_GATEWAY_HOST": "127.0.0.1",
         "SESSIONIZER_GATEWAY_PORT": str(port),
+        "SESSIONIZER_GATEWAY_ADMIN_PORT": str(admin_port),
+        **extra_env,
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -126,13 +132,15 @@ def start_gateway(bootstrap: str, events_topic: str, log_path: Path) -> GatewayP
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path)
+    gateway = GatewayProcess(
+        f"http://127.0.0.1:{port}", process, log_path, f"http://127.0.0.1:{admin_port}"
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the gateway exited {process.returncode}:\n{gateway.log()}")
         try:
-            with urllib.request.urlopen(f"{gateway.url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{gateway.admin_url}/readyz", timeout=2) as response:
                 if response.status == 200:
                     return gateway
         except (urllib.error.URLError, OSError):
@@ -267,6 +275,7 @@ def test_gateway_command_reports_an_unreachable_broker(tmp_path: Path) -> None:
         "SESSIONIZER_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
         "SESSIONIZER_API_KEYS": f"{KEY}:{PROJECT}",
         "SESSIONIZER_GATEWAY_PORT": str(free_port()),
+        "SESSIONIZER_GATEWAY_ADMIN_PORT": str(free_port()),
     }
     done = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "gateway"],

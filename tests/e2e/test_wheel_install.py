@@ -41,8 +41,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
-    shutil.copytree(REPO / "pipeline", source / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for folder in ("pipeline", "clients/python/sessionizer_client"):
+        shutil.copytree(REPO / folder, source / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(root / "dist"),
           str(source)], cwd=root)
     [wheel] = (root / "dist").glob("sessionizer_pipeline-*.whl")

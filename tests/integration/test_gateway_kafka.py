@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 
 from pipeline.client import SessionClient
-from pipeline.gateway.app import create_app
+from pipeline.gateway.app import create_admin_app, create_app
 from pipeline.gateway.publisher import KafkaPublisher
 from pipeline.gateway.settings import GatewaySettings
 
-KEY = "testkey-1234567890"
+KEY = "Kq7vM2pXr9LwB4nZ"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SESSION = "66e634246cc3414faed6531eb988749a"
 
@@ -98,15 +98,20 @@ class ThreadedGateway:
             {KEY: "shop"}, self.publisher, settings=self.settings, ready=self.publisher.ready
         )
         runner = web.AppRunner(app)
+        admin = web.AppRunner(create_admin_app(app))
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        await admin.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await web.TCPSite(admin, "127.0.0.1", 0).start()
         host, port = runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
+        host, port = admin.addresses[0][:2]
+        self.admin_url = f"http://{host}:{port}"
         self._started.set()
         try:
             await self._stop.wait()
         finally:
+            await admin.cleanup()
             await runner.cleanup()
             await self.publisher.stop()
 
@@ -249,15 +254,15 @@ def test_broker_paused_is_503_then_recovers(
     broker: Any, events_topic: str, gateway: ThreadedGateway
 ) -> None:
     event = {"type": "usage", "timestamp": 1_795_758_000_000, "user_id": "u1", "id": "only-once"}
-    assert call("GET", f"{gateway.url}/readyz").status == 200
+    assert call("GET", f"{gateway.admin_url}/readyz").status == 200
     broker.pause()
     try:
         started = time.monotonic()
         reply = call("POST", f"{gateway.url}/v1/events", orjson.dumps(event), AUTH)
         assert (reply.status, reply.body["error"]) == (503, "broker_unavailable")
         assert time.monotonic() - started < 10
-        assert call("GET", f"{gateway.url}/readyz").status == 503
-        assert call("GET", f"{gateway.url}/healthz").status == 200
+        assert call("GET", f"{gateway.admin_url}/readyz").status == 503
+        assert call("GET", f"{gateway.admin_url}/healthz").status == 200
     finally:
         broker.resume()
     deadline = time.monotonic() + 20
@@ -267,7 +272,7 @@ def test_broker_paused_is_503_then_recovers(
             break
         time.sleep(0.5)
     assert reply.status == 202
-    assert call("GET", f"{gateway.url}/readyz").status == 200
+    assert call("GET", f"{gateway.admin_url}/readyz").status == 200
     # the 503 attempt may or may not have reached the log; the retry carries the same id,
     # so the worker de-duplicates either way
     assert {r.value["id"] for r in read_topic(broker.bootstrap, events_topic, 1)} == {"only-once"}

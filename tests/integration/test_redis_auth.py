@@ -22,10 +22,11 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.config import Settings
 from pipeline.exceptions import RedisUnavailable, ServiceStartError
-from pipeline.security import check_redis, redis_options
+from pipeline.security import check_redis
 from pipeline.services import EmbeddedRedis, free_port
 from pipeline.store.base import Commit
-from pipeline.store.redis import RedisStore, connect
+from pipeline.store.connection import redis_client
+from pipeline.store.redis import RedisStore
 
 PASSWORD = "s3cret-Pa55word"
 
@@ -44,7 +45,7 @@ def _address(server: EmbeddedRedis, password: str | None = None) -> str:
 
 async def _use_store(settings: Settings) -> int:
     """Claim a partition, commit to it and read it back: the store works."""
-    client = connect(settings.redis_url, **redis_options(settings))
+    client = redis_client(settings)
     store = RedisStore(client, f"auth-test-{uuid.uuid4().hex[:8]}")
     try:
         await check_redis(client, settings)
@@ -60,7 +61,7 @@ async def _use_store(settings: Settings) -> int:
 
 def _refusal(settings: Settings) -> str:
     async def check() -> None:
-        client = connect(settings.redis_url, **redis_options(settings))
+        client = redis_client(settings)
         try:
             await check_redis(client, settings)
         finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -24,10 +25,13 @@ from pipeline.core.timefmt import format_ms
 from pipeline.report.api import setup_report
 from pipeline.report.settings import ReportSettings
 from pipeline.services import EmbeddedRedis
+from pipeline.store.connection import redis_client
 from pipeline.store.keys import Keys
 from pipeline.store.redis import RedisStore
 
 Scenario = Callable[[TestClient, RedisStore], Awaitable[None]]
+TOKEN = "report-Zq8Lm3Vx9Tk"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def serve(redis: EmbeddedRedis, scenario: Scenario, **store_options: int) -> None:
@@ -37,7 +41,7 @@ def serve(redis: EmbeddedRedis, scenario: Scenario, **store_options: int) -> Non
         store = RedisStore.from_url(redis.url, prefix, **store_options)
         app = web.Application()
         setup_report(
-            app, store=store, settings=Settings(), report_settings=ReportSettings(),
+            app, store=store, settings=Settings(), report_settings=ReportSettings(token=TOKEN),
             clock_ms=lambda: NOW,
         )
         try:
@@ -50,7 +54,7 @@ def serve(redis: EmbeddedRedis, scenario: Scenario, **store_options: int) -> Non
 
 
 async def get(client: TestClient, path: str, status: int = 200) -> Any:
-    response = await client.get(path)
+    response = await client.get(path, headers=AUTH)
     assert response.status == status, await response.text()
     return orjson.loads(await response.read())
 
@@ -134,3 +138,34 @@ def test_the_history_bound_is_the_report_bound(redis_server: EmbeddedRedis) -> N
         assert who((await get(client, "/api/sessions"))["sessions"]) == ["u5", "u4", "u3"]
 
     serve(redis_server, scenario, history_max=3)
+
+
+PASSWORD = "s3cret-Pa55word-for-the-report"
+
+
+def test_the_report_reads_sessions_with_the_password_in_its_own_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The report's own Redis client (opened from the settings when the gateway starts)
+    logs in with SESSIONIZER_REDIS_PASSWORD, as the worker's does."""
+    prefix = f"sz-report-{uuid.uuid4().hex[:10]}"
+    with EmbeddedRedis(password=PASSWORD, appendonly=False) as locked:
+        address = f"redis://{locked.host}:{locked.port}/0"  # no password in the URL
+        settings = Settings(redis_url=address, redis_password=PASSWORD, redis_key_prefix=prefix)
+
+        async def main() -> None:
+            writer = RedisStore(redis_client(settings), prefix)
+            try:
+                await two_partitions(writer)
+            finally:
+                await writer.close()
+            app = web.Application()
+            setup_report(app, settings=settings, report_settings=ReportSettings(token=TOKEN),
+                         clock_ms=lambda: NOW)
+            async with TestClient(TestServer(app)) as client:
+                body = await get(client, "/api/sessions")
+                assert who(body["sessions"]) == [
+                    "9f1c2e7a4b5d4c3e", "alice@example.com", "carol", "bob@example.com", "dave",
+                ]
+
+        asyncio.run(main())

@@ -428,15 +428,21 @@ def test_kafka_transport_keys_by_session_then_user_and_stamps_the_project() -> N
     assert producer.closed
 
 
-def test_kafka_transport_stamps_records_with_the_batch_sent_at() -> None:
-    """The record time is the batch's sent_at: the pipeline's clock-skew correction
-    (timestamp + arrival - sent_at) then adds nothing for a direct send, whatever the
-    delay between stamping the batch and handing it to the producer."""
+def test_kafka_transport_stamps_records_with_the_send_time_not_sent_at() -> None:
+    """The record timestamp is the event's arrival time for the worker (SPEC section 3):
+    the producing side's clock at the send, never the client's ``sent_at``."""
     producer = FakeProducer()
     transport = KafkaTransport("b:9092", topic="ev", producer=producer)
     sent_at = "2026-11-27T10:00:00.040Z"
+    before = time.time_ns() // 1_000_000
     transport.send([
         {"type": "session", "user_id": "u", "timestamp": "2026-11-27T10:00:00.030Z", "sent_at": sent_at},
         {"type": "usage", "user_id": "u", "timestamp": "2026-11-27T10:00:00.035Z", "sent_at": sent_at},
     ])
-    assert [ts for *_, ts in producer.sent] == [parse_timestamp_ms(sent_at)] * 2
+    after = time.time_ns() // 1_000_000
+    stamps = [ts for *_, ts in producer.sent]
+    assert all(before <= ts <= after for ts in stamps), stamps
+    assert parse_timestamp_ms(sent_at) not in stamps
+    # the event's sent_at is the same send time, so the skew correction adds nothing
+    sent = [parse_timestamp_ms(orjson.loads(value)["sent_at"]) for _, _, value, _ in producer.sent]
+    assert sent == stamps

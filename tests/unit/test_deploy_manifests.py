@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -48,7 +49,9 @@ import pytest
 
 from pipeline.config import Settings, load_settings
 from pipeline.core.parse import SCHEMA_DIR_ENV
+from pipeline.credentials import ensure_key_file
 from pipeline.gateway.settings import GatewaySettings, load_gateway_settings
+from pipeline.report.settings import ReportSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -126,6 +129,7 @@ def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 def _known_settings() -> set[str]:
     names = {f"SESSIONIZER_{name.upper()}" for name in Settings.model_fields}
     names |= {f"SESSIONIZER_GATEWAY_{name.upper()}" for name in GatewaySettings.model_fields}
+    names |= {f"SESSIONIZER_REPORT_{name.upper()}" for name in ReportSettings.model_fields}
     names.add(SCHEMA_DIR_ENV)
     return names
 
@@ -133,7 +137,7 @@ def _known_settings() -> set[str]:
 def _check_settings(env: dict[str, str], where: str) -> None:
     """Every SESSIONIZER_* name is a real setting and every value parses."""
     unknown = sorted(k for k in env if k.startswith("SESSIONIZER_") and k not in _known_settings())
-    assert not unknown, f"{where}: unknown settings {unknown} (README.md, 'Settings')"
+    assert not unknown, f"{where}: unknown settings {unknown} (docs/configuration.md)"
     sessionizer_env = {k: str(v) for k, v in env.items() if k.startswith("SESSIONIZER_")}
     # pydantic-settings reads the process environment: give it exactly these values
     saved = {k: v for k, v in os.environ.items() if k.startswith("SESSIONIZER_")}
@@ -141,9 +145,16 @@ def _check_settings(env: dict[str, str], where: str) -> None:
         for key in saved:
             del os.environ[key]
         os.environ.update(sessionizer_env)
+        if sessionizer_env.get("SESSIONIZER_API_KEYS_FILE"):  # made at start: make one here
+            with tempfile.TemporaryDirectory() as folder:
+                ensure_key_file(Path(folder) / "api-keys", "demo")
+                os.environ["SESSIONIZER_API_KEYS_FILE"] = str(Path(folder) / "api-keys")
+                assert load_settings().api_key_map
+            os.environ["SESSIONIZER_API_KEYS_FILE"] = sessionizer_env["SESSIONIZER_API_KEYS_FILE"]
         settings = load_settings()
         load_gateway_settings()
-        settings.api_key_map  # noqa: B018 (raises on a malformed SESSIONIZER_API_KEYS)
+        if settings.api_keys.get_secret_value():
+            settings.api_key_map  # noqa: B018 (raises on a malformed or weak SESSIONIZER_API_KEYS)
     finally:
         for key in sessionizer_env:
             os.environ.pop(key, None)
@@ -206,7 +217,7 @@ def test_compose_spec_check_rejects_a_broken_file(tmp_path: Path) -> None:
 
 
 def test_compose_has_the_services_of_the_stack() -> None:
-    assert set(_services()) == {"kafka", "redis", "worker", "gateway", "producer", "prometheus"}
+    assert set(_services()) == {"kafka", "redis", "worker", "keys", "gateway", "producer", "prometheus"}
 
 
 def test_compose_kafka_is_a_single_kraft_node() -> None:
@@ -231,7 +242,7 @@ def test_compose_redis_keeps_an_append_only_file() -> None:
     command = redis["command"]
     assert command[0] == "redis-server"
     flags = dict(zip(command[1::2], command[2::2], strict=True))
-    assert flags == {"--appendonly": "yes", "--appendfsync": "everysec"}
+    assert flags == {"--appendonly": "yes", "--appendfsync": "everysec", "--maxmemory-policy": "noeviction"}
     assert any(str(v).endswith(":/data") for v in redis["volumes"])
 
 
@@ -250,13 +261,23 @@ def test_compose_worker_scales() -> None:
     assert (ROOT / worker["build"]["context"] / worker["build"]["dockerfile"]).is_file()
 
 
-def test_compose_gateway_publishes_8080_with_api_keys() -> None:
-    gateway = _services()["gateway"]
+def test_compose_gateway_publishes_8080_on_loopback_with_generated_keys() -> None:
+    services = _services()
+    gateway = services["gateway"]
     assert gateway["command"] == ["gateway"]
-    assert "8080:8080" in gateway["ports"]
+    assert gateway["ports"] == ["127.0.0.1:8080:8080"]  # the admin port 8081 is not published
+    assert gateway["expose"] == ["8081"]
     env = _env("gateway")
     assert env["SESSIONIZER_GATEWAY_PORT"] == "8080"
-    assert env["SESSIONIZER_API_KEYS"], "the gateway refuses to start without API keys"
+    assert (env["SESSIONIZER_GATEWAY_ADMIN_HOST"], env["SESSIONIZER_GATEWAY_ADMIN_PORT"]) == ("0.0.0.0", "8081")
+    # no key in the file: the keys service makes one on first start, unless exported
+    assert env["SESSIONIZER_API_KEYS"] == ""
+    keys = services["keys"]
+    assert keys["command"][:3] == ["api-key", "--file", env["SESSIONIZER_API_KEYS_FILE"]]
+    volume = keys["volumes"][0].split(":")
+    assert f"{volume[0]}:{volume[1]}:ro" in gateway["volumes"]
+    assert env["SESSIONIZER_API_KEYS_FILE"].startswith(volume[1] + "/")
+    assert gateway["depends_on"]["keys"] == {"condition": "service_completed_successfully"}
 
 
 def test_compose_producer_is_an_optional_profile() -> None:
@@ -277,9 +298,9 @@ def test_compose_every_service_has_a_healthcheck() -> None:
     for name, service in _services().items():
         check = service.get("healthcheck")
         assert check, f"{name}: no healthcheck"
-        if name == "producer":
-            # the one-shot traffic generator serves nothing: the image's
-            # worker-port HEALTHCHECK is switched off, not left to fail
+        if name in ("producer", "keys"):
+            # the one-shot traffic generator and key maker serve nothing: the
+            # image's worker-port HEALTHCHECK is switched off, not left to fail
             assert check == {"disable": True}
             continue
         assert not check.get("disable"), name
@@ -291,7 +312,7 @@ def test_compose_every_service_has_a_healthcheck() -> None:
 def test_compose_healthchecks_probe_the_right_ports() -> None:
     services = _services()
     assert services["worker"]["healthcheck"]["test"][-1] == "http://127.0.0.1:6066/healthz"
-    assert services["gateway"]["healthcheck"]["test"][-1].startswith("http://127.0.0.1:8080/")
+    assert services["gateway"]["healthcheck"]["test"][-1] == "http://127.0.0.1:8081/readyz"
     assert "/app/healthcheck.py" in services["worker"]["healthcheck"]["test"]
 
 
@@ -301,6 +322,9 @@ def test_compose_dependencies_wait_for_health() -> None:
         depends = service.get("depends_on") or {}
         assert isinstance(depends, dict), f"{name}: depends_on must name conditions"
         for dependency, spec in depends.items():
+            if dependency == "keys":  # a one-shot: it completes
+                assert spec == {"condition": "service_completed_successfully"}, name
+                continue
             assert spec == {"condition": "service_healthy"}, f"{name} -> {dependency}"
             assert not services[dependency]["healthcheck"].get("disable"), dependency
     assert set(services["worker"]["depends_on"]) == {"kafka", "redis"}
@@ -365,7 +389,7 @@ def test_prometheus_scrapes_the_gateway() -> None:
     job = _job("sessionizer-gateway")
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = [t for static in job["static_configs"] for t in static["targets"]]
-    assert targets == ["gateway:8080"]
+    assert targets == [f"gateway:{_env('gateway')['SESSIONIZER_GATEWAY_ADMIN_PORT']}"] == ["gateway:8081"]
     for target in targets:
         assert target.split(":")[0] in _services()
 
@@ -635,7 +659,7 @@ def test_k8s_validators_reject_broken_manifests() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
     assert any("livenessprobe" in p for p in _validate(deployment))
     scaled = copy.deepcopy(_one("base", "ScaledObject"))
-    scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 10000  # KEDA wants strings
+    scaled["spec"]["triggers"][0]["metadata"]["threshold"] = 10000  # KEDA wants strings
     assert _validate(scaled)
     scaled = copy.deepcopy(_one("base", "ScaledObject"))
     scaled["spec"]["maxReplicas"] = 32  # the HPA's name, not KEDA's
@@ -652,25 +676,28 @@ def _config(name: str) -> dict[str, str]:
     return _one(name, "ConfigMap", "sessionizer-config")["data"]
 
 
-def _secret(name: str) -> dict[str, str]:
-    secret = _one(name, "Secret", "sessionizer-secrets")
-    data = dict(secret.get("stringData") or {})
-    data.update({k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()})
-    return data
+#: what the operator puts in the Secret they create (kubectl create secret, docs/security.md)
+SECRET_KEYS = {
+    "SESSIONIZER_API_KEYS", "SESSIONIZER_REDIS_URL", "SESSIONIZER_REDIS_PASSWORD",
+    "SESSIONIZER_REPORT_TOKEN",
+}
+REQUIRED_SECRET_KEYS = {"SESSIONIZER_API_KEYS", "SESSIONIZER_REDIS_URL"}
 
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
 def test_k8s_settings_are_real_and_valid(name: str) -> None:
-    _check_settings({**_config(name), **_secret(name)}, f"deploy/k8s {name}")
+    _check_settings(_config(name), f"deploy/k8s {name}")
 
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
-def test_k8s_secret_holds_placeholders_only(name: str) -> None:
-    secret = _secret(name)
-    assert set(secret) == {"SESSIONIZER_API_KEYS", "SESSIONIZER_REDIS_URL"}
-    for key, value in secret.items():
-        assert "replace-me" in value, f"{key}: a real value must not be committed"
-    assert "replace" in (K8S / "base" / "secret.yaml").read_text().split("apiVersion")[0].lower()
+def test_k8s_renders_no_secret(name: str) -> None:
+    """An ``apply -k`` must not overwrite the real Secret with a placeholder."""
+    assert [d for d in _rendered(name) if d["kind"] == "Secret"] == []
+    assert not (K8S / "base" / "secret.yaml").exists()
+    howto = (K8S / "base" / "kustomization.yaml").read_text()
+    assert "kubectl create secret generic sessionizer-secrets" in howto
+    for key in REQUIRED_SECRET_KEYS:
+        assert f"--from-literal={key}=" in howto, key
 
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -686,10 +713,16 @@ def test_k8s_worker_deployment(name: str) -> None:
     config = _config(name)
     assert container["args"] == ["worker"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["web"] == int(config["SESSIONIZER_WEB_PORT"]) == 6066
-    assert config["SESSIONIZER_WEB_HOST"] == "0.0.0.0"
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "web"}, probe
+    assert ports == {"admin": int(config["SESSIONIZER_WEB_PORT"])} == {"admin": 6066}
+    assert config["SESSIONIZER_WEB_HOST"] == "0.0.0.0"  # on the pod IP, behind the NetworkPolicy
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "admin"}, probe
+    assert float(config["SESSIONIZER_LIVENESS_STALL"]) > 0
+    env = {v["name"] for v in container["env"]}
+    assert {"SESSIONIZER_REDIS_URL", "SESSIONIZER_REDIS_PASSWORD"} <= env
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "6066"
     assert set(container["resources"]) == {"requests", "limits"}
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
@@ -706,7 +739,6 @@ def test_k8s_worker_deployment(name: str) -> None:
 def test_k8s_references_resolve(name: str) -> None:
     docs = _rendered(name)
     configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
-    secrets = {d["metadata"]["name"]: _secret(name) for d in docs if d["kind"] == "Secret"}
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     for deployment in deployments.values():
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -716,8 +748,10 @@ def test_k8s_references_resolve(name: str) -> None:
             assert source["configMapRef"]["name"] in configmaps
         for var in container.get("env", []):
             ref = var.get("valueFrom", {}).get("secretKeyRef")
-            if ref:
-                assert ref["key"] in secrets[ref["name"]], ref
+            if ref:  # the Secret the operator creates
+                assert ref["name"] == "sessionizer-secrets" and ref["key"] in SECRET_KEYS, ref
+                assert ref["key"] == var["name"]
+                assert ref.get("optional", False) == (ref["key"] not in REQUIRED_SECRET_KEYS), ref
         mounts = {m["name"] for m in container.get("volumeMounts", [])}
         assert mounts <= {v["name"] for v in deployment["spec"]["template"]["spec"].get("volumes", [])}
     for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
@@ -736,7 +770,7 @@ def test_k8s_references_resolve(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["base", "production"])
-def test_k8s_keda_scales_workers_on_consumer_lag(name: str) -> None:
+def test_k8s_keda_scales_workers_on_their_applied_lag(name: str) -> None:
     scaled = _one(name, "ScaledObject", "sessionizer-worker")
     config = _config(name)
     spec = scaled["spec"]
@@ -746,12 +780,19 @@ def test_k8s_keda_scales_workers_on_consumer_lag(name: str) -> None:
     assert spec["maxReplicaCount"] == int(config["SESSIONIZER_TOPIC_PARTITIONS"]) == 32
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], "never zero: the timer closes sessions"
     (trigger,) = spec["triggers"]
-    assert trigger["type"] == "kafka"
+    # the workers' own lag from their applied offsets, not Kafka's committed offsets
+    # (they trail by up to a second: a Kafka lag trigger sees the input rate)
+    assert trigger["type"] == "prometheus"
     metadata = trigger["metadata"]
-    assert metadata["consumerGroup"] == config["SESSIONIZER_CONSUMER_GROUP"] == "sessionizer"
-    assert metadata["topic"] == config["SESSIONIZER_EVENTS_TOPIC"] == "events"
-    assert metadata["bootstrapServers"] == config["SESSIONIZER_KAFKA_BOOTSTRAP"]
-    assert int(metadata["lagThreshold"]) > 0
+    assert metadata["serverAddress"].startswith("http://")
+    query = metadata["query"]
+    assert query.startswith("sum(sessionizer_consumer_lag{")
+    topics = re.search(r'topic=~"([^"]+)"', query)
+    assert topics is not None
+    assert set(topics.group(1).split("|")) == {
+        config["SESSIONIZER_EVENTS_TOPIC"], config["SESSIONIZER_REPARTITION_TOPIC"],
+    }
+    assert int(metadata["threshold"]) > 0
 
 
 def test_k8s_hpa_alternative_replaces_keda() -> None:
@@ -763,21 +804,53 @@ def test_k8s_hpa_alternative_replaces_keda() -> None:
     assert hpa["spec"]["minReplicas"] >= 1
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "External"
-    assert metric["external"]["metric"]["name"] == "kafka_consumergroup_lag"
-    assert metric["external"]["metric"]["selector"]["matchLabels"]["consumergroup"] == "sessionizer"
+    assert metric["external"]["metric"]["name"] == "sessionizer_consumer_lag"  # the applied-offset lag
+    assert metric["external"]["metric"]["selector"]["matchLabels"]["topic"] == _config("hpa")["SESSIONIZER_EVENTS_TOPIC"]
     assert "metrics adapter" in (K8S / "hpa" / "kustomization.yaml").read_text()
 
 
-def test_k8s_gateway() -> None:
-    gateway = _one("base", "Deployment", "sessionizer-gateway")
+@pytest.mark.parametrize("name", ["base", "production"])
+def test_k8s_gateway(name: str) -> None:
+    gateway = _one(name, "Deployment", "sessionizer-gateway")
     container = _container(gateway)
     assert container["args"] == ["gateway"]
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert any(v["name"] == "SESSIONIZER_API_KEYS" for v in container["env"])
+    config = _config(name)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": int(config["SESSIONIZER_GATEWAY_PORT"]), "admin": int(config["SESSIONIZER_GATEWAY_ADMIN_PORT"]),
+    } == {"http": 8080, "admin": 8081}
+    # probes and the scrape on the admin port: nothing of it on the public one
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert gateway["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8081"
+    # the report reads the workers' Redis: the gateway gets its URL and password
+    env = {v["name"] for v in container["env"]}
+    assert {"SESSIONIZER_API_KEYS", "SESSIONIZER_REDIS_URL", "SESSIONIZER_REDIS_PASSWORD",
+            "SESSIONIZER_REPORT_TOKEN"} <= env
     assert gateway["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    _one("base", "Service", "sessionizer-gateway")
+    _one(name, "Service", "sessionizer-gateway")
+
+
+@pytest.mark.parametrize("name", ["base", "production"])
+def test_k8s_admin_ports_are_reachable_by_prometheus_only(name: str) -> None:
+    config = _config(name)
+    admin_ports = {
+        "gateway": int(config["SESSIONIZER_GATEWAY_ADMIN_PORT"]), "worker": int(config["SESSIONIZER_WEB_PORT"]),
+    }
+    for component, admin_port in admin_ports.items():
+        policy = _one(name, "NetworkPolicy", f"sessionizer-{component}")
+        spec = policy["spec"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+        assert spec["policyTypes"] == ["Ingress"]
+        for rule in spec["ingress"]:
+            ports = {p["port"] for p in rule["ports"]}
+            if admin_port in ports:
+                assert ports == {admin_port}
+                assert rule["from"] == [
+                    {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+                ]
+            else:  # the gateway's public port, open to all
+                assert component == "gateway" and ports == {int(config["SESSIONIZER_GATEWAY_PORT"])}
+                assert "from" not in rule
 
 
 def test_k8s_production_overlay() -> None:

@@ -10,12 +10,14 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.gateway.app import create_app
+from pipeline.exceptions import ConfigError
+from pipeline.gateway.app import GATEWAY, create_admin_app, create_app
 from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
+from pipeline.metrics import GatewayMetrics
 
-KEY = "testkey-1234567890"
+KEY = "Kq7vM2pXr9LwB4nZ"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SESSION = "66e634246cc3414faed6531eb988749a"
 RECEIVED_MS = 1_795_758_300_000
@@ -101,7 +103,7 @@ def serve(scenario: Scenario, **options: Any) -> None:
     options.setdefault("clock_ms", lambda: RECEIVED_MS)
 
     async def main() -> None:
-        app = create_app({KEY: "shop", "otherkey-123456": "blog"}, publisher, **options)
+        app = create_app({KEY: "shop", "Ot7hWx3Kp9QmR2vY": "blog"}, publisher, **options)
         async with TestClient(TestServer(app)) as client:
             await scenario(client, publisher)
 
@@ -280,6 +282,102 @@ def test_too_many_events_is_413(path: str) -> None:
     serve(scenario, settings=GatewaySettings(max_events_per_batch=3))
 
 
+def test_rate_limit_counts_events_not_requests() -> None:
+    """A key may send ``rate_burst`` events at once: one POST of 5 events takes 5."""
+    events = [{"type": "usage", "timestamp": 1, "user_id": f"u{i}"} for i in range(5)]
+
+    async def scenario(client: TestClient, pub: FakePublisher) -> None:
+        response = await client.post("/v1/events", data=orjson.dumps(events), headers=AUTH)
+        assert response.status == 202
+        response = await client.post("/v1/events", data=orjson.dumps(events[:2]), headers=AUTH)
+        assert response.status == 429
+        answer = await body(response)
+        assert (answer["error"], answer["limit"]) == ("rate_limited", "events_per_key")
+        assert "events per second" in answer["message"]
+        assert int(response.headers["Retry-After"]) >= 1
+        assert len(pub.records) == 5  # nothing of the refused request was published
+
+    serve(scenario, settings=GatewaySettings(rate_limit=0.01, rate_burst=6))
+
+
+def test_failed_authentications_are_limited_per_client_address() -> None:
+    async def scenario(client: TestClient, pub: FakePublisher) -> None:
+        bad = {"Authorization": "Bearer guess-Wq3Er5Ty7Ui9Op"}
+        for _ in range(3):
+            response = await client.post("/v1/events", data=b"[]", headers=bad)
+            assert response.status == 401
+        for headers in (bad, AUTH):  # even the right key waits until the budget refills
+            response = await client.post("/v1/events", data=b"[]", headers=headers)
+            assert response.status == 429
+            answer = await body(response)
+            assert (answer["error"], answer["limit"]) == ("rate_limited", "auth_failures")
+            assert int(response.headers["Retry-After"]) >= 1
+
+    serve(scenario, settings=GatewaySettings(auth_failures_per_minute=3))
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_limited() -> None:
+    """One client's failures do not lock out the others that share the proxy."""
+
+    async def scenario(client: TestClient, pub: FakePublisher) -> None:
+        bad = {"Authorization": "Bearer guess-Wq3Er5Ty7Ui9Op", "X-Forwarded-For": "203.0.113.5"}
+        for _ in range(3):
+            assert (await client.post("/v1/events", data=b"[]", headers=bad)).status == 401
+        assert (await client.post("/v1/events", data=b"[]", headers=bad)).status == 429
+        # a spoofed hop left of the proxy's own entry changes nothing
+        spoofed = {**bad, "X-Forwarded-For": "198.51.100.1, 203.0.113.5"}
+        assert (await client.post("/v1/events", data=b"[]", headers=spoofed)).status == 429
+        other = {**AUTH, "X-Forwarded-For": "203.0.113.9"}
+        response = await client.get("/api/v2/projects/config", headers=other)
+        assert response.status == 200
+
+    serve(scenario, settings=GatewaySettings(auth_failures_per_minute=3, trusted_proxies="127.0.0.0/8"))
+
+
+def test_without_trusted_proxies_forwarded_for_is_ignored() -> None:
+    async def scenario(client: TestClient, pub: FakePublisher) -> None:
+        for n in range(3):
+            bad = {"Authorization": "Bearer guess-Wq3Er5Ty7Ui9Op", "X-Forwarded-For": f"203.0.113.{n}"}
+            assert (await client.post("/v1/events", data=b"[]", headers=bad)).status == 401
+        other = {**AUTH, "X-Forwarded-For": "203.0.113.9"}
+        assert (await client.get("/api/v2/projects/config", headers=other)).status == 429
+
+    serve(scenario, settings=GatewaySettings(auth_failures_per_minute=3))
+
+
+def test_a_bad_trusted_proxy_names_the_variable() -> None:
+    from pipeline.gateway.settings import load_gateway_settings
+
+    with pytest.raises(ConfigError, match="SESSIONIZER_GATEWAY_TRUSTED_PROXIES"):
+        load_gateway_settings(trusted_proxies="10.0.0.0/8,not-an-ip")
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("short-Tk3", "at least 16"),
+        ("demo-key-change-me", "placeholder"),
+        ("replace-me-key-0123456789", "placeholder"),
+        ("my-test-key-Qw9Er7Ty", "placeholder 'test'"),
+        ("aaaaaaaaaaaaaaaaaaaa", "different characters"),
+    ],
+)
+def test_weak_keys_are_refused_without_showing_them(key: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as caught:
+        create_app({key: "shop"}, FakePublisher(), settings=GatewaySettings())
+    assert key not in str(caught.value) and "SESSIONIZER_API_KEYS" in str(caught.value)
+
+
+def test_keys_stay_out_of_repr_and_settings_dumps() -> None:
+    from pipeline.config import Settings
+
+    settings = Settings(api_keys=f"{KEY}:shop")
+    assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
+    assert settings.api_key_map == {KEY: "shop"}
+    app = create_app(settings.api_key_map, FakePublisher(), settings=GatewaySettings())
+    assert KEY not in repr(app[GATEWAY])
+
+
 def test_rate_limit_per_key_is_429_with_retry_after() -> None:
     async def scenario(client: TestClient, pub: FakePublisher) -> None:
         statuses = []
@@ -290,7 +388,7 @@ def test_rate_limit_per_key_is_429_with_retry_after() -> None:
         assert int(response.headers["Retry-After"]) >= 1
         assert (await body(response))["error"] == "rate_limited"
         other = await client.get(
-            "/api/v2/projects/config", headers={"Authorization": "Bearer otherkey-123456"}
+            "/api/v2/projects/config", headers={"Authorization": "Bearer Ot7hWx3Kp9QmR2vY"}
         )
         assert other.status == 200
 
@@ -519,22 +617,32 @@ def test_spec_event_over_the_size_limit_is_413() -> None:
 # -- health, readiness, unknown routes ------------------------------------------------------
 
 
-def test_health_and_readiness() -> None:
+def test_health_and_readiness_on_the_admin_app_only() -> None:
     state = {"ready": True}
 
     async def ready() -> bool:
         return state["ready"]
 
-    async def scenario(client: TestClient, pub: FakePublisher) -> None:
-        assert (await client.get("/healthz")).status == 200
-        response = await client.get("/readyz")
-        assert response.status == 200 and (await body(response))["status"] == "ready"
-        state["ready"] = False
-        response = await client.get("/readyz")
-        assert response.status == 503 and (await body(response))["status"] == "not_ready"
-        assert (await client.get("/healthz")).status == 200
+    async def main() -> None:
+        app = create_app({KEY: "shop"}, FakePublisher(), settings=GatewaySettings(), ready=ready)
+        metrics = GatewayMetrics()
+        admin_app = create_admin_app(app)
+        metrics.install(app, admin_app)
+        async with TestClient(TestServer(app)) as public, TestClient(TestServer(admin_app)) as admin:
+            assert (await admin.get("/healthz")).status == 200
+            response = await admin.get("/readyz")
+            assert response.status == 200 and (await body(response))["status"] == "ready"
+            state["ready"] = False
+            response = await admin.get("/readyz")
+            assert response.status == 503 and (await body(response))["status"] == "not_ready"
+            assert (await admin.get("/healthz")).status == 200
+            assert (await admin.get("/metrics")).status == 200
+            for path in ("/healthz", "/readyz", "/metrics", "/stats"):
+                assert (await public.get(path)).status == 404, path
+            assert (await admin.get("/api/sessions")).status == 404
+            assert (await admin.post("/v1/events", data=b"[]", headers=AUTH)).status == 404
 
-    serve(scenario, ready=ready)
+    asyncio.run(main())
 
 
 def test_unknown_route_and_method_are_json() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.gateway.ids import HeartbeatTarget, IdMemory
 from pipeline.gateway.mapping import EventError
-from pipeline.gateway.ratelimit import RateLimiter
+from pipeline.ratelimit import RateLimiter
 
 SESSION = "66e634246cc3414faed6531eb988749a"
 T0 = 1_795_758_300_000

@@ -228,7 +228,7 @@ def test_the_exposition_is_prometheus_text_format() -> None:
 
 # -- the gateway -------------------------------------------------------------------
 
-KEY = "testkey-1234567890"
+KEY = "Kq7vM2pXr9LwB4nZ"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 

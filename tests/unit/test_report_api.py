@@ -23,11 +23,15 @@ from pipeline.report.api import load_assets, setup_report
 from pipeline.report.settings import ReportSettings
 from pipeline.store.memory import MemoryStore
 
-TOKEN = "report-secret-1234"
+TOKEN = "report-Zq8Lm3Vx9Tk"
 Scenario = Callable[[TestClient], Awaitable[None]]
 
 
-def serve(scenario: Scenario, *, store: Any = None, **report: Any) -> None:
+def serve(
+    scenario: Scenario, *, store: Any = None, api_keys: dict[str, str] | None = None, **report: Any
+) -> None:
+    report.setdefault("token", TOKEN)
+
     async def main() -> None:
         nonlocal store
         if store is None:
@@ -40,6 +44,7 @@ def serve(scenario: Scenario, *, store: Any = None, **report: Any) -> None:
             settings=Settings(),
             report_settings=ReportSettings(**report),
             clock_ms=lambda: NOW,
+            api_keys=api_keys,
         )
         async with TestClient(TestServer(app)) as client:
             await scenario(client)
@@ -47,7 +52,12 @@ def serve(scenario: Scenario, *, store: Any = None, **report: Any) -> None:
     asyncio.run(main())
 
 
-async def get(client: TestClient, path: str, status: int = 200, **headers: str) -> Any:
+async def get(
+    client: TestClient, path: str, status: int = 200, *, auth: str | None = TOKEN, **headers: str
+) -> Any:
+    """GET with ``Authorization: Bearer <auth>`` (the operator token unless told)."""
+    if auth is not None:
+        headers.setdefault("Authorization", f"Bearer {auth}")
     response = await client.get(path, headers=headers)
     assert response.status == status, await response.text()
     assert response.content_type == "application/json"
@@ -296,7 +306,7 @@ def test_store_down_is_a_503_that_says_what_to_check(path: str) -> None:
 @pytest.mark.parametrize("path", ["/api/sessions", "/api/sessions/stats", "/api/sessions/abcdefgh12"])
 def test_token_guards_the_api(path: str) -> None:
     async def scenario(client: TestClient) -> None:
-        body = await get(client, path, 401)
+        body = await get(client, path, 401, auth=None)
         assert body["error"] == "unauthorized" and "SESSIONIZER_REPORT_TOKEN" in body["message"]
         await get(client, path, 401, Authorization="Bearer wrong-token")
         await get(client, path, 401, Authorization=TOKEN)
@@ -306,6 +316,117 @@ def test_token_guards_the_api(path: str) -> None:
         assert response.status == 401  # never in the URL: it would end up in access logs
 
     serve(scenario, token=TOKEN)
+
+
+SHOP_KEY = "shop-Hq8Vn3Lk5Rz2Wx"
+BLOG_KEY = "blog-Tm4Pc9Yj6Ds1Gf"
+KEYS = {SHOP_KEY: "shop", BLOG_KEY: "blog"}
+
+
+def test_an_api_key_sees_its_own_project_only() -> None:
+    async def scenario(client: TestClient) -> None:
+        rows = (await get(client, "/api/sessions", auth=SHOP_KEY))["sessions"]
+        assert who(rows) == ["alice@example.com", "bob@example.com", "dave"]
+        assert {r["project"] for r in rows} == {"shop"}
+        rows = (await get(client, "/api/sessions?project=shop", auth=SHOP_KEY))["sessions"]
+        assert {r["project"] for r in rows} == {"shop"}
+        rows = (await get(client, "/api/sessions", auth=BLOG_KEY))["sessions"]
+        assert who(rows) == ["9f1c2e7a4b5d4c3e", "carol"]
+        stats = await get(client, "/api/sessions/stats", auth=BLOG_KEY)
+        assert (stats["project"], stats["sessions"]) == ("blog", 2)
+        # the operator token sees all
+        rows = (await get(client, "/api/sessions"))["sessions"]
+        assert {r["project"] for r in rows} == {"shop", "blog"}
+
+    serve(scenario, api_keys=KEYS)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/sessions?project=blog", "/api/sessions/stats?project=blog",
+     "/api/sessions/9f1c2e7a4b5d4c3e?project=blog"],
+)
+def test_an_api_key_is_403_for_another_project(path: str) -> None:
+    async def scenario(client: TestClient) -> None:
+        body = await get(client, path, 403, auth=SHOP_KEY)
+        assert body["error"] == "forbidden_project" and "'blog'" in body["message"]
+        await get(client, path, 200, auth=BLOG_KEY)
+
+    serve(scenario, api_keys=KEYS)
+
+
+def test_an_api_key_does_not_find_another_projects_session_by_id() -> None:
+    async def scenario(client: TestClient) -> None:
+        await get(client, "/api/sessions/9f1c2e7a4b5d4c3e", 404, auth=SHOP_KEY)  # blog's
+        found = await get(client, "/api/sessions/9f1c2e7a4b5d4c3e", auth=BLOG_KEY)
+        assert found["session"]["project"] == "blog"
+
+    serve(scenario, api_keys=KEYS)
+
+
+def test_without_a_token_or_keys_everything_is_401() -> None:
+    async def scenario(client: TestClient) -> None:
+        for path in ("/api/sessions", "/api/sessions/stats", "/api/sessions/abcdefgh12"):
+            await get(client, path, 401, auth=None)
+            await get(client, path, 401, auth="some-guessed-key-123")
+
+    serve(scenario, token="")
+
+
+def test_list_pages_with_offset_and_never_carries_events() -> None:
+    async def scenario(client: TestClient) -> None:
+        first = await get(client, "/api/sessions?limit=2")
+        assert (who(first["sessions"]), first["offset"], first["next_offset"]) == (
+            ["9f1c2e7a4b5d4c3e", "alice@example.com"], 0, 2,
+        )
+        second = await get(client, "/api/sessions?limit=2&offset=2")
+        assert (who(second["sessions"]), second["has_more"], second["next_offset"]) == (
+            ["carol", "bob@example.com"], True, 4,
+        )
+        last = await get(client, "/api/sessions?limit=2&offset=4")
+        assert (who(last["sessions"]), last["has_more"], last["next_offset"]) == (["dave"], False, None)
+        for row in [*first["sessions"], *second["sessions"], *last["sessions"]]:
+            assert "events" not in row and "data" not in row
+        body = await get(client, "/api/sessions?offset=10001", 400)
+        assert body["parameter"] == "offset"
+
+    serve(scenario)
+
+
+def test_report_calls_are_rate_limited_per_client_with_retry_after() -> None:
+    async def scenario(client: TestClient) -> None:
+        for _ in range(3):
+            await get(client, "/api/sessions")
+        response = await client.get("/api/sessions", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        body = orjson.loads(await response.read())
+        assert (body["error"], body["limit"]) == ("rate_limited", "report_requests")
+
+    serve(scenario, rate_limit=0.01, rate_burst=3)
+
+
+def test_failed_authentications_are_limited_per_client() -> None:
+    async def scenario(client: TestClient) -> None:
+        for _ in range(10):
+            await get(client, "/api/sessions", 401, auth="guess-Wq3Er5Ty7Ui9Op")
+        response = await client.get("/api/sessions", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status == 429  # even with the right token, until the budget refills
+        body = orjson.loads(await response.read())
+        assert (body["error"], body["limit"]) == ("rate_limited", "auth_failures")
+        assert int(response.headers["Retry-After"]) >= 1
+
+    serve(scenario)
+
+
+@pytest.mark.parametrize("token", ["short-Tk3", "change-me-please-0123456789", "demo-Zq8Lm3Vx9TkWq"])
+def test_a_weak_report_token_is_refused_at_start(token: str) -> None:
+    from pipeline.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="SESSIONIZER_REPORT_TOKEN") as caught:
+        setup_report(web.Application(), store=MemoryStore(), settings=Settings(),
+                     report_settings=ReportSettings(token=token))
+    assert token not in str(caught.value)
 
 
 def test_page_and_assets_are_served_without_the_token() -> None:
@@ -349,7 +470,7 @@ def test_disabled_report_mounts_nothing() -> None:
     serve(scenario, enabled=False)
 
 
-def test_gateway_serves_the_report_without_the_ingestion_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gateway_opens_the_report_to_its_ingestion_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SESSIONIZER_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
     monkeypatch.delenv("SESSIONIZER_REPORT_TOKEN", raising=False)
     monkeypatch.delenv("SESSIONIZER_REPORT_ENABLED", raising=False)
@@ -362,7 +483,9 @@ def test_gateway_serves_the_report_without_the_ingestion_keys(monkeypatch: pytes
         async with TestClient(TestServer(app)) as client:
             page = await client.get("/sessions")
             assert page.status == 200 and page.content_type == "text/html"
-            body = await get(client, "/api/sessions", 503)  # a Redis store, opened at startup
+            await get(client, "/api/sessions", 401, auth=None)
+            # a Redis store, opened at startup
+            body = await get(client, "/api/sessions", 503, auth="ingest-key-123456")
             assert body["error"] == "store_unavailable"
             assert (await client.post("/v1/events", data=b"[]")).status == 401  # ingestion still keyed
 

@@ -244,7 +244,7 @@ def test_rediss_with_files_and_verification(pki: dict[str, str]) -> None:
     ))
     assert options == {
         "ssl_ca_certs": pki["ca"], "ssl_certfile": pki["client"], "ssl_keyfile": pki["client_key"],
-        "ssl_cert_reqs": "required",
+        "ssl_cert_reqs": "required", "ssl_check_hostname": True,
     }
     relaxed = redis_options(Settings(redis_url="rediss://r:6380/0", redis_ssl_cert_reqs="NONE"))
     assert relaxed == {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
@@ -269,8 +269,45 @@ def test_addresses_in_messages_leave_the_password_out() -> None:
     assert redis_address("rediss://localhost") == "rediss://localhost:6379"
 
 
-def test_the_settings_table_in_the_readme_lists_every_security_variable() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_configuration_reference_lists_every_security_variable() -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for name in Settings.model_fields:
         if name.startswith(("kafka_s", "redis_ssl", "redis_password", "log_format", "metrics_")):
-            assert f"SESSIONIZER_{name.upper()}" in readme, name
+            assert f"SESSIONIZER_{name.upper()}" in reference, name
+
+
+def test_sasl_plain_over_plaintext_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="pipeline.security"):
+        kafka_security(Settings(
+            kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u", kafka_sasl_password="p",
+        ))
+    assert any("clear text" in r.getMessage() and "SASL_SSL" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline.security"):
+        kafka_security(Settings(
+            kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-512",
+            kafka_sasl_username="u", kafka_sasl_password="p",
+        ))
+    assert not caplog.records
+
+
+def test_redis_hostname_checking_is_explicit() -> None:
+    assert redis_options(Settings(redis_url="rediss://r:6380/0"))["ssl_check_hostname"] is True
+    relaxed = redis_options(Settings(redis_url="rediss://r:6380/0", redis_ssl_check_hostname=False))
+    assert relaxed["ssl_check_hostname"] is False and relaxed["ssl_cert_reqs"] == "required"
+
+
+def test_every_redis_client_gets_timeouts_and_a_bounded_pool() -> None:
+    from pipeline.store.connection import redis_client, redis_client_sync
+
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0", redis_password="pw", redis_socket_timeout=3,
+        redis_connect_timeout=2, redis_max_connections=7,
+    )
+    for client in (redis_client(settings), redis_client_sync(settings)):
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (3, 2)
+        assert kwargs["password"] == "pw"
+        assert pool.max_connections == 7
+        assert type(pool).__name__ == "BlockingConnectionPool"

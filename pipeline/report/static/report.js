@@ -128,6 +128,10 @@ function handleError(error) {
     showSignin();
     return;
   }
+  if (error instanceof ApiError && error.status === 429) {
+    showNotice(`${error.message} The report tries again with the next refresh.`);
+    return;
+  }
   showNotice(error instanceof ApiError ? error.message : `The report cannot reach the gateway (${error.message}).`);
 }
 
