@@ -217,15 +217,21 @@ def replay(
     partitions: int,
     rules: SessionRules,
     project_rules: Mapping[str, SessionRules] | None = None,
+    wall_ms: int | None = None,
 ) -> Expected:
-    """Run the input log through the pure core as the workers do (see the module doc)."""
+    """Run the input log through the pure core as the workers do (see the module doc).
+
+    A record timestamp later than ``wall_ms`` (default: now) + ``max_future_skew`` is
+    clamped to that, as a worker clamps it to its wall clock when it reads the record
+    (SPEC section 3); a worker read it earlier, so this bound is the looser one."""
     exp = Expected()
     router = Router(partitions)
     own: dict[int, list[Event]] = defaultdict(list)
     foreign: dict[int, list[Event]] = defaultdict(list)
+    latest_arrival = (time.time_ns() // 1_000_000 if wall_ms is None else wall_ms) + rules.max_future_skew_ms
     for record in records:
         exp.input_records += 1
-        arrival = record.timestamp
+        arrival = min(record.timestamp, latest_arrival)
         exp.last_arrival_ms = max(exp.last_arrival_ms, arrival)
         items = parse_record(record.value, arrival_ms=arrival, partition=record.partition,
                              offset=record.offset, rules=rules)

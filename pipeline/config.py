@@ -91,6 +91,18 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         65536, ge=64, description="size limit of one event (bytes); a larger one is dead-lettered (too_large)"
     )
+    max_record_bytes: int = Field(
+        1_000_000, ge=4096,
+        description="largest session record or dead letter the worker sends (encoded bytes); a "
+        "longer session record loses events from its list, then its largest data values, and says "
+        '"truncated": true (SPEC section 4). Keep it under the broker\'s message.max.bytes',
+    )
+    record_max_attempts: int = Field(
+        3, ge=1,
+        description="times the worker tries a record whose processing raises an unexpected error "
+        "(not the broker or Redis being unreachable, which is retried without end) before it "
+        "dead-letters it as processing_failed and goes on with the partition",
+    )
 
     project_settings: str = Field(
         "",

@@ -100,6 +100,17 @@ class WorkerMetrics:
             "sessionizer_duplicate_events", "Events dropped as duplicates (an event id seen before).",
             registry=r,
         )
+        self.arrivals_clamped = Counter(
+            "sessionizer_clamped_arrivals",
+            "Records whose Kafka timestamp (arrival time) was later than the worker's wall clock "
+            "plus max_future_skew: clamped to that, so it cannot move the stream clock ahead.",
+            registry=r,
+        )
+        self.refused_messages = Counter(
+            "sessionizer_refused_messages",
+            "Outgoing messages the broker refused (too large, or otherwise for good): replaced by "
+            "a marker record and a processing_failed dead letter.", registry=r,
+        )
         self.clamped = Counter(
             "sessionizer_clamped_events", "Events whose time was too far ahead of arrival (clamped).",
             registry=r,
@@ -195,15 +206,18 @@ class WorkerMetrics:
         )
         self.partition_errors = Counter(
             "sessionizer_partition_errors",
-            "Failed partition steps, by kind: transient (retried), fenced (another worker owns "
-            "the partition), reclaim (unexpected error: partition re-claimed).", ["kind"], registry=r,
+            "Failed partition steps, by kind: transient (broker or Redis unreachable: retried), "
+            "fenced (another worker owns the partition), reclaim (unexpected error: partition "
+            "re-claimed, the batch re-run in parts), claim (claiming an assigned partition failed: "
+            "retried), processing_failed (a record failed every attempt: dead-lettered).",
+            ["kind"], registry=r,
         )
         self.heap_released = Counter(
             "sessionizer_heap_released_bytes",
             "Resident memory handed back to the system by trimming the C heap "
             "(SESSIONIZER_HEAP_TRIM_MIB).", registry=r,
         )
-        for kind in ("transient", "fenced", "reclaim"):
+        for kind in ("transient", "fenced", "reclaim", "claim", "processing_failed"):
             self.partition_errors.labels(kind)
         for op in ("load", "commit", "claim", "outbox"):
             self.redis_seconds.labels(op)
@@ -224,6 +238,8 @@ class WorkerMetrics:
             self.rejected.labels(str(reason)).inc(n)
         if stats.forwarded:
             self.forwarded.inc(stats.forwarded)
+        if stats.arrivals_clamped:
+            self.arrivals_clamped.inc(stats.arrivals_clamped)
         for reason, n in stats.closed.items():
             self.session_records.labels(reason).inc(n)
         for name, n in stats.counters.items():

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 
 from pipeline.core.event import Rejection
+from pipeline.core.fit import cut_bytes
 
 __all__ = ["dead_letter_record"]
 
 
 def dead_letter_record(
-    rej: Rejection, *, topic: str, timestamp_ms: int, key: bytes | None
+    rej: Rejection, *, topic: str, timestamp_ms: int, key: bytes | None,
+    max_value_bytes: int | None = None,
 ) -> dict[str, object]:
     """The dead-letter record for ``rej``, a JSON-ready dict.
 
@@ -29,6 +31,9 @@ def dead_letter_record(
       for a record without a value. For one event of a batch record the value
       is that element alone (compact JSON), not the whole batch.
     - ``index``: only for one event of a batch record: its position in the array.
+    - ``value_truncated`` / ``key_truncated``: present and ``true`` when the value (or
+      the key) was longer than ``max_value_bytes`` and was cut to that many bytes
+      (never inside a UTF-8 character), so a dead letter fits the broker's limit.
     """
     record: dict[str, object] = {
         "error": str(rej.code),
@@ -38,17 +43,21 @@ def dead_letter_record(
         "offset": rej.offset,
         "timestamp": timestamp_ms,
     }
-    _put_text(record, "key", key)
-    _put_text(record, "value", rej.raw)
+    _put_text(record, "key", key, max_value_bytes)
+    _put_text(record, "value", rej.raw, max_value_bytes)
     if rej.index is not None:
         record["index"] = rej.index
     return record
 
 
-def _put_text(record: dict[str, object], name: str, raw: bytes | None) -> None:
+def _put_text(record: dict[str, object], name: str, raw: bytes | None, limit: int | None) -> None:
     if raw is None:
         record[name] = None
         return
+    if limit is not None:
+        raw, cut = cut_bytes(bytes(raw), limit)
+        if cut:
+            record[f"{name}_truncated"] = True
     try:
         record[name] = bytes(raw).decode("utf-8")
     except UnicodeDecodeError:

@@ -25,6 +25,8 @@ class RejectCode(StrEnum):
     TOO_LARGE = "too_large"
     TOO_OLD = "too_old"
     END_WITHOUT_SESSION = "end_without_session"
+    #: the record made the worker fail unexpectedly, again and again (``detail``: the error)
+    PROCESSING_FAILED = "processing_failed"
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ nested deeper than 64 levels (the event     ``invalid_event``
 object is level 1)
 neither a non-empty ``user_id`` nor         ``no_identity``
 a non-empty ``session_id``
-schema (``schemas/event.schema.json``)      ``invalid_event``
+schema (``pipeline/schemas/event.schema.json``) ``invalid_event``
 timestamp / sent_at not RFC 3339 with an    ``invalid_event``
 offset nor integer epoch ms, or outside
 the years 1970-9999
@@ -32,9 +32,10 @@ clamped to arrival (``Event.clamped``). The limits are inclusive: an event
 exactly ``max_event_bytes`` long, exactly ``max_future_skew`` ahead or exactly
 ``max_event_age`` behind passes unchanged.
 
-The event schema is read from ``schemas/event.schema.json`` at the repository
-root (or from the folder named by ``SESSIONIZER_SCHEMA_DIR``) and compiled once,
-on first use. When the schema read is the bundled one (its constraints, titles
+The event schema is read from ``event.schema.json`` in the package's ``schemas``
+folder (package data, found with :mod:`importlib.resources`, so an installed wheel
+has it), or from the folder named by ``SESSIONIZER_SCHEMA_DIR``, and compiled
+once, on first use. When the schema read is the bundled one (its constraints, titles
 and descriptions aside), an event first goes through a hand-written check of
 that schema, which only ever passes events the schema accepts; anything else
 (a failure, a ``null``, a float timestamp, ...) goes to the compiled validator,
@@ -44,6 +45,7 @@ goes to the compiled validator.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 from collections.abc import Callable
@@ -145,11 +147,12 @@ _last_sent_at: tuple[object, int] = (object(), 0)
 
 
 def schema_dir() -> Path:
-    """The folder holding the JSON schemas: ``$SESSIONIZER_SCHEMA_DIR`` or ``<repo>/schemas``."""
+    """The folder holding the JSON schemas: ``$SESSIONIZER_SCHEMA_DIR``, else the
+    package's own ``pipeline/schemas`` (package data)."""
     override = os.environ.get(SCHEMA_DIR_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "schemas"
+    return Path(str(importlib.resources.files("pipeline") / "schemas"))
 
 
 def event_validator() -> Validator:
@@ -162,7 +165,8 @@ def event_validator() -> Validator:
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"event schema not found at {path}; set {SCHEMA_DIR_ENV} to the folder "
-                f"that holds {EVENT_SCHEMA_FILE}"
+                f"that holds {EVENT_SCHEMA_FILE}, or unset it to use the one installed "
+                "with the package"
             ) from None
         # The schema's ``anyOf`` (user_id or session_id) is checked before the
         # schema, with its own code (``no_identity``): no need to check it twice.

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -58,12 +59,22 @@ def _last_fetch_ms(consumer: Any, tp: TP) -> float | None:
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
+def is_infrastructure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker or Redis is unreachable or timing out: retried
+    with backoff, without end. Anything else a record makes happen is the record's
+    (retried a bounded number of times, then dead-lettered)."""
+    return isinstance(exc, TRANSIENT) or (isinstance(exc, KafkaError) and bool(exc.retriable))
+
+
 class Runtime:
     """The worker's state: one :class:`PartitionProcessor` per assigned partition."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: Settings, partitions: int | None = None) -> None:
         self.app = app
         self.settings = settings
+        #: the events topic's partition count as the broker last reported it (the preflight
+        #: reads it before the app starts; every assignment reads it again)
+        self.partition_count = partitions
         self.topics = Topics(
             events=settings.events_topic,
             repartition=settings.repartition_topic,
@@ -79,9 +90,12 @@ class Runtime:
             history_max=settings.history_max_sessions,
         )
         self.sink = KafkaSink(
-            settings.kafka_bootstrap, self.topics, settings.kafka_idempotence, **aiokafka_options(settings)
+            settings.kafka_bootstrap, self.topics, settings.kafka_idempotence,
+            max_value_bytes=settings.max_event_bytes, max_record_bytes=settings.max_record_bytes,
+            **aiokafka_options(settings),
         )
         self.sink.on_sent.append(self.metrics.on_sent)
+        self.sink.on_refused.append(self.metrics.refused_messages.inc)
         self.processors: dict[int, PartitionProcessor] = {}
         self._assigned: set[int] = set()  # partitions of this worker's current assignment
         self._heard: dict[int, float] = {}  # partition -> when the broker last answered for it (ms)
@@ -99,6 +113,9 @@ class Runtime:
         self.on_batch_hooks: list[Any] = []
         self.web_url = ""  # set by build_app; announced for `sessionizer status`
         self._last_prune = 0.0
+        self._background: set[asyncio.Task[None]] = set()  # claims retried after a failure
+        #: grows the repartition topic to a partition count (``pipeline.worker.run``)
+        self.grow_repartition: Any = None
         self.health = Health(settings.liveness_stall, settings.batch_max_records)
 
     async def start(self) -> None:
@@ -108,6 +125,8 @@ class Runtime:
             self.started = True
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self._settle()
         await self.sink.stop()
         await self.store.close()
@@ -118,26 +137,96 @@ class Runtime:
         return {tp.partition for tp in tps if tp.topic in ours}
 
     async def on_assigned(self, assigned: set[TP]) -> None:
-        await self.start()
-        consumer = self.app.consumer
-        known = consumer.topic_partitions(self.topics.events)
-        if self.router is None:
-            self.router = Router(known or self.settings.topic_partitions)
-        elif known and self.router.resize(known):  # partitions were added: the new count
-            log.info("events topic has %d partitions now: routing by that count", known)
+        """Claim the assigned partitions. Never raises (faust would crash the worker): a
+        partition whose claim fails is claimed again in the background, with backoff,
+        while it stays assigned (its records are not read meanwhile: the claim seeks)."""
         wanted = self._partitions_of(assigned)
         self._assigned = set(wanted)
+        try:
+            await self._follow_partition_count()
+            await self.start()
+        except Exception as exc:
+            log.warning("partitions %s: not claimed yet (%s: %s); retrying", sorted(wanted),
+                        exc.__class__.__name__, exc)
+            self.metrics.partition_errors.labels("claim").inc()
+            for partition in sorted(wanted):
+                self._claim_later(partition)
+            return
         async with self.lock:
             await self._settle()
             for partition in list(self.processors):
                 if partition not in wanted:
                     self._drop(partition)
             for partition in sorted(wanted - set(self.processors)):
-                await self._take(partition)
+                try:
+                    await self._take(partition)
+                except Exception as exc:
+                    log.warning("partition %d: claiming it failed (%s: %s); retrying", partition,
+                                exc.__class__.__name__, exc)
+                    self.metrics.partition_errors.labels("claim").inc()
+                    self._claim_later(partition)
             for processor in self.processors.values():  # the budget is per worker
                 processor.cache_keys = self._cache_keys_each()
         self.metrics.partitions.set(len(self.processors))
         log.info("assigned partitions %s", sorted(self.processors))
+
+    async def _follow_partition_count(self) -> None:
+        """Route by the events topic's partition count as the broker's metadata says it
+        (never the setting's default when the topic exists); when it grew, grow the
+        repartition topic with it before anything is forwarded there."""
+        consumer = self.app.consumer
+        count = consumer.topic_partitions(self.topics.events) or self.partition_count
+        if count is None:  # no metadata yet, and no preflight (tests building the app)
+            count = self.settings.topic_partitions
+        if self.router is not None and self.router.partitions == count:
+            return
+        repartition = consumer.topic_partitions(self.topics.repartition)
+        if repartition is not None and repartition < count:
+            if self.grow_repartition is None:
+                raise RuntimeError(
+                    f"{self.topics.repartition} has {repartition} partitions, "
+                    f"{self.topics.events} {count}; add partitions to the repartition topic"
+                )
+            log.warning("%s grew to %d partitions: growing %s from %d", self.topics.events,
+                        count, self.topics.repartition, repartition)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.grow_repartition, count)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"cannot add partitions to {self.topics.repartition} ({exc.__class__.__name__}: "
+                    f"{exc}); give it {count} partitions, as {self.topics.events} has"
+                ) from exc
+        if self.router is not None:
+            log.info("%s has %d partitions (was %d): routing by the new count",
+                     self.topics.events, count, self.router.partitions)
+        self.partition_count = count
+        self.router = Router(count)
+        for processor in self.processors.values():
+            processor.router = self.router
+
+    def _claim_later(self, partition: int) -> None:
+        task = asyncio.ensure_future(self._claim_retry(partition))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _claim_retry(self, partition: int) -> None:
+        delay = 0.5
+        while partition in self._assigned and partition not in self.processors:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                async with self.lock:
+                    if partition not in self._assigned or partition in self.processors:
+                        return
+                    await self._follow_partition_count()
+                    await self.start()
+                    await self._take(partition)
+                    self.processors[partition].cache_keys = self._cache_keys_each()
+                self.metrics.partitions.set(len(self.processors))
+                log.info("assigned partitions %s", sorted(self.processors))
+            except Exception as exc:
+                log.warning("partition %d: claiming it failed again (%s: %s); retrying in %.1fs",
+                            partition, exc.__class__.__name__, exc, delay)
 
     def _cache_keys_each(self) -> int:
         """Each partition's share of the key states this worker keeps in memory."""
@@ -154,6 +243,7 @@ class Runtime:
             updates_interval_s=self.settings.updates_interval or None,
             overlap_sends=True,
             cache_keys=self._cache_keys_each(),
+            max_record_bytes=self.settings.max_record_bytes,
         )
         consumer = self.app.consumer
         positions = {}
@@ -325,20 +415,108 @@ class Runtime:
                 self._drop(partition)
                 self.metrics.partitions.set(len(self.processors))
                 return
-            except TRANSIENT as exc:
-                self.metrics.partition_errors.labels("transient").inc()
-                log.warning("partition %d: transient failure (%s); retrying in %.1fs", partition, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
             except Exception as exc:
-                # the broker refused a send, or anything unexpected: state in Redis
-                # is consistent (the outbox holds what was not acknowledged), so
-                # re-claim the partition, which resends the outbox, and go on
+                if is_infrastructure(exc):
+                    self.metrics.partition_errors.labels("transient").inc()
+                    log.warning("partition %d: transient failure (%s); retrying in %.1fs",
+                                partition, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                # anything unexpected: state in Redis is consistent (the outbox holds
+                # what was not acknowledged), so re-claim the partition, which resends
+                # the outbox; a batch then runs again in parts, to find the record that
+                # made it fail (a poison record) and dead-letter it alone
                 log.exception("partition %d: %s; re-claiming it", partition, exc)
                 self.metrics.partition_errors.labels("reclaim").inc()
                 await asyncio.sleep(delay)
                 await self._rebuild(partition)
+                if func == self._process:
+                    await self._isolate(partition, arg)
                 return
+
+    async def _lost_ownership(self, partition: int, exc: Exception) -> None:
+        """What :meth:`_guarded` does on a fenced write or a store behind this worker."""
+        log.warning("%s", exc)
+        if isinstance(exc, StaleStateError):
+            self.metrics.partition_errors.labels("reclaim").inc()
+            await self._rebuild(partition)  # the replay runs the rest of the batch again
+        else:
+            self.metrics.partition_errors.labels("fenced").inc()
+            self._drop(partition)
+            self.metrics.partitions.set(len(self.processors))
+
+    async def _isolate(self, partition: int, records: list[Any]) -> None:
+        """Run a batch that failed again in halves, then record by record, in order: the
+        parts that go through commit as usual (each exactly once: a part applied already
+        is skipped by its offsets), and a record that fails alone, on each of
+        ``record_max_attempts`` tries, is dead-lettered as ``processing_failed`` and the
+        partition goes on past it. Broker or Redis faults meanwhile are retried."""
+        attempts = self.settings.record_max_attempts
+        stack = [records]
+        while stack:
+            chunk = stack.pop()
+            tries = 0
+            delay = 0.1
+            while True:
+                processor = self.processors.get(partition)
+                if processor is None:
+                    return  # released or fenced: the next owner replays what is left
+                try:
+                    await self._process(chunk)
+                    break
+                except (StaleStateError, FencedError) as exc:
+                    await self._lost_ownership(partition, exc)
+                    return
+                except Exception as exc:
+                    if is_infrastructure(exc):
+                        log.warning("partition %d: transient failure (%s); retrying in %.1fs",
+                                    partition, exc, delay)
+                        self.metrics.partition_errors.labels("transient").inc()
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                        continue
+                    await self._rebuild(partition)  # back to what Redis holds
+                    if len(chunk) > 1:
+                        middle = len(chunk) // 2
+                        stack.extend((chunk[middle:], chunk[:middle]))  # the first half first
+                        break
+                    tries += 1
+                    if tries < attempts:
+                        log.warning("partition %d: record %s@%d failed (%s: %s); try %d of %d",
+                                    partition, chunk[0].topic, chunk[0].offset,
+                                    exc.__class__.__name__, exc, tries + 1, attempts)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                        continue
+                    await self._dead_letter_failed(partition, chunk[0], exc, tries)
+                    break
+
+    async def _dead_letter_failed(self, partition: int, record: Any, exc: BaseException,
+                                  tries: int) -> None:
+        detail = (f"processing the record failed {tries} times: "
+                  f"{exc.__class__.__name__}: {exc}")[:1000]
+        log.error("partition %d: record %s@%d dead-lettered as processing_failed (%s)",
+                  partition, record.topic, record.offset, detail)
+        self.metrics.partition_errors.labels("processing_failed").inc()
+        delay = 0.1
+        while True:
+            processor = self.processors.get(partition)
+            if processor is None:
+                return
+            try:
+                await processor.reject(record, detail)
+                return
+            except (StaleStateError, FencedError) as exc:
+                await self._lost_ownership(partition, exc)
+                return
+            except Exception as failed:
+                log.warning("partition %d: dead-lettering %s@%d failed (%s); retrying in %.1fs",
+                            partition, record.topic, record.offset, failed, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                if not is_infrastructure(failed):
+                    await self._rebuild(partition)
 
     async def _rebuild(self, partition: int) -> None:
         """Claim ``partition`` again from what Redis holds (a new epoch, the outbox
@@ -535,7 +713,9 @@ def _advertised(host: str) -> str:
     return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
 
 
-def build_app(settings: Settings) -> SessionizerApp:
+def build_app(settings: Settings, partitions: int | None = None) -> SessionizerApp:
+    """The worker's faust app; ``partitions``: the events topic's partition count as the
+    preflight found it (the router's until the broker's metadata says otherwise)."""
     web_port = settings.web_port or free_port(settings.web_host)
     app = SessionizerApp(
         settings.consumer_group,
@@ -557,7 +737,7 @@ def build_app(settings: Settings) -> SessionizerApp:
         producer_acks=-1,
         store="memory://",
     )
-    runtime = Runtime(app, settings)
+    runtime = Runtime(app, settings, partitions)
     app.sessionizer = runtime  # type: ignore[attr-defined]
     runtime.web_url = f"http://{_advertised(settings.web_host)}:{web_port}"
     for name in (settings.events_topic, settings.repartition_topic):

@@ -36,7 +36,8 @@ import orjson
 
 from pipeline.core.deadletter import dead_letter_record
 from pipeline.core.engine import Sessionizer
-from pipeline.core.event import Event, Rejection
+from pipeline.core.event import Event, RejectCode, Rejection
+from pipeline.core.fit import DEFAULT_MAX_RECORD_BYTES, encode_session
 from pipeline.core.parse import parse_record
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import KeyState
@@ -84,6 +85,7 @@ class BatchStats:
     counters: dict[str, int] = field(default_factory=dict)
     types: dict[str, int] = field(default_factory=dict)  # valid events applied, by type
     idle_deadlines_ms: list[int] = field(default_factory=list)  # of the sessions closed idle
+    arrivals_clamped: int = 0  # record timestamps past wall clock + max_future_skew
 
 
 def _origin_of(record: RecordLike) -> tuple[int, int, int | None] | None:
@@ -119,8 +121,11 @@ class PartitionProcessor:
         overlap_sends: bool = False,
         wall: Callable[[], float] = time.time,
         on_batch: Callable[[BatchStats], None] | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.partition = claim.partition
+        #: a session record or dead letter is at most this long encoded (SPEC sections 4, 6)
+        self.max_record_bytes = max_record_bytes
         self.epoch = claim.epoch
         # the store's commit token as this worker left it, and those of commits whose
         # reply was lost (they may have applied): the next commit expects one of them
@@ -238,6 +243,9 @@ class PartitionProcessor:
         # the records of one batch were fetched together: one reading time for them all
         now = self.wall()
         now_ms = int(now * 1000)
+        # SPEC section 3: arrival time is never later than the wall clock + max_future_skew,
+        # so a producer's clock (or a forged timestamp) cannot close other users' sessions
+        latest_arrival = now_ms + rules.max_future_skew_ms
         max_arrival = self.max_arrival_ms
         read_at = self.read_at
         topic = ""
@@ -257,6 +265,9 @@ class PartitionProcessor:
             arrival = record.timestamp
             if arrival is None or arrival < 0:
                 arrival = now_ms
+            elif arrival > latest_arrival:
+                arrival = latest_arrival
+                stats.arrivals_clamped += 1
             if arrival >= max_arrival:
                 max_arrival, read_at = arrival, now
             value = record.value
@@ -291,6 +302,23 @@ class PartitionProcessor:
         stats.events = len(events)
         stats.types = dict(Counter(ev.type for ev in events))
         await self._run(events, self.max_arrival_ms, offsets, outgoing, stats, sources)
+        return stats
+
+    async def reject(self, record: RecordLike, detail: str) -> BatchStats:
+        """Dead-letter ``record`` as ``processing_failed`` (SPEC section 6) and move the
+        partition past it, committed like a batch: the record made processing fail
+        every time it was tried, and would stop its partition otherwise."""
+        stats = BatchStats(records=1, rejected={RejectCode.PROCESSING_FAILED.value: 1})
+        floor = self.applied.get(record.topic, -1)
+        if record.offset <= floor:
+            return BatchStats()
+        now_ms = int(self.wall() * 1000)
+        arrival = record.timestamp if record.timestamp is not None and record.timestamp >= 0 else now_ms
+        arrival = min(arrival, now_ms + self.rules.max_future_skew_ms)
+        rej = Rejection(RejectCode.PROCESSING_FAILED, detail, record.partition, record.offset,
+                        None, record.value)
+        outgoing = [self._dead_letter(rej, record, arrival)]
+        await self._run([], self.max_arrival_ms, {record.topic: record.offset}, outgoing, stats, [])
         return stats
 
     async def tick(self, caught_up: bool) -> BatchStats | None:
@@ -336,7 +364,8 @@ class PartitionProcessor:
             del self._updates_pending[key]
             sent[session.session_id] = now
             messages.append(Outgoing(
-                UPDATE, session.session_id.encode(), orjson.dumps(session.to_record()), self.clock_ms,
+                UPDATE, session.session_id.encode(),
+                encode_session(session.to_record(), self.max_record_bytes), self.clock_ms,
             ))
         if len(sent) > 4 * max(1, len(held)):
             for sid in [sid for sid, at in sent.items() if now - at >= interval]:
@@ -528,7 +557,8 @@ class PartitionProcessor:
     def _session(self, record: dict[str, Any], clock_ms: int, stats: BatchStats) -> Outgoing:
         reason = record.get("close_reason", "open")
         stats.closed[reason] = stats.closed.get(reason, 0) + 1
-        message = Outgoing(SESSION, record["session_id"].encode(), orjson.dumps(record), clock_ms)
+        message = Outgoing(SESSION, record["session_id"].encode(),
+                           encode_session(record, self.max_record_bytes), clock_ms)
         message.end_ms = parse_timestamp_ms(record["end"])
         message.project = record["project"]
         return message
@@ -541,8 +571,20 @@ class PartitionProcessor:
         return self._dead_letter_raw(rej, record.key, arrival)
 
     def _dead_letter_raw(self, rej: Rejection, key: bytes | None, arrival: int) -> Outgoing:
-        letter = dead_letter_record(rej, topic=self.topics.events, timestamp_ms=arrival, key=key)
-        return Outgoing(DEAD_LETTER, key, orjson.dumps(letter), arrival)
+        """The dead letter of ``rej``: its value (and key) cut to ``max_event_bytes``, and
+        further while the encoded letter is over ``max_record_bytes`` (JSON writes a
+        control byte as six)."""
+        limit = self.rules.max_event_bytes
+        while True:
+            letter = dead_letter_record(rej, topic=self.topics.events, timestamp_ms=arrival,
+                                        key=key, max_value_bytes=limit)
+            value = orjson.dumps(letter)
+            if len(value) <= self.max_record_bytes or limit <= 64:
+                break
+            limit = max(64, limit * self.max_record_bytes // len(value) - 1024)
+        if key is not None and len(key) > self.rules.max_event_bytes:
+            key = key[: self.rules.max_event_bytes]  # the letter's text holds what it was
+        return Outgoing(DEAD_LETTER, key, value, arrival)
 
     def _forward(self, ev: Event, record: RecordLike, arrival: int) -> Outgoing:
         value = record.value if ev.index is None else _element(record.value, ev.index)

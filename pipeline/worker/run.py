@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -67,6 +68,27 @@ def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) ->
         admin.close()
 
 
+def check_schema() -> None:
+    """Read and compile the event schema now: a missing or broken one is a setting to
+    fix (``SESSIONIZER_SCHEMA_DIR``), not something a retry mends."""
+    from pipeline.core.parse import (
+        SCHEMA_DIR_ENV,
+        event_validator,
+        reset_event_validator,
+        schema_dir,
+    )
+
+    reset_event_validator()
+    try:
+        event_validator()
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    except Exception as exc:  # unreadable, not JSON, not a JSON schema
+        raise ConfigError(
+            f"the event schema in {schema_dir()} cannot be used ({exc.__class__.__name__}: {exc}); "
+            f"fix it, or set {SCHEMA_DIR_ENV} to a folder with a valid one (unset: the packaged one)"
+        ) from None
+
 #: maxmemory-policy values under which Redis never deletes a key to make room
 SAFE_EVICTION_POLICIES = ("noeviction",)
 
@@ -103,13 +125,16 @@ async def check_eviction(client: Any, settings: Settings) -> None:
 
 
 def preflight(settings: Settings) -> dict[str, int]:
-    """Fail fast, in one line, when Kafka or Redis is unreachable; create missing topics.
+    """Fail fast, in one line, on what no retry can mend: a missing or broken schema, a
+    bad setting, unreachable Kafka or Redis, topics whose partition counts cannot
+    work; create the missing topics.
 
     The events and repartition topics must have the same partition count (a
     session key routes to the same partition number in both).
     """
     from kafka.errors import KafkaError
 
+    check_schema()
     security = kafka_security(settings)  # a bad combination fails here, naming the variable
     redis_client(settings)  # a bad Redis TLS/AUTH combination fails here, naming the variable
 
@@ -142,10 +167,31 @@ def preflight(settings: Settings) -> dict[str, int]:
     if counts[settings.repartition_topic] != counts[settings.events_topic]:
         raise ConfigError(
             f"topic {settings.repartition_topic} has {counts[settings.repartition_topic]} partitions "
-            f"but {settings.events_topic} has {counts[settings.events_topic]}; they must match: "
-            "recreate the repartition topic with the same count"
+            f"but {settings.events_topic} has {counts[settings.events_topic]}; they must match "
+            "(a session key routes to the same partition number in both): recreate "
+            f"{settings.repartition_topic} with {counts[settings.events_topic]} partitions, or set "
+            "SESSIONIZER_REPARTITION_TOPIC to a new name (the worker creates it)"
         )
     return counts
+
+
+def grow_topic(settings: Settings, name: str, partitions: int, timeout: float = 15.0) -> None:
+    """Add partitions to topic ``name`` up to ``partitions`` (the events topic grew)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewPartitions
+    from kafka.errors import InvalidPartitionsError
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="sessionizer-admin",
+        request_timeout_ms=int(timeout * 1000),
+        **kafka_python_options(settings),
+    )
+    try:
+        with contextlib.suppress(InvalidPartitionsError):  # grown already (by another worker)
+            admin.create_partitions({name: NewPartitions(partitions)})
+    finally:
+        admin.close()
 
 
 #: the cyclic garbage collector's thresholds in the worker (Python's default is a
@@ -174,8 +220,11 @@ def run_worker(settings: Settings | None = None) -> None:
 
     settings = settings or load_settings()
     settings.project_rules  # noqa: B018 -- a bad SESSIONIZER_PROJECT_SETTINGS fails here, in one line
-    preflight(settings)
-    app = build_app(settings)
+    counts = preflight(settings)
+    app = build_app(settings, counts[settings.events_topic])
+    app.sessionizer.grow_repartition = functools.partial(  # type: ignore[attr-defined]
+        grow_topic, settings, settings.repartition_topic
+    )
     level = settings.log_level.upper()
     logging.getLogger("pipeline").setLevel(level)
     logging_config = worker_logging_config(settings)

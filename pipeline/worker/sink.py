@@ -7,13 +7,33 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 
+from pipeline.core.fit import DEFAULT_MAX_RECORD_BYTES, cut_bytes, encode_session
 from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, UPDATE, Outgoing
 from pipeline.worker.processor import Topics
 
 log = logging.getLogger(__name__)
+
+#: the broker (or the client, before sending) refuses this one message: sending it again
+#: gives the same answer. aiokafka raises AssertionError for a partition the topic lacks.
+REFUSED = (
+    MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
+    CorruptRecordException, InvalidTimestampError, UnsupportedForMessageFormatError, AssertionError,
+)
+#: the largest request the producer sends: the broker's default message.max.bytes (1 MiB + 12)
+MAX_REQUEST_BYTES = 1 << 20
 
 
 class KafkaSink:
@@ -29,8 +49,15 @@ class KafkaSink:
     the messages and the seconds the broker took (the worker's metrics).
     """
 
-    def __init__(self, bootstrap: str, topics: Topics, idempotence: str = "auto", **client: object) -> None:
+    def __init__(self, bootstrap: str, topics: Topics, idempotence: str = "auto", *,
+                 max_value_bytes: int = 65536, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 **client: object) -> None:
         self.bootstrap = bootstrap
+        self.max_value_bytes = max_value_bytes
+        self.max_record_bytes = max_record_bytes
+        #: messages the broker refused, replaced by a marker and a dead letter
+        self.refused = 0
+        self.on_refused: list[Callable[[], None]] = []
         self.topics = topics
         self.idempotence = idempotence
         self.client = client
@@ -63,7 +90,7 @@ class KafkaSink:
             enable_idempotence=enable_idempotence,
             linger_ms=2,
             max_batch_size=1 << 20,
-            max_request_size=8 << 20,
+            max_request_size=MAX_REQUEST_BYTES,
             request_timeout_ms=30_000,
             **self.client,
         )
@@ -75,18 +102,78 @@ class KafkaSink:
         started = time.perf_counter()
         futures = []
         for m in messages:
-            headers = [(ORIGIN_HEADER, m.origin.encode())] if m.origin else None
-            futures.append(
-                await producer.send(
-                    self._by_kind[m.kind], m.value, key=m.key, partition=m.partition,
-                    timestamp_ms=m.timestamp_ms, headers=headers,
-                )
-            )
+            try:
+                futures.append((m, await self._send_one(producer, m)))
+            except REFUSED as exc:
+                await self._replace(producer, m, exc)
         if futures:
-            await asyncio.gather(*futures)
+            results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+            failed = None
+            for (m, _), result in zip(futures, results, strict=True):
+                if isinstance(result, REFUSED):
+                    await self._replace(producer, m, result)
+                elif isinstance(result, BaseException) and failed is None:
+                    failed = result
+            if failed is not None:
+                raise failed
             elapsed = time.perf_counter() - started
             for hook in self.on_sent:
                 hook(messages, elapsed)
+
+    async def _send_one(self, producer: AIOKafkaProducer, m: Outgoing) -> asyncio.Future[object]:
+        headers = [(ORIGIN_HEADER, m.origin.encode())] if m.origin else None
+        future: asyncio.Future[object] = await producer.send(
+            self._by_kind[m.kind], m.value, key=m.key, partition=m.partition,
+            timestamp_ms=m.timestamp_ms, headers=headers,
+        )
+        return future
+
+    async def _replace(self, producer: AIOKafkaProducer, m: Outgoing, exc: BaseException) -> None:
+        """``m`` was refused for good: send a small stand-in (a session's head fields,
+        marked truncated) and a dead letter that says why, instead of retrying forever."""
+        self.refused += 1
+        for hook in self.on_refused:
+            hook()
+        reason = (f"the broker refused the {self._by_kind[m.kind]} message "
+                  f"({len(m.value)} bytes): {exc.__class__.__name__}: {exc}")[:1000]
+        log.error("sink: %s; sending a marker and a dead letter instead", reason)
+        stand_ins = []
+        if m.kind == SESSION:
+            try:
+                marker = encode_session(orjson.loads(m.value), 4096)
+            except (ValueError, TypeError):
+                marker = orjson.dumps({"session_id": (m.key or b"").decode("utf-8", "replace"),
+                                       "truncated": True})
+            stand_ins.append(Outgoing(SESSION, m.key, marker, m.timestamp_ms))
+        if m.kind != UPDATE:
+            stand_ins.append(self._refusal_letter(m, reason))
+        for stand_in in stand_ins:
+            await asyncio.wait_for(await self._send_one(producer, stand_in), 60)
+
+    def _refusal_letter(self, m: Outgoing, reason: str) -> Outgoing:
+        """A ``processing_failed`` dead letter for a refused message (SPEC section 6)."""
+        partition = offset = index = None
+        if m.origin:
+            try:
+                _, p, o, i = m.origin.rsplit(":", 3)
+                partition, offset, index = int(p), int(o), (int(i) if i else None)
+            except ValueError:
+                pass
+        value, cut = cut_bytes(m.value, min(self.max_value_bytes, self.max_record_bytes // 8))
+        text = value.decode("utf-8", "replace")
+        letter: dict[str, object] = {
+            "error": "processing_failed", "detail": reason, "topic": self.topics.events,
+            "partition": partition, "offset": offset, "timestamp": m.timestamp_ms,
+            "key": None if m.key is None else m.key[: self.max_value_bytes].decode("utf-8", "replace"),
+            "value": text if m.kind == FORWARD else None,
+            "refused_topic": self._by_kind[m.kind],
+        }
+        if m.kind == FORWARD and cut:
+            letter["value_truncated"] = True
+        if index is not None:
+            letter["index"] = index
+        key = None if m.key is None else m.key[: self.max_value_bytes]
+        return Outgoing(DEAD_LETTER, key, orjson.dumps(letter), m.timestamp_ms)
 
     async def stop(self) -> None:
         if self.producer is not None:

@@ -74,6 +74,10 @@ class WorkerProcess:
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        #: the ``sessionizer`` command and the working directory it runs in (another
+        #: installation of the package can be given, e.g. a wheel in a virtualenv)
+        self.command: list[str] = sessionizer_command()
+        self.cwd: Path = REPO
 
     # the settings a test needs most, at hand
     @property
@@ -138,8 +142,8 @@ class WorkerProcess:
             return self
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*sessionizer_command(), "worker"],
-                cwd=REPO,
+                [*self.command, "worker"],
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -104,6 +104,7 @@ class DeadLetterExpect:
     value: str | None
     value_encoding: str | None = None
     index: int | None = None
+    value_truncated: bool = False  # the value was cut to max_event_bytes (SPEC section 6)
 
 
 class ScriptedLog:
@@ -258,6 +259,8 @@ class ScriptedLog:
         }
         if d.value_encoding is not None:
             letter["value_encoding"] = d.value_encoding
+        if d.value_truncated:
+            letter["value_truncated"] = True
         if d.index is not None:
             letter["index"] = d.index
         return letter
@@ -610,7 +613,9 @@ def build_log(now_ms: int, partitions: int = 4) -> ScriptedLog:
     dead(error="no_identity", record=r, key="anonymous", value=orjson.dumps(log.events["x3"][1]).decode())
     big = ev("x4", "usage", 8, user_id="u-big", data={"blob": "x" * 70_000})
     r = send(8, big, label="too-large")
-    dead(error="too_large", record=r, key="u-big", value=orjson.dumps(big).decode())
+    # the dead letter's value is cut to max_event_bytes (SPEC section 6: it fits the broker)
+    dead(error="too_large", record=r, key="u-big",
+         value=orjson.dumps(big)[: WORKER_SETTINGS["max_event_bytes"]].decode(), value_truncated=True)
     old = ev("x5", "usage", timestamp=log.ms(9) - 4 * DAY_MS, user_id="u-old")
     r = send(9, old, label="too-old")
     dead(error="too_old", record=r, key="u-old", value=orjson.dumps(old).decode())

@@ -20,7 +20,7 @@ AUTO_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def session_validator() -> Draft202012Validator:
-    schema = json.loads((REPO / "schemas" / "session.schema.json").read_text())
+    schema = json.loads((REPO / "pipeline" / "schemas" / "session.schema.json").read_text())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 

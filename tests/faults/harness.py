@@ -102,6 +102,9 @@ class Scenario:
     drain_timeout_s: float = 150.0
     settings: dict[str, Any] = field(default_factory=dict)
     broker: str = "tansu"  # or "kafka": Apache Kafka, with the sink's idempotent producer on
+    #: the topics are created beforehand (as an operator would) with this many partitions,
+    #: while the workers' SESSIONIZER_TOPIC_PARTITIONS says otherwise; None: as it says
+    created_partitions: int | None = None
 
 
 @dataclass
@@ -206,9 +209,11 @@ class Worker:
 class Cluster:
     """Broker, redis-server and the worker processes of one run."""
 
-    def __init__(self, root: Path, values: dict[str, Any], broker: str = "tansu") -> None:
+    def __init__(self, root: Path, values: dict[str, Any], broker: str = "tansu",
+                 created_partitions: int | None = None) -> None:
         self.root = root
         self.values = values
+        self.partitions = created_partitions or int(values["topic_partitions"])
         self.broker: EmbeddedBroker | EmbeddedKafka = (
             EmbeddedKafka(workdir=root / "broker") if broker == "kafka" else EmbeddedBroker(workdir=root / "broker"))
         # AOF on, appendfsync everysec; no automatic AOF rewrite, so that a copy of the
@@ -229,7 +234,7 @@ class Cluster:
         self.settings = settings = Settings(**values)
         names = (settings.events_topic, settings.repartition_topic, settings.sessions_topic,
                  settings.dlq_topic, settings.updates_topic)
-        create_topics(settings.kafka_bootstrap, dict.fromkeys(names, settings.topic_partitions))
+        create_topics(settings.kafka_bootstrap, dict.fromkeys(names, self.partitions))
         env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
         env.update({f"SESSIONIZER_{k.upper()}": str(v) for k, v in values.items()})
         env["PYTHONUNBUFFERED"] = "1"
@@ -621,7 +626,7 @@ class Injector(threading.Thread):
         keys = Keys(settings.redis_key_prefix)
         client = self.cluster.redis.client()
         try:
-            return {p: client.hget(keys.meta(p), "token") for p in range(settings.topic_partitions)}
+            return {p: client.hget(keys.meta(p), "token") for p in range(self.cluster.partitions)}
         finally:
             client.close()
 
@@ -735,7 +740,7 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
     if scenario.broker == "kafka":
         values["kafka_idempotence"] = "on"  # Apache Kafka grants it: the run checks it is used
     values.update(scenario.settings)
-    cluster = Cluster(root, values, scenario.broker)
+    cluster = Cluster(root, values, scenario.broker, scenario.created_partitions)
     problems: list[str] = []
     keep = False
     try:
@@ -743,7 +748,7 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
         first = cluster.add_worker()
         lead_s = 5.0 + scenario.events / 40_000  # time to build the load
         start_ms = int((time.time() + lead_s) * 1000)
-        load = build_load(scenario, settings.topic_partitions, start_ms)
+        load = build_load(scenario, cluster.partitions, start_ms)
         load_s = (load.end_ms - load.start_ms) / 1000
         if not first.wait_assigned(60):
             raise RuntimeError(f"the first worker got no partitions; log:\n{first.log_text()[-3000:]}")

@@ -112,3 +112,21 @@ def test_a_missing_dead_letter_is_named(expected: Expected) -> None:
     sessions, letters = faithful(expected)
     report = check(expected, sessions, letters[1:])
     assert any("missing from the dead-letter topic" in p for p in report.problems)
+
+
+def test_replay_clamps_a_far_future_record_timestamp_as_the_workers_do() -> None:
+    rules = SessionRules(inactivity_timeout_ms=60_000, max_future_skew_ms=10_000)
+
+    def rec(offset: int, user: str, kind: str, at_ms: int, arrival_ms: int) -> RawRecord:
+        value = orjson.dumps({"type": kind, "timestamp": at_ms, "user_id": user, "id": f"{user}{offset}"})
+        return RawRecord("events", 0, offset, user.encode(), value, arrival_ms)
+
+    ten_years_ms = 10 * 365 * 86_400_000
+    log = [
+        rec(0, "alice", "session", START_MS, START_MS),
+        rec(1, "mallory", "usage", START_MS + ten_years_ms, START_MS + ten_years_ms),  # forged
+        rec(2, "alice", "usage", START_MS + 1_000, START_MS + 1_000),
+    ]
+    exp = replay(log, partitions=1, rules=rules, wall_ms=START_MS)
+    alice = [r for r in exp.final.values() if r["user_id"] == "alice"]
+    assert [(r["event_count"], r["close_reason"]) for r in alice] == [(2, "timeout")]

@@ -6,7 +6,9 @@ or Apache Kafka with the sink's idempotent producer on), a redis-server with its
 file, ``sessionizer worker`` processes.
 
 - ``test_reduced_fault_run`` (part of ``make test``): a few hundred users, every fault
-  kind once; once on each broker.
+  kind once, on topics created beforehand with 6 partitions while the workers'
+  ``SESSIONIZER_TOPIC_PARTITIONS`` says 8 (the workers follow the topics' count); once on
+  each broker.
 - ``test_full_fault_run`` (``make test-faults``): 2,000 users, 100,000+ events, five
   worker kills, on the broker ``BROKER`` names (``tansu``, the default, or ``kafka``).
   Its table is what the README's Reliability section quotes.
@@ -30,6 +32,7 @@ SEED = int(os.environ.get("FAULTS_SEED", "20261127"))
 REDUCED = Scenario(
     name="reduced", users=300, events=8_000, seed=SEED,
     kills=1, zombie=True, scale=True, redis_kill=True, redis_rollback=True, broker_pause_s=20.0,
+    created_partitions=6,
 )
 FULL = Scenario(
     name="full", users=2_000, events=100_000, seed=SEED,

@@ -128,5 +128,5 @@ def test_readme_session_record_example_matches_the_schema() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     example = re.search(r"```json\n(\{\"session_id\".*?)```", readme, re.S)
     assert example, "README.md shows no session record"
-    schema = json.loads((REPO / "schemas" / "session.schema.json").read_text(encoding="utf-8"))
+    schema = json.loads((REPO / "pipeline" / "schemas" / "session.schema.json").read_text(encoding="utf-8"))
     jsonschema.validate(json.loads(example.group(1)), schema, format_checker=jsonschema.FormatChecker())

@@ -581,7 +581,7 @@ def test_schema_dir_override(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_validator: None
 ) -> None:
     schema = orjson.loads(
-        (Path(parse.__file__).resolve().parents[2] / "schemas" / "event.schema.json").read_bytes()
+        (Path(parse.__file__).resolve().parents[2] / "pipeline" / "schemas" / "event.schema.json").read_bytes()
     )
     schema["properties"]["type"]["maxLength"] = 3
     (tmp_path / "event.schema.json").write_bytes(orjson.dumps(schema))

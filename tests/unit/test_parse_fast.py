@@ -28,7 +28,7 @@ from pipeline.core.timefmt import format_ms, parse_timestamp_ms
 
 RULES = SessionRules()
 ARRIVAL = 1_764_237_600_000  # 2025-11-27T10:00:00.000Z
-BUNDLED = Path(parse.__file__).resolve().parents[2] / "schemas" / parse.EVENT_SCHEMA_FILE
+BUNDLED = Path(parse.__file__).resolve().parents[2] / "pipeline" / "schemas" / parse.EVENT_SCHEMA_FILE
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "pipeline" / "schemas"
 
 
 def load(name: str) -> dict[str, Any]:
@@ -179,7 +179,8 @@ def test_open_session_must_not_have_a_close_reason() -> None:
 def test_every_field_is_required() -> None:
     for field in SESSION["required"]:
         assert errors(_set(open_session(), field, ...)), field
-    assert set(SESSION["required"]) | {"close_reason"} == set(SESSION["properties"])
+    # optional: close_reason (absent while open), truncated (present only when trimmed)
+    assert set(SESSION["required"]) | {"close_reason", "truncated"} == set(SESSION["properties"])
 
 
 def test_session_fields_are_the_spec_fields() -> None:
@@ -202,6 +203,7 @@ def test_session_fields_are_the_spec_fields() -> None:
         "data",
         "events",
         "events_truncated",
+        "truncated",
     }
     item = SESSION["properties"]["events"]["items"]
     fields = ["id", "type", "timestamp", "source", "message", "value", "partition", "offset"]
