@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     history_retention: float = Field(86400.0, ge=0, description="how long closed sessions stay listable (s)")
     history_max_sessions: int = Field(50_000, ge=0, description="closed sessions kept per partition")
     redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
+    redis_cluster: str = Field(
+        "auto", pattern="^(?i)(auto|true|false)$",
+        description="Redis Cluster: true (a cluster client, the URL naming any node), false "
+        "(one server), or auto (asks the server with INFO cluster at start)",
+    )
     log_level: str = Field("info")
     log_format: str = Field(
         "text", pattern="^(?i)(text|json)$",
@@ -134,6 +139,11 @@ class Settings(BaseSettings):
     gateway_host: str = Field("0.0.0.0")
     gateway_port: int = Field(8080, ge=0, le=65535)
     api_keys: str = Field("", description="comma-separated key:project pairs")
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
 
     @field_validator("kafka_bootstrap", "redis_url")
     @classmethod

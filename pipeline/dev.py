@@ -104,8 +104,10 @@ def _poll_worker(port: int) -> dict[str, int]:
 
 
 def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int) -> None:
-    import redis as redis_sync
     from kafka import KafkaConsumer
+
+    from pipeline.config import load_settings
+    from pipeline.store.connection import redis_client_sync
 
     logdir = Path(tempfile.mkdtemp(prefix="sessionizer-dev-"))
     (logdir / "broker").mkdir()
@@ -138,7 +140,7 @@ def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int)
             view = _View(broker.bootstrap, store.url, web_port, logdir)
             consumer = KafkaConsumer("sessions", bootstrap_servers=broker.bootstrap,
                                      auto_offset_reset="earliest", group_id=None)
-            client = redis_sync.Redis.from_url(store.url)
+            client = redis_client_sync(load_settings(redis_url=store.url, redis_cluster="false"))
             last_poll = 0.0
             with Live(get_renderable=view.render, refresh_per_second=4, screen=False):
                 while True:

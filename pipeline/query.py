@@ -13,13 +13,13 @@ from rich.table import Table
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import parse_timestamp_ms
 from pipeline.display import format_duration
-from pipeline.security import redis_options
-from pipeline.store.redis import RedisStore, connect
+from pipeline.store.connection import redis_client
+from pipeline.store.redis import RedisStore
 
 
 async def _with_store(settings: Settings, func: Any) -> Any:
     # AUTH and TLS as the worker reads them (SESSIONIZER_REDIS_PASSWORD, _SSL_*)
-    store = RedisStore(connect(settings.redis_url, **redis_options(settings)), settings.redis_key_prefix)
+    store = RedisStore(redis_client(settings), settings.redis_key_prefix)
     try:
         await store.ping()
         return await func(store)

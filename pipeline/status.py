@@ -35,7 +35,6 @@ from pipeline.security import (
     kafka_python_options,
     kafka_security,
     redis_address,
-    redis_options,
 )
 
 __all__ = ["WORKER_RETENTION_S", "collect_status", "run_status", "worker_entry", "workers_key"]
@@ -159,10 +158,10 @@ class _Kafka:
 
 
 async def _redis_view(settings: Settings, partitions: list[int]) -> dict[str, Any]:
+    from pipeline.store.connection import redis_client
     from pipeline.store.keys import Keys
-    from pipeline.store.redis import connect
 
-    client = connect(settings.redis_url, **redis_options(settings))
+    client = redis_client(settings)
     keys = Keys(settings.redis_key_prefix)
     try:
         await check_redis(client, settings)

@@ -40,6 +40,7 @@ except ImportError:  # running pytest without `make venv` (no editable install)
 
 from pipeline.config import Settings
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
+from pipeline.services_cluster import EmbeddedRedisCluster
 
 TESTS_DIR = Path(__file__).resolve().parent
 _DIR_MARKERS = {"integration": "integration", "e2e": "e2e", "faults": "faults"}
@@ -95,6 +96,18 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     finally:
         _STARTED.remove(service)
         service.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """A Redis Cluster for the whole session: 3 masters, 3 replicas, AOF on,
+    cluster-node-timeout 1.5 s (pipeline.services_cluster)."""
+    cluster = EmbeddedRedisCluster(masters=3, replicas=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(autouse=True)

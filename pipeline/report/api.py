@@ -271,11 +271,10 @@ def setup_report(
             report.data = SessionData(store, limits)
             yield
             return
+        from pipeline.store.connection import redis_client
         from pipeline.store.redis import RedisStore
 
-        redis_store = RedisStore.from_url(
-            pipeline_settings.redis_url, pipeline_settings.redis_key_prefix
-        )
+        redis_store = RedisStore(redis_client(pipeline_settings), pipeline_settings.redis_key_prefix)
         report.data = SessionData(redis_store, limits)
         if not report.token:
             log.warning(

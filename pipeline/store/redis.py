@@ -26,6 +26,7 @@ from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError, RedisUnavailable
 from pipeline.store.base import Claim, Commit, StaleStateError, latest
+from pipeline.store.connection import client_for_url
 from pipeline.store.keys import (
     Keys,
     index_entry,
@@ -223,15 +224,9 @@ def _index_of(state: KeyState | None) -> str:
 
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
-    """A client for ``url``; nothing is sent until first use.
-
-    ``options`` go to redis-py: AUTH and TLS (``password``, ``ssl_ca_certs``,
-    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``), as
-    :func:`pipeline.security.redis_options` builds them from the settings. A
-    ``rediss://`` URL connects with TLS; values in the URL win over ``options``.
-    """
-    options.setdefault("health_check_interval", 30)
-    return aioredis.Redis.from_url(url, decode_responses=False, **options)
+    """A client for ``url``, a cluster client when the server runs in cluster mode
+    (:func:`pipeline.store.connection.client_for_url`); ``options`` go to redis-py."""
+    return client_for_url(url, decode_responses=False, **options)
 
 
 class RedisStore:

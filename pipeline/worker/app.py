@@ -29,10 +29,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pipeline.config import Settings
 from pipeline.exceptions import FencedError
 from pipeline.metrics import WorkerMetrics
-from pipeline.security import aiokafka_options, check_redis, faust_options, redis_options
+from pipeline.security import aiokafka_options, check_redis, faust_options
 from pipeline.status import WORKER_RETENTION_S, worker_entry, workers_key
 from pipeline.store.base import StaleStateError
-from pipeline.store.redis import RedisStore, connect
+from pipeline.store.connection import redis_client
+from pipeline.store.redis import RedisStore
 from pipeline.worker.heap import TRIM_INTERVAL_S, HeapTrimmer
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
 from pipeline.worker.routing import Router
@@ -68,7 +69,7 @@ class Runtime:
         )
         self.metrics = WorkerMetrics()
         self.store = RedisStore(
-            connect(settings.redis_url, **redis_options(settings)), settings.redis_key_prefix,
+            redis_client(settings), settings.redis_key_prefix,
             history_retention_ms=round(settings.history_retention * 1000),
             history_max=settings.history_max_sessions,
         )

@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import BrokerUnavailable, ConfigError, ServiceStartError
 from pipeline.security import check_redis, kafka_python_options, kafka_security, redis_options
-from pipeline.store.redis import connect
+from pipeline.store.connection import redis_client
 
 
 def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) -> dict[str, int]:
@@ -62,10 +62,10 @@ def preflight(settings: Settings) -> dict[str, int]:
     from kafka.errors import KafkaError
 
     security = kafka_security(settings)  # a bad combination fails here, naming the variable
-    redis_kwargs = redis_options(settings)
+    redis_options(settings)  # the same for Redis
 
     async def ping_redis() -> None:
-        client = connect(settings.redis_url, **redis_kwargs)
+        client = redis_client(settings)
         try:
             await check_redis(client, settings)
         finally:

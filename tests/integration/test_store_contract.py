@@ -1,7 +1,8 @@
 """The store contract (pipeline.store.base), run against both backends.
 
-Every test runs twice: on :class:`MemoryStore` and on :class:`RedisStore` against
-the session's real redis-server, each Redis test under its own key prefix. The
+Every test runs three times: on :class:`MemoryStore`, and on :class:`RedisStore` against
+the session's real redis-server and against its Redis Cluster (3 masters, 3 replicas),
+each Redis test under its own key prefix. The
 Redis-only tests at the end check the key layout of :mod:`pipeline.store.keys`
 and that a refused commit writes nothing.
 
@@ -99,10 +100,12 @@ async def dump_keys(client: Any, prefix: str) -> dict[bytes, tuple[bytes, Any]]:
     return found
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         return Backend("memory")
+    if request.param == "redis-cluster":
+        return Backend("redis", request.getfixturevalue("redis_cluster").url)
     return Backend("redis", request.getfixturevalue("redis_server").url)
 
 
@@ -116,9 +119,10 @@ def contract(body: Callable[[Backend], Awaitable[None]]) -> Callable[[Backend], 
     return test
 
 
-@pytest.fixture
-def redis_backend(redis_server: Any) -> Backend:
-    return Backend("redis", redis_server.url)
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> Backend:
+    service = "redis_cluster" if request.param == "redis-cluster" else "redis_server"
+    return Backend("redis", request.getfixturevalue(service).url)
 
 
 def redis_only(body: Callable[[Backend], Awaitable[None]]) -> Callable[[Backend], None]:
