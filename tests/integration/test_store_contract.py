@@ -898,34 +898,3 @@ async def test_project_and_user_names_beyond_ascii_and_with_control_characters(b
     assert await store.open_sessions() == []
     for _, (project, _, user) in named.items():
         assert await store.open_sessions(project=project, user_id=user) == []
-
-
-@redis_only
-async def test_redis_index_entries_of_the_earlier_layout_are_replaced_on_the_next_write(
-    backend: Backend,
-) -> None:
-    """A store from before index entries were cut by length left ``<sid>\\x1f<project>\\x1f<user>``:
-    the user-only lookup reads it, and the next commit of its key replaces it (and moves
-    the session in the indexes) as it would an entry of its own."""
-    store = backend.store()
-    epoch = (await store.claim(0)).epoch
-    k = backend.keys
-    bob, ann = user_key("bob"), user_key("ann")
-    assert await put(store, 0, epoch, {bob: open_state(bob, "s-bob-01"), ann: open_state(ann, "s-ann-01")})
-    for key, sid in ((bob, "s-bob-01"), (ann, "s-ann-01")):
-        await store.client.hset(k.index(0), keyid(key), f"{sid}\x1fshop\x1f{key[2]}")
-    store.release(0)  # forget the entries it wrote: they are not what Redis holds now
-
-    assert ids(await store.open_sessions(user_id="bob")) == ["s-bob-01"]
-    # bob's session closes and a new one opens; ann's closes
-    [bob_state, ann_state] = await store.load(0, [bob, ann], None, 0)
-    bob_next = closed(bob_state, T0 + 10 * MIN)
-    bob_next.open = open_state(bob, "s-bob-02", T0 + 20 * MIN).open
-    assert await put(store, 0, epoch, {bob: bob_next, ann: closed(ann_state, T0 + 10 * MIN)})
-
-    assert ids(await store.open_sessions()) == ["s-bob-02"]
-    assert ids(await store.open_sessions(project="shop", user_id="bob")) == ["s-bob-02"]
-    assert await store.open_sessions(project="shop", user_id="ann") == []
-    assert {m.decode() for m in await store.client.smembers(k.project(0, "shop"))} == {"s-bob-02"}
-    assert await store.client.hgetall(k.index(0)) == {
-        keyid(bob).encode(): b"8:4:s-bob-02shopbob"}
