@@ -168,12 +168,11 @@ def consumer_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[tupl
 def redis_leftovers(redis_url: str, prefix: str) -> dict[str, int]:
     """What Redis still holds after a drain: open sessions (the open index, and key
     states holding an open session) and outbox messages, summed over partitions."""
-    import redis
-
+    from pipeline.store.connection import sync_client_for_url
     from pipeline.store.keys import Keys
 
     keys = Keys(prefix)
-    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    client = sync_client_for_url(redis_url, socket_timeout=10)
     try:
         open_index = outbox = open_states = 0
         for raw in client.smembers(keys.shards):

@@ -84,7 +84,10 @@ class EmbeddedRedisCluster:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="redis-cluster-"))
         args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(node_timeout_ms), "--appendonly", "yes"]
+                "--cluster-node-timeout", str(node_timeout_ms), "--appendonly", "yes",
+                # a replica takes over however long it was cut off from its master (the
+                # store detects the writes it lacks and the worker replays them)
+                "--cluster-replica-validity-factor", "0"]
         self.nodes: list[EmbeddedRedis] = []
         taken: set[int] = set()
         for i in range(masters * (1 + replicas)):
@@ -130,6 +133,19 @@ class EmbeddedRedisCluster:
                 last = str(exc)
             time.sleep(0.2)
         raise ServiceStartError(f"the Redis Cluster did not become ok in time ({last})")
+
+    def wait_promoted(self, node: EmbeddedRedis, timeout: float = 60.0) -> bool:
+        """Wait until ``node`` (a replica whose master died) is a master; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with node.client() as client:
+                    if client.info("replication").get("role") == "master":
+                        return True
+            except Exception:
+                pass
+            time.sleep(0.2)
+        return False
 
     def _complete(self) -> bool:
         with self.nodes[0].client() as client:

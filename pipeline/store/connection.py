@@ -68,6 +68,15 @@ def client_for_url(url: str, *, cluster: bool | None = None, **options: Any) -> 
     return aioredis.Redis.from_url(url, **options)
 
 
+def sync_client_for_url(url: str, *, cluster: bool | None = None, **options: Any) -> redis.Redis:
+    """A blocking client for ``url`` (``cluster`` None: ask the server)."""
+    if cluster is None:
+        cluster = cluster_enabled(url, **options)
+    if cluster:
+        return cast(redis.Redis, redis.RedisCluster.from_url(_cluster_url(url), **options))
+    return redis.Redis.from_url(url, **options)
+
+
 def redis_client_sync(settings: Settings, *, decode_responses: bool = False) -> redis.Redis:
     """A blocking client (``redis.Redis`` or ``redis.RedisCluster``)."""
     options = redis_options(settings)
