@@ -1,8 +1,9 @@
 """The benchmark keeps working: a tiny run of every phase, end to end, speed not judged.
 
 ``python -m bench.run --smoke`` (500 users, 5,000 events, 10,000 open sessions) starts
-its own broker and redis-server and runs all four contenders, two workers, the
-live close-latency phase and the memory phase. This checks that the result files
+its own broker, redis-server and Redis Cluster and runs all four contenders, two workers, the
+live close-latency phase and the memory phase, four workers, and 1, 2 and 4 workers on
+a Redis Cluster. This checks that the result files
 are written and that every number that must be positive is; it asserts nothing
 about how fast anything is.
 """
@@ -33,12 +34,12 @@ def positive(value: Any) -> bool:
     return isinstance(value, int | float) and value > 0
 
 
-@pytest.mark.timeout(280)
+@pytest.mark.timeout(480)
 def test_bench_smoke_runs_every_phase(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=260,
+        cwd=REPO, capture_output=True, text=True, timeout=460,
     )
     assert proc.returncode == 0, f"bench.run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
@@ -66,6 +67,11 @@ def test_bench_smoke_runs_every_phase(tmp_path: Path) -> None:
     scaling = results["scaling"]
     assert scaling["workers"] == 2
     assert positive(scaling["events_per_s"]) and positive(scaling["vs_one_worker"])
+    assert results["scaling4"]["workers"] == 4 and positive(results["scaling4"]["events_per_s"])
+    cluster = results["cluster"]  # 1, 2 and 4 workers on a Redis Cluster
+    assert sorted(cluster) == ["1", "2", "4"]
+    for count, run in cluster.items():
+        assert run["workers"] == int(count) and positive(run["events_per_s"]), count
 
     latency = results["latency"]
     for kind in ("timeout", "ended"):
@@ -79,3 +85,4 @@ def test_bench_smoke_runs_every_phase(tmp_path: Path) -> None:
 
     table = (out / "latest.md").read_text()
     assert "sessionizer worker" in table and "Quix Streams" in table
+    assert "| 4 | Redis Cluster, 3 masters + 3 replicas |" in table
