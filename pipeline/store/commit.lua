@@ -18,7 +18,9 @@ local token = ARGV[5]
 local held
 if token ~= '' then
   held = redis.call('HGET', meta, 'token') or ''
-  local known = false
+  -- holding this commit's own token: it applied, and this is a resend of it (a client
+  -- retry after a lost reply, or a MOVED/ASK redirect); the offsets below answer 0
+  local known = held == token
   for x = 6, #ARGV do
     if ARGV[x] == held then known = true end
   end

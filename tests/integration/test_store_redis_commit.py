@@ -396,3 +396,29 @@ def test_a_long_event_log_is_appended_as_one_chunk_per_batch_in_order(redis_serv
             await store.close()
 
     run(body)
+
+
+def test_a_commit_sent_again_after_it_applied_answers_already_applied(redis_server: Any) -> None:
+    """A client that resends a commit whose reply it lost (redis-py's cluster client does
+    after a connection error or a redirect) finds its own token: already applied, nothing
+    written twice, no lost-writes alarm."""
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix())
+        try:
+            key: SessionKey = ("shop", "u", "alice")
+            state = KeyState(key, open=opened(key, "s1", T0))
+            epoch = (await store.claim(0)).epoch
+
+            def commit() -> Commit:
+                return Commit(states={key: state}, due_ms={key: T0 + 10**6}, offsets={"events": 1},
+                              clock_ms=T0, token="t-1", expect=("",))
+
+            assert await store.commit(0, epoch, commit()) is True
+            log_key = store.keys.events(0, keyid(key), "s1")
+            before = await store.client.lrange(log_key, 0, -1)
+            assert await store.commit(0, epoch, commit()) is False
+            assert await store.client.lrange(log_key, 0, -1) == before
+        finally:
+            await store.close()
+
+    run(body)
