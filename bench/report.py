@@ -43,9 +43,14 @@ def derive(results: dict[str, Any]) -> None:
     for key in ("a", "b", "c", "e"):
         other = contenders.get(key, {}).get("events_per_s")
         ratios[f"d_vs_{key}"] = d / other if d and other else None
-    scaling = results.get("scaling")
-    if scaling and d:
-        scaling["vs_one_worker"] = scaling["events_per_s"] / d
+    for scaling in (results.get("scaling"), results.get("scaling4")):
+        if scaling and d:
+            scaling["vs_one_worker"] = scaling["events_per_s"] / d
+    cluster = results.get("cluster") or {}
+    one = cluster.get("1", {}).get("events_per_s")
+    for run in cluster.values():
+        if one:
+            run["vs_one_worker"] = run["events_per_s"] / one
     results["ratios"] = ratios
     results["budget"] = budget(results)
     results["goals"] = {
@@ -174,6 +179,12 @@ def markdown(results: dict[str, Any], *, heading: bool = True, commit: bool = Tr
             f"{_x(scaling.get('vs_one_worker'))} of one | {_n(scaling['cpu_s_per_100k'], 2)} "
             f"| {_mib(scaling['peak_rss_bytes'])} each at most | {_n(scaling.get('broker_cpu_s_per_100k'), 2)} "
             f"| {_n(scaling.get('other_processes_cores'), 2)} |")
+    if results.get("scaling4"):
+        s4 = results["scaling4"]
+        add(f"| (d) 4 worker processes | {_n(s4['events_per_s'])} | "
+            f"{_x(s4.get('vs_one_worker'))} of one | {_n(s4['cpu_s_per_100k'], 2)} "
+            f"| {_mib(s4['peak_rss_bytes'])} each at most | {_n(s4.get('broker_cpu_s_per_100k'), 2)} "
+            f"| {_n(s4.get('other_processes_cores'), 2)} |")
     if c or scaling:
         add("")
         add("events/s: events (a batch record counts its elements) from partitions assigned "
@@ -181,6 +192,21 @@ def markdown(results: dict[str, Any], *, heading: bool = True, commit: bool = Tr
             "offsets in Redis at the end of the input). CPU: user + system of the contender's "
             "process(es) in that window. Other load: cores used meanwhile by processes outside "
             "the benchmark.")
+    topology = [(1, "one redis-server", c.get("d")), (2, "one redis-server", results.get("scaling")),
+                (4, "one redis-server", results.get("scaling4"))]
+    topology += [(int(n), "Redis Cluster, 3 masters + 3 replicas", run)
+                 for n, run in sorted((results.get("cluster") or {}).items())]
+    if any(run for *_, run in topology[1:]):
+        add("")
+        add("Worker processes and Redis on the same input (Redis CPU: all its processes):")
+        add("")
+        add("| worker processes | Redis | events/s | worker CPU s per 100k | Redis CPU s per 100k "
+            "| broker CPU s per 100k |")
+        add("| ---: | --- | ---: | ---: | ---: | ---: |")
+        for count, where, run in topology:
+            if run:
+                add(f"| {count} | {where} | {_n(run['events_per_s'])} | {_n(run['cpu_s_per_100k'], 2)} "
+                    f"| {_n(run.get('redis_cpu_s_per_100k'), 2)} | {_n(run.get('broker_cpu_s_per_100k'), 2)} |")
     goals = results.get("goals", {})
     if goals and "d" in c:
         add("")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ from bench.contenders import events_in
 from bench.procs import Child, Sampler, sessionizer_command
 from pipeline.apache_kafka import KAFKA_VERSION, EmbeddedKafka, kafka_unavailable_reason
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
+from pipeline.services_cluster import EmbeddedRedisCluster
 from pipeline.store.keys import Keys
 from pipeline.worker.heap import TRIM_INTERVAL_S
 from pipeline.worker.routing import Router
@@ -78,7 +80,7 @@ class Options:
     probe_interval: float = 0.1
     memory_sessions: int = 1_000_000
     memory_checkpoint: int = 100_000
-    phases: tuple[str, ...] = ("a", "b", "c", "e", "d", "scale", "latency", "memory")
+    phases: tuple[str, ...] = ("a", "b", "c", "e", "d", "scale", "scale4", "cluster", "latency", "memory")
     broker: str = "kafka"
     profile: bool = False
     profile_seconds: float = 20.0
@@ -90,7 +92,7 @@ class Options:
 class Context:
     opts: Options
     broker: EmbeddedBroker | EmbeddedKafka
-    redis: EmbeddedRedis
+    redis: Any  # an EmbeddedRedis, or an EmbeddedRedisCluster (the cluster phase)
     sampler: Sampler
     scratch: Path
     logs: Path
@@ -365,6 +367,15 @@ def redis_memory(ctx: Context, prefix: str) -> dict[str, int]:
 
 
 def flush_redis(ctx: Context) -> int:
+    if isinstance(ctx.redis, EmbeddedRedisCluster):  # every master; their memory summed
+        ctx.redis.flushall()
+        time.sleep(0.2)
+        total = 0
+        for node in ctx.redis.nodes:
+            with node.client() as client:
+                info = client.info()
+                total += int(info["used_memory"]) if info.get("role") == "master" else 0
+        return total
     client = ctx.redis_client()
     try:
         client.flushall()
@@ -394,8 +405,31 @@ def outputs(ctx: Context, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def run_workers(ctx: Context, tag: str, count: int) -> dict[str, Any]:
-    """``count`` worker processes over the whole input; timed from the first ready."""
+def run_cluster(ctx: Context) -> dict[str, Any]:
+    """1, 2 and 4 worker processes on a Redis Cluster (3 masters, 3 replicas), the same
+    input; Redis CPU summed over the six nodes."""
+    found: dict[str, Any] = {}
+    with EmbeddedRedisCluster(workdir=ctx.scratch / "redis-cluster") as cluster:
+        names = []
+        for i, node in enumerate(cluster.nodes):
+            names.append(f"redis-cluster{i}")
+            ctx.sampler.watch(names[-1], node.pid or 0)
+        on_cluster = dataclasses.replace(ctx, redis=cluster)
+        try:
+            for count in (1, 2, 4):
+                log(f"(d x{count}, Redis Cluster) ...")
+                found[str(count)] = run_workers(on_cluster, f"bc{count}", count, tuple(names))
+                log(f"(d x{count}, Redis Cluster) {found[str(count)]['events_per_s']:,.0f} events/s")
+        finally:
+            for name in names:
+                ctx.sampler.unwatch(name)
+    return found
+
+
+def run_workers(ctx: Context, tag: str, count: int,
+                redis_names: tuple[str, ...] = ("redis",)) -> dict[str, Any]:
+    """``count`` worker processes over the whole input; timed from the first ready.
+    ``redis_names``: the sampler's names of the Redis processes (a cluster's nodes)."""
     base = flush_redis(ctx)
     env = worker_env(ctx, tag, ctx.input_topic)
     create_worker_topics(ctx, env)
@@ -428,7 +462,8 @@ def run_workers(ctx: Context, tag: str, count: int) -> dict[str, Any]:
         "cpu_s_per_100k": per_100k(cpu, events),
         "peak_rss_bytes": max(peaks),
         "broker_cpu_s_per_100k": per_100k(ctx.sampler.cpu_between("broker", t0, done), events),
-        "redis_cpu_s_per_100k": per_100k(ctx.sampler.cpu_between("redis", t0, done), events),
+        "redis_cpu_s_per_100k": per_100k(
+            sum(ctx.sampler.cpu_between(name, t0, done) or 0.0 for name in redis_names), events),
         "other_processes_cores": ctx.sampler.others_share(t0, done),
         "startup_s": round(t0 - min(c.started_at for c in children), 2),
         "assigned": assigned,
@@ -732,7 +767,8 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny run of every phase (500 users, 5,000 events, 10,000 sessions)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--only", default="", help="comma-separated phases: a,b,c,e,d,scale,latency,memory")
+    parser.add_argument("--only", default="",
+                        help="comma-separated phases: a,b,c,e,d,scale,scale4,cluster,latency,memory")
     parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                         help=f"the embedded broker: Apache Kafka {KAFKA_VERSION} (default) or Tansu")
     parser.add_argument("--profile", action="store_true",
@@ -827,6 +863,12 @@ def main(argv: list[str] | None = None) -> int:
                 log("(d x2) two sessionizer workers ...")
                 results["scaling"] = run_workers(ctx, "bs", 2)
                 log(f"(d x2) {results['scaling']['events_per_s']:,.0f} events/s")
+            if "scale4" in opts.phases:
+                log("(d x4) four sessionizer workers ...")
+                results["scaling4"] = run_workers(ctx, "bs4", 4)
+                log(f"(d x4) {results['scaling4']['events_per_s']:,.0f} events/s")
+            if "cluster" in opts.phases:
+                results["cluster"] = run_cluster(ctx)
             if "latency" in opts.phases:
                 measured = contenders.get("d", {}).get("events_per_s") or 5000.0
                 rate = opts.latency_rate or max(100.0, measured * opts.latency_share)

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
                     "on above it (one Redis hash field per id)",
     )
     redis_key_prefix: str = Field("sz", min_length=1, description="prefix of every Redis key")
+    redis_cluster: str = Field(
+        "auto", pattern="^(?i)(auto|true|false)$",
+        description="Redis Cluster: true (a cluster client, the URL naming any node), false "
+        "(one server), or auto (asks the server with INFO cluster at start)",
+    )
     log_level: str = Field("info", description="log level: debug, info, warning or error")
     log_format: str = Field(
         "text", pattern="^(?i)(text|json)$",
@@ -239,6 +244,11 @@ class Settings(BaseSettings):
         description="a file holding the API keys in the format of SESSIONIZER_API_KEYS (a mounted "
         "secret), read when SESSIONIZER_API_KEYS is empty",
     )
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
 
     @field_validator("kafka_bootstrap", "redis_url")
     @classmethod

@@ -168,7 +168,7 @@ def run_dev(users: int, rate: float, inactivity_timeout: float, partitions: int,
             view = _View(broker.bootstrap, store.url, web_port, logdir, report)
             consumer = KafkaConsumer("sessions", bootstrap_servers=broker.bootstrap,
                                      auto_offset_reset="earliest", group_id=None)
-            client = redis_client_sync(load_settings(redis_url=store.url))
+            client = redis_client_sync(load_settings(redis_url=store.url, redis_cluster="false"))
             last_poll = 0.0
             with Live(get_renderable=view.render, refresh_per_second=4, screen=False):
                 while True:

@@ -55,6 +55,7 @@ except ImportError:  # running pytest without `make venv` (no editable install)
 from pipeline.apache_kafka import EmbeddedKafka, kafka_unavailable_reason
 from pipeline.config import Settings
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
+from pipeline.services_cluster import EmbeddedRedisCluster
 
 TESTS_DIR = Path(__file__).resolve().parent
 _DIR_MARKERS = {
@@ -186,6 +187,18 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     finally:
         _STARTED.remove(service)
         service.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """A Redis Cluster for the whole session: 3 masters, 3 replicas, AOF on,
+    cluster-node-timeout 1.5 s (pipeline.services_cluster)."""
+    cluster = EmbeddedRedisCluster(masters=3, replicas=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(autouse=True)

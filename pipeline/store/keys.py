@@ -27,9 +27,11 @@ key                                    type     holds (TTL: none unless said)
                                                 event lists (see ``e:``): its open
                                                 session with its events, and the sessions
                                                 closed less than ``reopen_grace`` ago
-``sz:{pP}:e:<keyid>|<session_id>``     list     a session's event log, appended per batch
-                                                (event entries, ids, dropped-entry marks):
-                                                replayed on load, never rewritten
+``sz:{pP}:e:<keyid>|<session_id>``     list     a session's event log: one element per
+                                                batch that changed it, its log items
+                                                (event entries, ids, dropped-entry marks)
+                                                as JSON lines; replayed on load, never
+                                                rewritten
 ``sz:{pP}:due``                        zset     keyid -> stream-clock ms when the key needs
                                                 attention (idle close or grace expiry)
 ``sz:{pP}:open``                       hash     ``<session_id>:<project>`` of an open session -> keyid
@@ -100,12 +102,10 @@ def index_entry(session_id: str, project: str, user_id: str | None) -> str:
 
 
 def parse_index_entry(entry: bytes) -> tuple[str, str, str]:
-    """``(session_id, project, user_id)`` of an :func:`index_entry` (``user_id`` "" for none),
-    or of an entry of the earlier layout, ``<sid>\x1f<project>\x1f<user_id>``."""
+    """``(session_id, project, user_id)`` of an :func:`index_entry` (``user_id`` "" for none)."""
     head = _ENTRY_HEAD.match(entry)
     if head is None:
-        sid, project, user = entry.decode().split("\x1f", 2)
-        return sid, project, user
+        raise ValueError(f"not an index entry: {entry!r}")
     cut = head.end() + int(head[1])
     end = cut + int(head[2])
     return entry[head.end():cut].decode(), entry[cut:end].decode(), entry[end:].decode()

@@ -2,7 +2,7 @@
 
 The key layout is in :mod:`pipeline.store.keys`. Each batch costs one read
 round trip (a pipeline: the batch's key states plus the keys falling due) and
-one write round trip (the ``COMMIT`` script below, atomic: it checks the epoch
+one write round trip (the commit script, ``commit.lua`` beside this module, atomic: it checks the epoch
 and the applied offsets, then writes states, deadlines, indexes, outbox and
 offsets together, or nothing; a second one only when the index entries the
 store kept from its last commit turn out not to be Redis's, see
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from typing import Any
 
-import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,170 +34,11 @@ from pipeline.store.keys import (
     session_ref,
     session_ref_pattern,
 )
+from pipeline.store.payload import CommitPayload, log_chunk, split_log
 
-# KEYS: meta, due, open, outbox, idx, hist, states
-# ARGV: epoch, clock_ms, shard prefix, payload (msgpack, one argument: redis-py packs
-#       each argument in Python, half a µs apiece: a batch's heads and event items as
-#       arguments cost the client four times what msgpack takes for the whole payload),
-#       token (written to meta by the commit, "" = none and no check),
-#       expected tokens* (meta must hold one of them, "" standing for none):
-#   [offsets  [topic, offset, ...],
-#    dropped  [event log key, ...]                          (event logs to delete),
-#    logs     [event log key, n, item1, ..., itemn, ...]    (appended to the event logs),
-#    heads    [keyid, blob, ...]   (states written),   gone  [keyid, ...] (states deleted),
-#    due      [due_ms, keyid, ...] (deadlines set; due_ms in decimal: Lua formats numbers
-#             slowly),                                 undue [keyid, ...] (deadlines removed),
-#    checked  [keyid, ...], entries [index|"", ...]    (the keys whose index entry may change),
-#    since    token: every key not in checked keeps its index entry as the commit that
-#             wrote this token left it; meta holding another token, the script refuses
-#             with RECHECK, writing nothing ("" = every key of the commit is in checked),
-#    outgoing [message, ...]      (appended to the outbox list, in order),
-#    acked                        (messages trimmed from the outbox head: sent and acknowledged),
-#    history  [ref, end_ms, record, ...], history_min_ms, history_max,
-#    at_ms                        (the writer's wall time, kept with clock_ms; 0 = not given)]
-#   index: "<len sid>:<len project>:<sid><project><user>" of the key's open session
-#          (keys.index_entry; lengths in bytes)
-#   ref: "<sid>:<project>" (keys.session_ref), a session's field in open, member in hist
-# Flat arrays, a few long ones: cmsgpack builds a Lua table per array, one element at a
-# time, and a Lua string per string, hashed in full (as the payload itself is): with a
-# table per key and per event log, unpacking took a quarter longer.
-COMMIT_LUA = """
-local meta, due, open, outbox, idx, hist, heads = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local epoch = redis.call('HGET', meta, 'epoch')
-if epoch ~= ARGV[1] then
-  if not epoch or tonumber(epoch) < tonumber(ARGV[1]) then
-    -- epochs only grow: a lower one (or none) is Redis having lost the claim
-    return redis.error_reply('STALE epoch ' .. tostring(epoch) .. ' < ' .. ARGV[1])
-  end
-  return redis.error_reply('FENCED epoch ' .. tostring(epoch) .. ' ~= ' .. ARGV[1])
-end
-local token = ARGV[5]
-local held
-if token ~= '' then
-  held = redis.call('HGET', meta, 'token') or ''
-  local known = false
-  for x = 6, #ARGV do
-    if ARGV[x] == held then known = true end
-  end
-  if not known then
-    return redis.error_reply('STALE commit token ' .. held .. ' is not one this worker wrote last')
-  end
-end
-local shard = ARGV[3]
-local p = cmsgpack.unpack(ARGV[4])
-local since = p[10]
-if since ~= '' and since ~= (held or redis.call('HGET', meta, 'token') or '') then
-  return redis.error_reply('RECHECK index entries: the commit token moved on')
-end
-local offsets = p[1]
-for x = 1, #offsets, 2 do
-  local stored = redis.call('HGET', meta, 'off:' .. offsets[x])
-  if stored and tonumber(stored) >= tonumber(offsets[x + 1]) then
-    if token ~= '' then redis.call('HSET', meta, 'token', token) end
-    return 0
-  end
-end
-for x = 1, #offsets, 2 do
-  redis.call('HSET', meta, 'off:' .. offsets[x], offsets[x + 1])
-end
-local dropped, logs = p[2], p[3]
-for x = 1, #dropped do
-  redis.call('DEL', dropped[x])
-end
-local x, n = 1, #logs
-while x <= n do
-  local key, last = logs[x], x + 1 + logs[x + 1]
-  if last - x <= 501 then
-    redis.call('RPUSH', key, unpack(logs, x + 2, last))
-  else
-    for y = x + 2, last, 500 do
-      redis.call('RPUSH', key, unpack(logs, y, math.min(y + 499, last)))
-    end
-  end
-  x = last + 1
-end
-local function chunked(command, key, args, step)
-  for y = 1, #args, step do
-    redis.call(command, key, unpack(args, y, math.min(y + step - 1, #args)))
-  end
-end
-chunked('HSET', heads, p[4], 500)
-chunked('HDEL', heads, p[5], 500)
-chunked('ZADD', due, p[6], 500)
-chunked('ZREM', due, p[7], 500)
--- the query indexes: only where a key's open session (or its user) changed
--- an entry is "<len sid>:<len project>:<sid><project><user>" (keys.index_entry), the
--- lengths in bytes: names may hold any character, so it is cut by length
-local function split(entry)
-  local _, b, n, m = string.find(entry, '^(%d+):(%d+):')
-  if not b then
-    -- the earlier layout, "<sid>\\31<project>\\31<user>": what a store from before the
-    -- change left is still read (and replaced by the next write of its key)
-    local x = string.find(entry, '\\31', 1, true)
-    local y = string.find(entry, '\\31', x + 1, true)
-    return string.sub(entry, 1, x - 1), string.sub(entry, x + 1, y - 1), string.sub(entry, y + 1)
-  end
-  local s = b + tonumber(n)
-  local q = s + tonumber(m)
-  return string.sub(entry, b + 1, s), string.sub(entry, s + 1, q), string.sub(entry, q + 1)
-end
-local function index(entry, add, kid)
-  local sid, project, user = split(entry)
-  local pkey = shard .. 'proj:' .. project
-  local ukey = shard .. 'user:' .. string.len(project) .. ':' .. project .. ':' .. user
-  if add then
-    redis.call('HSET', open, sid .. ':' .. project, kid)
-    redis.call('SADD', pkey, sid)
-    if user ~= '' then redis.call('SADD', ukey, sid) end
-  else
-    redis.call('HDEL', open, sid .. ':' .. project)
-    redis.call('SREM', pkey, sid)
-    if user ~= '' then redis.call('SREM', ukey, sid) end
-  end
-end
-local checked, entries = p[8], p[9]
-for y = 1, #checked, 500 do
-  local last = math.min(y + 499, #checked)
-  local olds = redis.call('HMGET', idx, unpack(checked, y, last))
-  for z = y, last do
-    local old, new = olds[z - y + 1] or '', entries[z]
-    if old ~= new then
-      local kid = checked[z]
-      if old ~= '' then index(old, false, kid) end
-      if new ~= '' then
-        index(new, true, kid)
-        redis.call('HSET', idx, kid, new)
-      else
-        redis.call('HDEL', idx, kid)
-      end
-    end
-  end
-end
-if p[12] > 0 then
-  redis.call('LTRIM', outbox, p[12], -1)
-end
-chunked('RPUSH', outbox, p[11], 500)
-local history = p[13]
-for y = 1, #history, 3 do
-  redis.call('ZADD', hist, history[y + 1], history[y])
-  redis.call('SET', shard .. 'h:' .. history[y], history[y + 2])
-end
-local function forget(refs)
-  for _, ref in ipairs(refs) do
-    redis.call('ZREM', hist, ref)
-    redis.call('DEL', shard .. 'h:' .. ref)
-  end
-end
-forget(redis.call('ZRANGEBYSCORE', hist, '-inf', '(' .. p[14], 'LIMIT', 0, 1000))
-local extra = redis.call('ZCARD', hist) - p[15]
-if extra > 0 then
-  forget(redis.call('ZRANGE', hist, 0, math.min(extra, 1000) - 1))
-end
-redis.call('HSET', meta, 'clock_ms', ARGV[2])
-if p[16] > 0 then redis.call('HSET', meta, 'clock_at_ms', p[16]) end
-if token ~= '' then redis.call('HSET', meta, 'token', token) end
-return 1
-"""
+#: the commit script (package data beside this module): checks the epoch, the token and
+#: the applied offsets, then writes a :class:`CommitPayload` or nothing
+COMMIT_LUA = (resources.files("pipeline.store") / "commit.lua").read_text(encoding="utf-8")
 
 # KEYS: revisions hash, their times (zset); ARGV: cutoff ms, now ms, then field, revision, ...:
 # each revision kept if higher, its time set to now; up to 100 entries older than the cutoff go
@@ -361,8 +202,8 @@ class RedisStore:
             for kid, session in sessions:
                 pipe.lrange(self.keys.events(partition, kid, session.session_id), 0, -1)
             loads = orjson.loads
-            for (_, session), items in zip(sessions, await pipe.execute(), strict=True):
-                session.replay_log([loads(item) for item in items])
+            for (_, session), chunks in zip(sessions, await pipe.execute(), strict=True):
+                session.replay_log([loads(item) for item in split_log(chunks)])
         return [state for _, state in states]
 
     async def has_due(self, partition: int, until_ms: int) -> bool:
@@ -387,14 +228,13 @@ class RedisStore:
         # none for a commit without a token (the next one could not tell)
         kept = self._indexed.pop(partition, None)
         since, indexed = kept if kept is not None and commit.token else ("", {})
-        logs: list[Any] = []
-        append = logs.append
-        heads: list[Any] = []
-        gone: list[str] = []
-        dues: list[str] = []
-        undue: list[str] = []
-        checked: list[str] = []
-        entries: list[str] = []
+        payload = CommitPayload(
+            since=since, outgoing=commit.outgoing, acked=commit.acked,
+            history_min_ms=commit.clock_ms - self.history_retention_ms,
+            history_max=self.history_max, at_ms=commit.at_ms,
+        )
+        logs, heads, gone = payload.logs, payload.states, payload.gone
+        dues, undue, checked, entries = payload.dues, payload.undue, payload.checked, payload.entries
         for key, state in commit.states.items():
             kid = keyid(key)
             if state is None:
@@ -407,9 +247,8 @@ class RedisStore:
                 for session in state.sessions():
                     items = session.take_log()
                     if items:
-                        append(k.events(partition, kid, session.session_id))
-                        append(len(items))
-                        logs += map(dumps, items)
+                        logs += (k.events(partition, kid, session.session_id),
+                                 log_chunk(list(map(dumps, items))))
                 heads += (kid, state.head_json())
                 if indexed.get(kid) != entry:
                     checked.append(kid)
@@ -420,19 +259,11 @@ class RedisStore:
                 undue.append(kid)
             else:
                 dues += (str(due), kid)  # a string: Lua formats a number slowly
-        offsets: list[Any] = []
         for topic, offset in commit.offsets.items():
-            offsets += (topic, offset)
-        history: list[Any] = []
+            payload.offsets += (topic, offset)
+        payload.dropped = [k.events(partition, keyid(key), sid) for key, sid in commit.dropped]
         for sid, project, end_ms, record in commit.history:
-            history += (session_ref(sid, project), end_ms, record)
-        payload = [
-            offsets,
-            [k.events(partition, keyid(key), sid) for key, sid in commit.dropped],
-            logs, heads, gone, dues, undue, checked, entries, since,
-            commit.outgoing, commit.acked, history,
-            commit.clock_ms - self.history_retention_ms, self.history_max, commit.at_ms,
-        ]
+            payload.history += (session_ref(sid, project), end_ms, record)
         keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
                 k.index(partition), k.history(partition), k.states(partition)]
         args = [epoch, commit.clock_ms, k.shard(partition), b"", commit.token or "", *commit.expect]
@@ -448,17 +279,16 @@ class RedisStore:
                 entries.append(entry)
                 if state is not None:
                     indexed[kid] = entry
-            payload[9] = ""  # since
+            payload.since = ""
             applied = await self._run_commit(partition, keys, args, payload)
         if applied and commit.token:
             self._keep_indexed(partition, commit.token, indexed)
         return bool(applied)
 
     async def _run_commit(
-        self, partition: int, keys: list[str], args: list[Any], payload: list[Any]
+        self, partition: int, keys: list[str], args: list[Any], payload: CommitPayload
     ) -> Any:
-        # use_bin_type=False: Redis's cmsgpack reads bytes as the old raw type
-        args[3] = msgpack.packb(payload, use_bin_type=False)
+        args[3] = payload.pack()
         try:
             return await self._commit(keys=keys, args=args)
         except ResponseError as exc:

@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import BrokerUnavailable, ConfigError, ServiceStartError
 from pipeline.security import check_redis, kafka_python_options, kafka_security
-from pipeline.store.connection import redis_client
+from pipeline.store.connection import pool_options, redis_client
 
 
 def topic_retention_ms(settings: Settings) -> dict[str, int]:
@@ -136,7 +136,7 @@ def preflight(settings: Settings) -> dict[str, int]:
 
     check_schema()
     security = kafka_security(settings)  # a bad combination fails here, naming the variable
-    redis_client(settings)  # a bad Redis TLS/AUTH combination fails here, naming the variable
+    pool_options(settings)  # a bad Redis TLS/AUTH combination fails here, naming the variable
 
     async def ping_redis() -> None:
         client = redis_client(settings)

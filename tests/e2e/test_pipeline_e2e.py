@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from jsonschema import Draft202012Validator
 from scripted_log import WORKER_SETTINGS, build_log
 
@@ -25,10 +26,16 @@ def session_validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
+@pytest.mark.parametrize("redis", ["single", "cluster"])
 def test_scripted_log_gives_the_sessions_and_dead_letters_worked_out_by_hand(
-    worker_factory, publish, read_topic
+    worker_factory, publish, read_topic, redis, request
 ):
-    worker = worker_factory(**WORKER_SETTINGS)
+    """On one redis-server, and on the Redis Cluster (3 masters, 3 replicas: the worker
+    finds it out with INFO cluster and spreads the partitions' slots over the masters)."""
+    where = {}
+    if redis == "cluster":
+        where["redis_url"] = request.getfixturevalue("redis_cluster").url
+    worker = worker_factory(**WORKER_SETTINGS, **where)
     log = build_log(int(time.time() * 1000), partitions=worker.partitions)
 
     # the whole log is in the topic before the worker starts: it replays it
@@ -133,3 +140,14 @@ def test_scripted_log_gives_the_sessions_and_dead_letters_worked_out_by_hand(
 
     assert canonical(again) == canonical(session_records)
     assert canonical(letters_again) == canonical(letter_records)
+
+    if redis == "cluster":  # the live state went to the cluster, spread over its masters
+        cluster = request.getfixturevalue("redis_cluster")
+        client = cluster.client()
+        try:
+            partitions = {int(p) for p in client.smembers(f"{worker.prefix}:shards")}
+            assert partitions == set(range(worker.partitions))
+            masters = {cluster.master_of(f"{worker.prefix}:{{p{p}}}:meta").port for p in partitions}
+            assert len(masters) > 1, "the partitions' state is on several masters"
+        finally:
+            client.close()

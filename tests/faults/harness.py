@@ -50,6 +50,7 @@ from pipeline.apache_kafka import EmbeddedKafka
 from pipeline.checker import CheckReport, check_pipeline, consumer_lag, redis_leftovers
 from pipeline.config import Settings
 from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
+from pipeline.services_cluster import EmbeddedRedisCluster
 from pipeline.traffic import TrafficModel
 from pipeline.worker.routing import Router
 
@@ -97,6 +98,11 @@ class Scenario:
     redis_kill: bool = True
     redis_rollback: bool = True  # Redis loses its last seconds of writes (a machine crash)
     broker_pause_s: float = 20.0  # 0: no broker pause
+    #: a Redis Cluster (3 masters, 3 replicas) instead of one redis-server
+    redis_cluster: bool = False
+    #: on the cluster: SIGKILL the master of a busy partition while its replica lags
+    #: (replication is asynchronous): the replica takes over without the last writes
+    master_kill: bool = False
     zombie_s: float = 16.0  # past the Kafka session timeout and the inactivity timeout
     poison: int = 40  # hand-made poison records on top of the model's bad ones
     drain_timeout_s: float = 150.0
@@ -210,7 +216,7 @@ class Cluster:
     """Broker, redis-server and the worker processes of one run."""
 
     def __init__(self, root: Path, values: dict[str, Any], broker: str = "tansu",
-                 created_partitions: int | None = None) -> None:
+                 created_partitions: int | None = None, redis_cluster: bool = False) -> None:
         self.root = root
         self.values = values
         self.partitions = created_partitions or int(values["topic_partitions"])
@@ -218,7 +224,9 @@ class Cluster:
             EmbeddedKafka(workdir=root / "broker") if broker == "kafka" else EmbeddedBroker(workdir=root / "broker"))
         # AOF on, appendfsync everysec; no automatic AOF rewrite, so that a copy of the
         # AOF directory taken while it runs is a consistent prefix (redis_rollback)
-        self.redis = EmbeddedRedis(workdir=root / "redis", extra_args=["--auto-aof-rewrite-percentage", "0"])
+        self.redis: Any = (
+            EmbeddedRedisCluster(workdir=root / "redis") if redis_cluster
+            else EmbeddedRedis(workdir=root / "redis", extra_args=["--auto-aof-rewrite-percentage", "0"]))
         self.workers: list[Worker] = []  # running (or paused) ones
         self.all_workers: list[Worker] = []
         self.settings: Settings | None = None
@@ -489,14 +497,17 @@ def plan_faults(scenario: Scenario, window_s: tuple[float, float], rng: random.R
         others.append("redis_rollback")
     if scenario.broker_pause_s:
         others.append("broker_pause")
+    if scenario.master_kill:
+        others.append("master_kill")
     for kind in others:
         seq.insert(rng.randint(0, len(seq)), kind)
     holds = {"kill": lambda: rng.uniform(1.0, 4.0), "zombie": lambda: scenario.zombie_s,
              "scale_up": lambda: 0.0, "scale_down": lambda: 0.0,
              "redis_kill": lambda: rng.uniform(1.0, 3.0), "redis_rollback": lambda: rng.uniform(2.0, 4.0),
-             "broker_pause": lambda: scenario.broker_pause_s}
+             "broker_pause": lambda: scenario.broker_pause_s,
+             "master_kill": lambda: rng.uniform(1.5, 3.0)}
     busy = {"kill": 1.0, "zombie": 3.0, "scale_up": 9.0, "scale_down": 4.0, "redis_kill": 2.0,
-            "redis_rollback": 3.0, "broker_pause": 2.0}
+            "redis_rollback": 3.0, "broker_pause": 2.0, "master_kill": 10.0}
     faults = [Fault(0.0, kind, holds[kind]()) for kind in seq]
     need = sum(f.hold_s + busy[f.kind] for f in faults)
     start, end = window_s
@@ -617,6 +628,43 @@ class Injector(threading.Thread):
         return (f"AOF copied, {time.monotonic() - started:.1f}s later kill -9 redis-server and restart it "
                 f"from the copy: the commits of those seconds lost (partitions {lost})")
 
+    def _master_kill(self, fault: Fault) -> str:
+        """A Redis Cluster master dies while its replica is behind: the replica is stopped
+        (SIGSTOP) and its replication link cut (CLIENT KILL TYPE replica) for ``hold_s``
+        while the workers go on committing to the master, then the master gets SIGKILL and
+        the replica SIGCONT. Past cluster-node-timeout the replica
+        is elected master, without the commits of those seconds; the killed node comes
+        back and rejoins as a replica."""
+        cluster = self.cluster.redis
+        settings = self.cluster.settings
+        assert settings is not None
+        from pipeline.store.keys import Keys
+
+        keys = Keys(settings.redis_key_prefix)
+        master = cluster.master_of(keys.meta(0))
+        with master.client() as client:
+            replicas = [line for line in client.info("replication").values() if isinstance(line, dict)]
+        replica = cluster.node_by_port(int(replicas[0]["port"]))
+        held = [p for p in range(settings.topic_partitions) if cluster.master_of(keys.meta(p)) is master]
+        before = self._tokens()
+        replica.pause()
+        with master.client() as client:  # what the master writes from now on stays there
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        started = time.monotonic()
+        time.sleep(fault.hold_s)
+        while time.monotonic() - started < 30:  # until some commit is there to be lost
+            if any(self._tokens().get(p) != before.get(p) for p in held):
+                break
+            time.sleep(0.2)
+        pid = master.pid
+        master.kill()
+        replica.resume()
+        promoted = cluster.wait_promoted(replica, timeout=60)
+        master.start()  # rejoins as a replica of the node that took over
+        cluster.wait_ok(timeout=60)
+        return (f"replica :{replica.port} paused {time.monotonic() - started:.1f}s, kill -9 master "
+                f":{master.port} (pid {pid}, partitions {held}); replica promoted: {promoted}")
+
     def _tokens(self) -> dict[int, bytes | None]:
         """Every partition's commit token in Redis."""
         from pipeline.store.keys import Keys
@@ -627,6 +675,8 @@ class Injector(threading.Thread):
         client = self.cluster.redis.client()
         try:
             return {p: client.hget(keys.meta(p), "token") for p in range(self.cluster.partitions)}
+        except Exception:  # a cluster in the middle of a failover: nothing to compare
+            return {}
         finally:
             client.close()
 
@@ -740,7 +790,8 @@ def run_scenario(scenario: Scenario, root: Path, say: Callable[[str], None] = pr
     if scenario.broker == "kafka":
         values["kafka_idempotence"] = "on"  # Apache Kafka grants it: the run checks it is used
     values.update(scenario.settings)
-    cluster = Cluster(root, values, scenario.broker, scenario.created_partitions)
+    cluster = Cluster(root, values, scenario.broker, scenario.created_partitions,
+                      redis_cluster=scenario.redis_cluster)
     problems: list[str] = []
     keep = False
     try:

@@ -2,8 +2,9 @@
 
 ``python -m bench.run --smoke`` (500 users, 5,000 events, 10,000 open sessions) starts
 its own broker (Apache Kafka, and then Kafka Streams is the fifth contender; Tansu
-without it where Java or Maven is missing) and redis-server and runs the contenders,
-two workers, the live close-latency phase and the memory phase. This checks that the result files
+without it where Java or Maven is missing), redis-server and Redis Cluster and runs the
+contenders, two workers, the live close-latency phase and the memory phase, four workers,
+and 1, 2 and 4 workers on a Redis Cluster. This checks that the result files
 are written and that every number that must be positive is; it asserts nothing
 about how fast anything is.
 """
@@ -36,14 +37,14 @@ def positive(value: Any) -> bool:
     return isinstance(value, int | float) and value > 0
 
 
-@pytest.mark.timeout(560)
+@pytest.mark.timeout(800)
 def test_bench_smoke_runs_every_phase(tmp_path: Path) -> None:
     out = tmp_path / "results"
     on_kafka = kafka_unavailable_reason() is None
-    options = [] if on_kafka else ["--broker", "tansu", "--only", "a,b,c,d,scale,latency,memory"]
+    options = [] if on_kafka else ["--broker", "tansu", "--only", "a,b,c,d,scale,scale4,cluster,latency,memory"]
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out), *options],
-        cwd=REPO, capture_output=True, text=True, timeout=540,
+        cwd=REPO, capture_output=True, text=True, timeout=780,
     )
     assert proc.returncode == 0, f"bench.run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
@@ -72,6 +73,11 @@ def test_bench_smoke_runs_every_phase(tmp_path: Path) -> None:
     scaling = results["scaling"]
     assert scaling["workers"] == 2
     assert positive(scaling["events_per_s"]) and positive(scaling["vs_one_worker"])
+    assert results["scaling4"]["workers"] == 4 and positive(results["scaling4"]["events_per_s"])
+    cluster = results["cluster"]  # 1, 2 and 4 workers on a Redis Cluster
+    assert sorted(cluster) == ["1", "2", "4"]
+    for count, run in cluster.items():
+        assert run["workers"] == int(count) and positive(run["events_per_s"]), count
 
     latency = results["latency"]
     for kind in ("timeout", "ended"):
@@ -87,3 +93,4 @@ def test_bench_smoke_runs_every_phase(tmp_path: Path) -> None:
     assert "sessionizer worker" in table and "Quix Streams" in table
     if on_kafka:
         assert "Kafka Streams" in table and "Apache Kafka" in table
+    assert "| 4 | Redis Cluster, 3 masters + 3 replicas |" in table

@@ -1,7 +1,8 @@
 """The store contract (pipeline.store.base), run against both backends.
 
-Every test runs twice: on :class:`MemoryStore` and on :class:`RedisStore` against
-the session's real redis-server, each Redis test under its own key prefix. The
+Every test runs three times: on :class:`MemoryStore`, and on :class:`RedisStore` against
+the session's real redis-server and against its Redis Cluster (3 masters, 3 replicas),
+each Redis test under its own key prefix. The
 Redis-only tests at the end check the key layout of :mod:`pipeline.store.keys`
 and that a refused commit writes nothing.
 
@@ -99,10 +100,12 @@ async def dump_keys(client: Any, prefix: str) -> dict[bytes, tuple[bytes, Any]]:
     return found
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         return Backend("memory")
+    if request.param == "redis-cluster":
+        return Backend("redis", request.getfixturevalue("redis_cluster").url)
     return Backend("redis", request.getfixturevalue("redis_server").url)
 
 
@@ -116,9 +119,10 @@ def contract(body: Callable[[Backend], Awaitable[None]]) -> Callable[[Backend], 
     return test
 
 
-@pytest.fixture
-def redis_backend(redis_server: Any) -> Backend:
-    return Backend("redis", redis_server.url)
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> Backend:
+    service = "redis_cluster" if request.param == "redis-cluster" else "redis_server"
+    return Backend("redis", request.getfixturevalue(service).url)
 
 
 def redis_only(body: Callable[[Backend], Awaitable[None]]) -> Callable[[Backend], None]:
@@ -894,37 +898,6 @@ async def test_project_and_user_names_beyond_ascii_and_with_control_characters(b
     assert await store.open_sessions() == []
     for _, (project, _, user) in named.items():
         assert await store.open_sessions(project=project, user_id=user) == []
-
-
-@redis_only
-async def test_redis_index_entries_of_the_earlier_layout_are_replaced_on_the_next_write(
-    backend: Backend,
-) -> None:
-    """A store from before index entries were cut by length left ``<sid>\\x1f<project>\\x1f<user>``:
-    the user-only lookup reads it, and the next commit of its key replaces it (and moves
-    the session in the indexes) as it would an entry of its own."""
-    store = backend.store()
-    epoch = (await store.claim(0)).epoch
-    k = backend.keys
-    bob, ann = user_key("bob"), user_key("ann")
-    assert await put(store, 0, epoch, {bob: open_state(bob, "s-bob-01"), ann: open_state(ann, "s-ann-01")})
-    for key, sid in ((bob, "s-bob-01"), (ann, "s-ann-01")):
-        await store.client.hset(k.index(0), keyid(key), f"{sid}\x1fshop\x1f{key[2]}")
-    store.release(0)  # forget the entries it wrote: they are not what Redis holds now
-
-    assert ids(await store.open_sessions(user_id="bob")) == ["s-bob-01"]
-    # bob's session closes and a new one opens; ann's closes
-    [bob_state, ann_state] = await store.load(0, [bob, ann], None, 0)
-    bob_next = closed(bob_state, T0 + 10 * MIN)
-    bob_next.open = open_state(bob, "s-bob-02", T0 + 20 * MIN).open
-    assert await put(store, 0, epoch, {bob: bob_next, ann: closed(ann_state, T0 + 10 * MIN)})
-
-    assert ids(await store.open_sessions()) == ["s-bob-02"]
-    assert ids(await store.open_sessions(project="shop", user_id="bob")) == ["s-bob-02"]
-    assert await store.open_sessions(project="shop", user_id="ann") == []
-    assert {m.decode() for m in await store.client.smembers(k.project(0, "shop"))} == {"s-bob-02"}
-    assert await store.client.hgetall(k.index(0)) == {
-        keyid(bob).encode(): b"8:4:s-bob-02shopbob"}
 
 
 # -- revisions of client-chosen session ids ---------------------------------------------

@@ -364,7 +364,7 @@ def test_the_entries_kept_are_bounded(redis_server: Any) -> None:
 # -- event logs ----------------------------------------------------------------------------
 
 
-def test_a_long_event_log_is_appended_in_chunks_in_order(redis_server: Any) -> None:
+def test_a_long_event_log_is_appended_as_one_chunk_per_batch_in_order(redis_server: Any) -> None:
     async def body() -> None:
         store = RedisStore.from_url(redis_server.url, prefix=prefix())
         try:
@@ -379,10 +379,45 @@ def test_a_long_event_log_is_appended_in_chunks_in_order(redis_server: Any) -> N
             assert await store.commit(0, epoch, Commit(
                 states={key: state}, due_ms={key: T0 + 10**6}, offsets={"events": 1}, clock_ms=T0))
             log = await store.client.lrange(store.keys.events(0, keyid(key), "s1"), 0, -1)
-            assert len(log) == items > 1000
+            assert len(log) == 1  # the batch's items, one JSON line each
+            assert len(log[0].split(b"\n")) == items > 1000
             [loaded] = await store.load(0, [key], None, 0)
             assert loaded.to_state() == expected
+            # a second batch appends a second chunk; the log replays both in order
+            loaded.open.add(event(key, T0 + 5000, 5000), RULES)
+            after = loaded.to_state()
+            assert await store.commit(0, epoch, Commit(
+                states={key: loaded}, due_ms={key: T0 + 10**6}, offsets={"events": 2}, clock_ms=T0))
+            assert await store.client.llen(store.keys.events(0, keyid(key), "s1")) == 2
+            [again] = await store.load(0, [key], None, 0)
+            assert again.to_state() == after
             assert await store.client.zscore(store.keys.due(0), keyid(key)) == T0 + 10**6
+        finally:
+            await store.close()
+
+    run(body)
+
+
+def test_a_commit_sent_again_after_it_applied_answers_already_applied(redis_server: Any) -> None:
+    """A client that resends a commit whose reply it lost (redis-py's cluster client does
+    after a connection error or a redirect) finds its own token: already applied, nothing
+    written twice, no lost-writes alarm."""
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix())
+        try:
+            key: SessionKey = ("shop", "u", "alice")
+            state = KeyState(key, open=opened(key, "s1", T0))
+            epoch = (await store.claim(0)).epoch
+
+            def commit() -> Commit:
+                return Commit(states={key: state}, due_ms={key: T0 + 10**6}, offsets={"events": 1},
+                              clock_ms=T0, token="t-1", expect=("",))
+
+            assert await store.commit(0, epoch, commit()) is True
+            log_key = store.keys.events(0, keyid(key), "s1")
+            before = await store.client.lrange(log_key, 0, -1)
+            assert await store.commit(0, epoch, commit()) is False
+            assert await store.client.lrange(log_key, 0, -1) == before
         finally:
             await store.close()
 
