@@ -85,3 +85,24 @@ def test_sessions_and_status_read_every_partition_from_the_cluster(
     view = asyncio.run(_redis_view(settings, partitions))
     assert {p: v["open_sessions"] for p, v in view["partitions"].items()} == dict.fromkeys(partitions, 1)
     assert all(v["applied"] == {"events": 1} for v in view["partitions"].values())
+
+
+def test_the_blocking_cluster_client_bounds_every_nodes_pool(redis_cluster: Any) -> None:
+    """Each node the blocking cluster client talks to has a BlockingConnectionPool with
+    the socket timeouts and SESSIONIZER_REDIS_MAX_CONNECTIONS, as a single-node client."""
+    settings = load_settings(redis_url=redis_cluster.url, redis_cluster="auto", redis_max_connections=5,
+                             redis_socket_timeout=4, redis_connect_timeout=3)
+    client = redis_client_sync(settings)
+    try:
+        assert is_cluster(client)
+        nodes = client.get_nodes()  # type: ignore[attr-defined]
+        assert len(nodes) == 6
+        for node in nodes:
+            pool = node.redis_connection.connection_pool
+            assert type(pool).__name__ == "BlockingConnectionPool"
+            assert pool.max_connections == 5
+            kwargs = pool.connection_kwargs
+            assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (4, 3)
+        assert client.ping()
+    finally:
+        client.close()

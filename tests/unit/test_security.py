@@ -311,3 +311,24 @@ def test_every_redis_client_gets_timeouts_and_a_bounded_pool() -> None:
         assert kwargs["password"] == "pw"
         assert pool.max_connections == 7
         assert type(pool).__name__ == "BlockingConnectionPool"
+
+
+def test_a_cluster_client_gets_the_security_settings_timeouts_and_a_bound_per_node() -> None:
+    """SESSIONIZER_REDIS_CLUSTER=true: nothing is asked of the server (the asyncio
+    cluster client connects on its first command), and every node's connections get
+    the password, the timeouts and the cap of the single-node pool."""
+    import asyncio
+
+    from pipeline.store.connection import is_cluster, redis_client
+
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0", redis_password="pw", redis_socket_timeout=3,
+        redis_connect_timeout=2, redis_max_connections=7, redis_cluster="true",
+    )
+    client = redis_client(settings)
+    assert is_cluster(client)
+    kwargs = client.connection_kwargs  # type: ignore[attr-defined]
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (3, 2)
+    assert kwargs["password"] == "pw"
+    assert kwargs["max_connections"] == 7
+    asyncio.run(client.aclose())
