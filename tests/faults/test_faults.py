@@ -7,7 +7,7 @@ broker, a redis-server with its append-only file, ``sessionizer worker`` process
 - ``test_reduced_fault_run`` (part of ``make test``): a few hundred users, every fault
   kind once.
 - ``test_full_fault_run`` (``make test-faults``): 2,000 users, 100,000+ events, five
-  worker kills. Its table is what the README's Reliability section quotes.
+  worker kills. Its table is what docs/reliability.md quotes.
 
 ``FAULTS_SEED`` picks another seed (load and fault times); ``FAULTS_KEEP=1`` keeps the
 broker and redis-server of a failed run up for a look (the test then waits for Ctrl-C).
