@@ -302,6 +302,11 @@ class SessionConsumer:
         """Make :meth:`batches` return after its current poll."""
         self._stopping = True
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
+
     def close(self) -> None:
         self.consumer.close()
 
