@@ -32,7 +32,32 @@ Overflow = Literal["block", "drop_oldest"]
 Ticker = Callable[[float], float]
 
 
-class Delivery:
+class ClosesOnExit:
+    """``with``: :meth:`close` on the way out; when an exception is already on its way,
+    a failure to flush is logged instead of hiding it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except TransportError as error:  # do not hide the exception already on its way
+            log.warning("could not flush on exit: %s", error)
+
+
+class Delivery(ClosesOnExit):
     """The queue, the batches, the retries and the sending thread; thread-safe."""
 
     def __init__(
@@ -149,23 +174,6 @@ class Delivery:
             self.close()
         except TransportError as error:
             log.warning("could not flush at interpreter exit: %s", error)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except TransportError as error:  # do not hide the exception already on its way
-            log.warning("could not flush on exit: %s", error)
 
     async def __aenter__(self) -> Self:
         return self

@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 from sessionizer_client.delivery import Delivery, Overflow, Ticker
 from sessionizer_client.errors import error_info, type_name
 from sessionizer_client.exceptions import ClientError
-from sessionizer_client.kafka_security import KafkaSecurity
 from sessionizer_client.timefmt import format_ms
-from sessionizer_client.transports import HttpTransport, KafkaTransport
+from sessionizer_client.transports import TransportShortcuts
 
 if TYPE_CHECKING:
     from sessionizer_client.session import SessionClient
@@ -55,34 +54,8 @@ def new_session_id() -> str:
     return uuid.uuid4().hex
 
 
-class Publisher(Delivery):
+class Publisher(TransportShortcuts, Delivery):
     """Queue, batch and send SPEC events for any number of users; thread- and asyncio-safe."""
-
-    # -- construction shortcuts ------------------------------------------------
-
-    @classmethod
-    def for_gateway(cls, server_url: str, api_key: str, **options: Any) -> Publisher:
-        """Send to the gateway's ``POST /v1/events`` (the API key names the project)."""
-        timeout_s = options.pop("timeout_s", 10.0)
-        return cls(HttpTransport(server_url, api_key, timeout_s=timeout_s), **options)
-
-    @classmethod
-    def for_kafka(
-        cls,
-        bootstrap: str,
-        *,
-        topic: str = "events",
-        project: str = "default",
-        security: KafkaSecurity | None = None,
-        **options: Any,
-    ) -> Publisher:
-        """Produce straight to the events topic (``pip install 'sessionizer-client[kafka]'``);
-        ``security``: a :class:`~sessionizer_client.KafkaSecurity`."""
-        timeout_s = options.pop("timeout_s", 10.0)
-        transport = KafkaTransport(
-            bootstrap, topic=topic, project=project, timeout_s=timeout_s, security=security
-        )
-        return cls(transport, **options)
 
     # -- events ----------------------------------------------------------------
 

@@ -35,17 +35,16 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
+from sessionizer_client.delivery import ClosesOnExit
 from sessionizer_client.exceptions import ClientError, TransportError
-from sessionizer_client.kafka_security import KafkaSecurity
 from sessionizer_client.publisher import MAX_USER_ID_CHARS, Publisher, new_session_id
 from sessionizer_client.timefmt import now_ms
-from sessionizer_client.transports import HttpTransport, KafkaTransport, Transport
+from sessionizer_client.transports import Transport, TransportShortcuts
 
 
-class SessionClient:
+class SessionClient(TransportShortcuts, ClosesOnExit):
     """Events for one user at a time; thread-safe."""
 
     def __init__(
@@ -92,31 +91,6 @@ class SessionClient:
         self._heartbeat_at = math.inf
         self._closed = False
         self._ticker = publisher.add_ticker(self._tick)
-
-    # -- construction shortcuts ------------------------------------------------
-
-    @classmethod
-    def for_gateway(cls, server_url: str, api_key: str, **options: Any) -> SessionClient:
-        """Send to the gateway's ``POST /v1/events`` (the API key names the project)."""
-        timeout_s = options.pop("timeout_s", 10.0)
-        return cls(HttpTransport(server_url, api_key, timeout_s=timeout_s), **options)
-
-    @classmethod
-    def for_kafka(
-        cls,
-        bootstrap: str,
-        *,
-        topic: str = "events",
-        project: str = "default",
-        security: KafkaSecurity | None = None,
-        **options: Any,
-    ) -> SessionClient:
-        """Produce straight to the events topic with kafka-python."""
-        timeout_s = options.pop("timeout_s", 10.0)
-        transport = KafkaTransport(
-            bootstrap, topic=topic, project=project, timeout_s=timeout_s, security=security
-        )
-        return cls(transport, **options)
 
     # -- state -----------------------------------------------------------------
 
@@ -233,23 +207,6 @@ class SessionClient:
             self.publisher.close(timeout_ms)
         else:
             self.publisher.flush(timeout_ms)
-
-    def __enter__(self) -> SessionClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except TransportError:  # do not hide the exception already on its way
-            pass
 
     # -- internals -------------------------------------------------------------
 
