@@ -54,6 +54,12 @@ def new_session_id() -> str:
     return uuid.uuid4().hex
 
 
+def check_user_id(user_id: object, name: str = "user_id") -> None:
+    """Raise ValueError unless ``user_id`` is a string of 1-MAX_USER_ID_CHARS characters."""
+    if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_CHARS:
+        raise ValueError(f"{name} must be a string of 1-{MAX_USER_ID_CHARS} characters")
+
+
 class Publisher(TransportShortcuts, Delivery):
     """Queue, batch and send SPEC events for any number of users; thread- and asyncio-safe."""
 
@@ -91,8 +97,7 @@ class Publisher(TransportShortcuts, Delivery):
             type, user_id, session_id, user_name, source=source, message=message, value=value,
             data=data, timestamp_ms=timestamp_ms,
         )  # fmt: skip
-        self._put(event)
-        return str(event["id"])
+        return self._queue_event(event)
 
     def submit_exception(
         self,
@@ -104,9 +109,7 @@ class Publisher(TransportShortcuts, Delivery):
         data: dict[str, Any] | None = None,
     ) -> str:
         """Queue an ``error`` event: the exception type, message and stack in ``data["@error"]``."""
-        event = self.exception_event(exc, user_id, session_id, user_name, data)
-        self._put(event)
-        return str(event["id"])
+        return self._queue_event(self.exception_event(exc, user_id, session_id, user_name, data))
 
     def heartbeat(
         self,
@@ -117,11 +120,8 @@ class Publisher(TransportShortcuts, Delivery):
         close: bool = False,
     ) -> str:
         """"The user is still here" (sent soon); ``close=True`` ends the session instead."""
-        event = self.event("heartbeat", user_id, session_id, user_name)
-        if close:
-            event["close"] = True
-        self._put(event, soon=True)
-        return str(event["id"])
+        event = self._heartbeat_event(close, user_id, session_id, user_name)
+        return self._queue_event(event, soon=True)
 
     def end_session(
         self, *, user_id: str | None = None, session_id: str | None = None, user_name: str | None = None
@@ -129,8 +129,7 @@ class Publisher(TransportShortcuts, Delivery):
         """End a session (a ``sessionend``, sent soon): the manual one when ``session_id``
         is given, else the user's automatic one."""
         event = self.event("sessionend", user_id, session_id, user_name)
-        self._put(event, soon=True)
-        return str(event["id"])
+        return self._queue_event(event, soon=True)
 
     # -- the same, for asyncio: waiting for room without blocking the loop -------
 
@@ -140,25 +139,23 @@ class Publisher(TransportShortcuts, Delivery):
         return session_id
 
     async def asubmit_event(self, type: str, **fields: Any) -> str:
-        event = self.event(type, **fields)
-        await self._aput(event)
-        return str(event["id"])
+        return await self._aqueue_event(self.event(type, **fields))
 
     async def asubmit_exception(self, exc: BaseException, **identity: Any) -> str:
-        event = self.exception_event(exc, **identity)
-        await self._aput(event)
-        return str(event["id"])
+        return await self._aqueue_event(self.exception_event(exc, **identity))
 
     async def aheartbeat(self, *, close: bool = False, **identity: Any) -> str:
-        event = self.event("heartbeat", **identity)
-        if close:
-            event["close"] = True
-        await self._aput(event, soon=True)
-        return str(event["id"])
+        return await self._aqueue_event(self._heartbeat_event(close, **identity), soon=True)
 
     async def aend_session(self, **identity: Any) -> str:
-        event = self.event("sessionend", **identity)
-        await self._aput(event, soon=True)
+        return await self._aqueue_event(self.event("sessionend", **identity), soon=True)
+
+    def _queue_event(self, event: dict[str, Any], *, soon: bool = False) -> str:
+        self._put(event, soon=soon)
+        return str(event["id"])
+
+    async def _aqueue_event(self, event: dict[str, Any], *, soon: bool = False) -> str:
+        await self._aput(event, soon=soon)
         return str(event["id"])
 
     # -- building events ---------------------------------------------------------
@@ -181,10 +178,8 @@ class Publisher(TransportShortcuts, Delivery):
             raise ValueError(f"type must be a string of 1-{MAX_TYPE_CHARS} characters")
         if user_id is None and session_id is None:
             raise ClientError("no identity: give user_id=, session_id= (from start_session), or both")
-        if user_id is not None and (
-            not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_CHARS
-        ):
-            raise ValueError(f"user_id must be a string of 1-{MAX_USER_ID_CHARS} characters")
+        if user_id is not None:
+            check_user_id(user_id)
         if session_id is not None and (
             not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id)
         ):
@@ -216,6 +211,18 @@ class Publisher(TransportShortcuts, Delivery):
             event["value"] = value
         if data:
             event["data"] = dict(data)
+        return event
+
+    def _heartbeat_event(
+        self,
+        close: bool,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        user_name: str | None = None,
+    ) -> dict[str, Any]:
+        event = self.event("heartbeat", user_id, session_id, user_name)
+        if close:
+            event["close"] = True
         return event
 
     def exception_event(

@@ -39,7 +39,7 @@ from typing import Any
 
 from sessionizer_client.delivery import ClosesOnExit
 from sessionizer_client.exceptions import ClientError, TransportError
-from sessionizer_client.publisher import MAX_USER_ID_CHARS, Publisher, new_session_id
+from sessionizer_client.publisher import Publisher, check_user_id, new_session_id
 from sessionizer_client.timefmt import now_ms
 from sessionizer_client.transports import Transport, TransportShortcuts
 
@@ -64,8 +64,6 @@ class SessionClient(TransportShortcuts, ClosesOnExit):
             raise ValueError("heartbeat_interval must be > 0, or None for no automatic heartbeats")
         if (transport is None) == (publisher is None):
             raise ValueError("give a transport or a publisher= (one of them)")
-        if batch_size < 1 or max_queue < 1 or flush_interval < 0 or max_retry_delay <= 0:
-            raise ValueError("batch_size and max_queue must be >= 1, flush_interval >= 0")
         self._owns_publisher = publisher is None
         if publisher is None:
             assert transport is not None
@@ -75,7 +73,7 @@ class SessionClient(TransportShortcuts, ClosesOnExit):
                 flush_interval_ms=round(flush_interval * 1000),
                 max_queue=max_queue,
                 overflow="drop_oldest",
-                max_retry_delay_ms=max(1, round(max_retry_delay * 1000)),
+                max_retry_delay_ms=math.ceil(max_retry_delay * 1000),
                 close_timeout_ms=round(close_timeout * 1000),
                 clock_ms=clock_ms,
             )
@@ -114,10 +112,8 @@ class SessionClient(TransportShortcuts, ClosesOnExit):
 
     def set_user_identity(self, identity: str | None, name: str | None = None) -> None:
         """The user of the events from now on (an id or e-mail); None clears it."""
-        if identity is not None and (
-            not isinstance(identity, str) or not identity or len(identity) > MAX_USER_ID_CHARS
-        ):
-            raise ValueError(f"identity must be a string of 1-{MAX_USER_ID_CHARS} characters")
+        if identity is not None:
+            check_user_id(identity, "identity")
         if name is not None and not isinstance(name, str):
             raise ValueError("name must be a string")
         with self._lock:
