@@ -94,6 +94,7 @@ __all__ = [
     "find_tansu",
     "free_port",
     "kafka_metadata_ready",
+    "kafka_metadata_request",
     "redis_ping_ready",
 ]
 
@@ -192,21 +193,29 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def kafka_metadata_ready(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when a Kafka broker at host:port answers a Metadata (v0) request with a broker list."""
+def kafka_metadata_request(
+    host: str, port: int, version: int, correlation_id: int, request: bytes, timeout: float
+) -> bytes | None:
+    """Send one Metadata request (``request``: the body after the client id) and return
+    the response after its length, or None when the broker cannot be reached."""
     client_id = b"sessionizer-probe"
-    correlation_id = 0x5E55
-    body = struct.pack(">hhih", 3, 0, correlation_id, len(client_id)) + client_id
-    body += struct.pack(">i", 0)  # v0: an empty topic list asks for all topics
+    body = struct.pack(">hhih", 3, version, correlation_id, len(client_id)) + client_id + request
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(struct.pack(">i", len(body)) + body)
             (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-            payload = _recv_exact(sock, size)
+            return _recv_exact(sock, size)
     except (OSError, struct.error):
-        return False
-    if len(payload) < 8:
+        return None
+
+
+def kafka_metadata_ready(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a Kafka broker at host:port answers a Metadata (v0) request with a broker list."""
+    correlation_id = 0x5E55
+    # v0: an empty topic list asks for all topics
+    payload = kafka_metadata_request(host, port, 0, correlation_id, struct.pack(">i", 0), timeout)
+    if payload is None or len(payload) < 8:
         return False
     got_id, brokers = struct.unpack(">ii", payload[:8])
     return bool(got_id == correlation_id and brokers >= 1)
