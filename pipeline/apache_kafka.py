@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.exceptions import ServiceStartError
-from pipeline.services import LOOPBACK, _Service, free_port, kafka_metadata_request
+from pipeline.services import LOOPBACK, _KafkaService, free_port, kafka_metadata_request
 
 __all__ = [
     "KAFKA_VERSION",
@@ -217,7 +217,7 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-class EmbeddedKafka(_Service):
+class EmbeddedKafka(_KafkaService):
     """A single-node Apache Kafka broker (KRaft, broker and controller in one JVM).
 
     >>> with EmbeddedKafka() as kafka:            # doctest: +SKIP
@@ -251,28 +251,12 @@ class EmbeddedKafka(_Service):
         self._classpath: str | None = None
 
     @property
-    def bootstrap(self) -> str:
-        """``host:port`` for ``bootstrap_servers``."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``kafka://host:port``, the form faust's ``broker=`` takes."""
-        return f"kafka://{self.bootstrap}"
-
-    @property
     def data_dir(self) -> Path:
         return self._workdir() / "data"
 
     def rss_bytes(self) -> int:
         """The broker JVM's resident memory now (0 when not running)."""
         return process_rss_bytes(self.pid)
-
-    def create_topics(self, topics: Mapping[str, int] | Sequence[str], **kwargs: object) -> dict[str, int]:
-        """:func:`pipeline.services.create_topics` on this broker."""
-        from pipeline.services import create_topics
-
-        return create_topics(self.bootstrap, topics, **kwargs)  # type: ignore[arg-type]
 
     def start(self) -> EmbeddedKafka:
         self._classpath = self._classpath or kafka_classpath(self.version)

@@ -516,7 +516,27 @@ class _Service:
             time.sleep(0.01)
 
 
-class EmbeddedBroker(_Service):
+class _KafkaService(_Service):
+    """A Kafka broker process: its addresses and topics."""
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for ``bootstrap_servers``."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``kafka://host:port``, the form faust's ``broker=`` takes."""
+        return f"kafka://{self.bootstrap}"
+
+    def create_topics(
+        self, topics: Mapping[str, int] | Iterable[str], **kwargs: Any
+    ) -> dict[str, int]:
+        """:func:`create_topics` on this broker."""
+        return create_topics(self.bootstrap, topics, **kwargs)
+
+
+class EmbeddedBroker(_KafkaService):
     """A memory-only Tansu Kafka broker on a loopback port.
 
     >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
@@ -539,22 +559,6 @@ class EmbeddedBroker(_Service):
         super().__init__(port, host, start_timeout, workdir, kill_with_parent)
         self.binary = binary
         self.extra_env = dict(env or {})
-
-    @property
-    def bootstrap(self) -> str:
-        """``host:port`` for ``bootstrap_servers``."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``kafka://host:port``, the form faust's ``broker=`` takes."""
-        return f"kafka://{self.bootstrap}"
-
-    def create_topics(
-        self, topics: Mapping[str, int] | Iterable[str], **kwargs: Any
-    ) -> dict[str, int]:
-        """:func:`create_topics` on this broker."""
-        return create_topics(self.bootstrap, topics, **kwargs)
 
     def _command(self) -> list[str]:
         binary = self.binary or find_tansu()
