@@ -120,7 +120,9 @@ class Publisher(TransportShortcuts, Delivery):
         close: bool = False,
     ) -> str:
         """"The user is still here" (sent soon); ``close=True`` ends the session instead."""
-        event = self._heartbeat_event(close, user_id, session_id, user_name)
+        event = self._heartbeat_event(
+            close, user_id=user_id, session_id=session_id, user_name=user_name
+        )
         return self._queue_event(event, soon=True)
 
     def end_session(
@@ -213,14 +215,8 @@ class Publisher(TransportShortcuts, Delivery):
             event["data"] = dict(data)
         return event
 
-    def _heartbeat_event(
-        self,
-        close: bool,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        user_name: str | None = None,
-    ) -> dict[str, Any]:
-        event = self.event("heartbeat", user_id, session_id, user_name)
+    def _heartbeat_event(self, close: bool, **identity: Any) -> dict[str, Any]:
+        event = self.event("heartbeat", **identity)
         if close:
             event["close"] = True
         return event
