@@ -81,10 +81,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from pipeline.exceptions import ConfigError, ServiceStartError
+from sessionizer_client.closing import ClosesOnExit
 
 __all__ = [
     "EmbeddedBroker",
@@ -282,7 +282,7 @@ def _parent_death_hook() -> Callable[[], None] | None:
     return hook
 
 
-class _Service:
+class _Service(ClosesOnExit):
     """A child process with a log file, a readiness probe and a clean stop."""
 
     name = "service"
@@ -432,15 +432,8 @@ class _Service:
             self.workdir = None
 
     def __enter__(self) -> Self:
+        """``with``: started on the way in, closed on the way out."""
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from sessionizer_client.closing import ClosesOnExit
 from sessionizer_client.exceptions import ClientError, QueueFullError, TransportError
 from sessionizer_client.timefmt import format_ms, now_ms
 from sessionizer_client.transports import Transport
@@ -30,31 +31,6 @@ log = logging.getLogger("sessionizer_client.publisher")
 Overflow = Literal["block", "drop_oldest"]
 #: Called by the background thread with the monotonic time; returns when to call it next.
 Ticker = Callable[[float], float]
-
-
-class ClosesOnExit:
-    """``with``: :meth:`close` on the way out; when an exception is already on its way,
-    a failure to flush is logged instead of hiding it."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except TransportError as error:  # do not hide the exception already on its way
-            log.warning("could not flush on exit: %s", error)
 
 
 class Delivery(ClosesOnExit):

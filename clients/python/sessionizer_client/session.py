@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sessionizer_client.delivery import ClosesOnExit
+from sessionizer_client.closing import ClosesOnExit
 from sessionizer_client.exceptions import ClientError, TransportError
 from sessionizer_client.publisher import Publisher, check_user_id, new_session_id
 from sessionizer_client.timefmt import now_ms
