@@ -62,6 +62,7 @@ class Cluster:
     workers: list[Process] = field(default_factory=list)
     gateway: Process | None = None
     gateway_url: str = ""
+    admin_url: str = ""
 
     def start_workers(self, count: int = 2, timeout_s: float = 90.0) -> None:
         for n in range(count):
@@ -81,16 +82,18 @@ class Cluster:
             time.sleep(0.2)
 
     def start_gateway(self, timeout_s: float = 30.0) -> None:
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         env = dict(self.env, SESSIONIZER_GATEWAY_HOST="127.0.0.1",
-                   SESSIONIZER_GATEWAY_PORT=str(port), SESSIONIZER_API_KEYS=f"{API_KEY}:{PROJECT}")
+                   SESSIONIZER_GATEWAY_PORT=str(port), SESSIONIZER_GATEWAY_ADMIN_PORT=str(admin_port),
+                   SESSIONIZER_API_KEYS=f"{API_KEY}:{PROJECT}")
         self.gateway = Process("gateway", env, self.root / "gateway.log")
         self.gateway_url = f"http://127.0.0.1:{port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
         deadline = time.monotonic() + timeout_s
         while True:
             assert self.gateway.running, f"gateway exited:\n{self.gateway.log()[-3000:]}"
             try:
-                if self.post("/healthz", None)[0] == 200:
+                if self.get_text("/healthz")[0] == 200:
                     return
             except OSError:
                 pass
@@ -110,7 +113,8 @@ class Cluster:
             return exc.code, orjson.loads(exc.read() or b"null")
 
     def get_text(self, path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(self.gateway_url + path, timeout=30) as response:
+        """GET ``path`` on the gateway's admin port (``/healthz``, ``/metrics``)."""
+        with urllib.request.urlopen(self.admin_url + path, timeout=30) as response:
             return response.status, response.read().decode()
 
     def publish(self, records: Iterable[tuple[bytes | None, bytes | None, int, int]]) -> list[Any]:
