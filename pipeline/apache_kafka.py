@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.exceptions import ServiceStartError
-from pipeline.services import LOOPBACK, _recv_exact, _Service, free_port
+from pipeline.services import LOOPBACK, _KafkaService, free_port, kafka_metadata_request
 
 __all__ = [
     "KAFKA_VERSION",
@@ -191,19 +190,10 @@ def kafka_metadata_v4_ready(host: str, port: int, timeout: float = 1.0) -> bool:
     (Apache Kafka 4 no longer answers the v0 request of
     :func:`pipeline.services.kafka_metadata_ready`.)
     """
-    client_id = b"sessionizer-probe"
     correlation_id = 0x5E56
-    body = struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
-    body += struct.pack(">ib", -1, 0)  # all topics, no auto-creation
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(struct.pack(">i", len(body)) + body)
-            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-            payload = _recv_exact(sock, size)
-    except (OSError, struct.error):
-        return False
-    if len(payload) < 12:
+    # all topics, no auto-creation
+    payload = kafka_metadata_request(host, port, 4, correlation_id, struct.pack(">ib", -1, 0), timeout)
+    if payload is None or len(payload) < 12:
         return False
     got_id, _throttle, brokers = struct.unpack(">iii", payload[:12])
     return bool(got_id == correlation_id and brokers >= 1)
@@ -227,7 +217,7 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-class EmbeddedKafka(_Service):
+class EmbeddedKafka(_KafkaService):
     """A single-node Apache Kafka broker (KRaft, broker and controller in one JVM).
 
     >>> with EmbeddedKafka() as kafka:            # doctest: +SKIP
@@ -261,28 +251,12 @@ class EmbeddedKafka(_Service):
         self._classpath: str | None = None
 
     @property
-    def bootstrap(self) -> str:
-        """``host:port`` for ``bootstrap_servers``."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``kafka://host:port``, the form faust's ``broker=`` takes."""
-        return f"kafka://{self.bootstrap}"
-
-    @property
     def data_dir(self) -> Path:
         return self._workdir() / "data"
 
     def rss_bytes(self) -> int:
         """The broker JVM's resident memory now (0 when not running)."""
         return process_rss_bytes(self.pid)
-
-    def create_topics(self, topics: Mapping[str, int] | Sequence[str], **kwargs: object) -> dict[str, int]:
-        """:func:`pipeline.services.create_topics` on this broker."""
-        from pipeline.services import create_topics
-
-        return create_topics(self.bootstrap, topics, **kwargs)  # type: ignore[arg-type]
 
     def start(self) -> EmbeddedKafka:
         self._classpath = self._classpath or kafka_classpath(self.version)

@@ -36,7 +36,7 @@ def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def main() -> None:
     """Sessionization pipeline: Kafka events in, user sessions out.
 
-    Settings come from SESSIONIZER_* environment variables (see README).
+    Settings come from SESSIONIZER_* environment variables (docs/configuration.md).
     """
 
 

@@ -20,8 +20,8 @@ ever applying an older revision keeps the rule in its own store too, as
 
 Offsets: :meth:`SessionConsumer.commit` commits a processed batch to the consumer
 group. A consumer that stores its offsets itself (in the same transaction as its
-results) passes ``resume``: on every assignment the consumer asks it for the next
-offset of each partition and seeks there.
+results) passes ``resume``: on every assignment that gives it partitions the consumer
+asks it for the next offset of each of them and seeks there.
 """
 
 from __future__ import annotations
@@ -221,7 +221,9 @@ class SessionConsumer:
     # -- assignment ------------------------------------------------------------------
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
-        stored = dict(self.resume(self.topic, partitions)) if self.resume is not None else {}
+        # a member may first be given nothing (Apache Kafka: the group formed before the
+        # topic's metadata came), then its partitions: ask the store only for some
+        stored = dict(self.resume(self.topic, partitions)) if self.resume is not None and partitions else {}
         fresh = []
         for partition in partitions:
             tp = TopicPartition(self.topic, partition)
@@ -301,6 +303,11 @@ class SessionConsumer:
     def stop(self) -> None:
         """Make :meth:`batches` return after its current poll."""
         self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
 
     def close(self) -> None:
         self.consumer.close()

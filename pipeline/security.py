@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 
 from pipeline.config import Settings
 from pipeline.exceptions import ConfigError, RedisUnavailable
+from sessionizer_client.exceptions import ClientError
+from sessionizer_client.kafka_security import KafkaSecurity as KafkaSettings
 
 __all__ = [
     "KafkaSecurity",
@@ -51,12 +53,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 PLAIN_OVER_PLAINTEXT = (
     "SESSIONIZER_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT with SASL mechanism PLAIN sends the "
     "Kafka password in clear text over the network; use SASL_SSL (or a SCRAM mechanism)"
 )
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 REDIS_CERT_REQS = ("required", "optional", "none")
 
 
@@ -85,86 +85,31 @@ def _file(variable: str, path: str) -> str:
     return path
 
 
-def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
-    """A client TLS context: verifies the brokers (``_SSL_CAFILE`` or the system CAs),
-    presents a client certificate when ``_SSL_CERTFILE`` is set (mutual TLS)."""
-    cafile, certfile, keyfile = (
-        settings.kafka_ssl_cafile.strip(),
-        settings.kafka_ssl_certfile.strip(),
-        settings.kafka_ssl_keyfile.strip(),
-    )
-    if keyfile and not certfile:
-        raise ConfigError(
-            "SESSIONIZER_KAFKA_SSL_KEYFILE is set without SESSIONIZER_KAFKA_SSL_CERTFILE; "
-            "a client key needs its certificate"
-        )
-    try:
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH,
-            cafile=_file("SESSIONIZER_KAFKA_SSL_CAFILE", cafile) if cafile else None,
-        )
-    except ssl.SSLError as exc:
-        raise ConfigError(f"SESSIONIZER_KAFKA_SSL_CAFILE={cafile!r}: not a PEM CA bundle ({exc})") from None
-    if certfile:
-        _file("SESSIONIZER_KAFKA_SSL_CERTFILE", certfile)
-        if keyfile:
-            _file("SESSIONIZER_KAFKA_SSL_KEYFILE", keyfile)
-        try:
-            context.load_cert_chain(certfile, keyfile or None)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                f"SESSIONIZER_KAFKA_SSL_CERTFILE / _KEYFILE: cannot load the client certificate "
-                f"and key ({exc}); give PEM files that belong together"
-            ) from None
-    return context
-
-
 def kafka_security(settings: Settings) -> KafkaSecurity:
-    """The Kafka security settings, checked (raises :class:`ConfigError`)."""
-    protocol = settings.kafka_security_protocol.strip().upper()
-    mechanism = settings.kafka_sasl_mechanism.strip().upper()
-    if protocol not in KAFKA_PROTOCOLS:
-        raise ConfigError(
-            f"SESSIONIZER_KAFKA_SECURITY_PROTOCOL={protocol!r}: expected one of {', '.join(KAFKA_PROTOCOLS)}"
-        )
-    if mechanism not in SASL_MECHANISMS:
-        raise ConfigError(
-            f"SESSIONIZER_KAFKA_SASL_MECHANISM={mechanism!r}: expected one of {', '.join(SASL_MECHANISMS)}"
-        )
-    username = settings.kafka_sasl_username.strip()
-    password = settings.kafka_sasl_password.get_secret_value()
-    files = {
-        "SESSIONIZER_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile.strip(),
-        "SESSIONIZER_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile.strip(),
-        "SESSIONIZER_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile.strip(),
-    }
-    security = KafkaSecurity(protocol=protocol)
-    if not security.uses_ssl:
-        for variable, value in files.items():
-            if value:
-                raise ConfigError(
-                    f"{variable} is set but SESSIONIZER_KAFKA_SECURITY_PROTOCOL is {protocol}; "
-                    "set the protocol to SSL or SASL_SSL, or unset the file"
-                )
-    if not security.uses_sasl:
-        if username or password:
-            raise ConfigError(
-                f"SESSIONIZER_KAFKA_SASL_USERNAME / _PASSWORD are set but "
-                f"SESSIONIZER_KAFKA_SECURITY_PROTOCOL is {protocol}; set it to SASL_SSL "
-                "(or SASL_PLAINTEXT), or unset them"
-            )
-    elif not username or not password:
-        missing = "SESSIONIZER_KAFKA_SASL_USERNAME" if not username else "SESSIONIZER_KAFKA_SASL_PASSWORD"
-        raise ConfigError(f"SESSIONIZER_KAFKA_SECURITY_PROTOCOL={protocol} needs {missing}")
-    elif protocol == "SASL_PLAINTEXT" and mechanism == "PLAIN":
-        log.warning("%s", PLAIN_OVER_PLAINTEXT)
-    return KafkaSecurity(
-        protocol=protocol,
-        mechanism=mechanism if security.uses_sasl else None,
-        username=username or None,
-        password=password or None,
-        ssl_context=kafka_ssl_context(settings) if security.uses_ssl else None,
+    """The Kafka security settings, checked (raises :class:`ConfigError`) by the same
+    rules as the light client's :class:`sessionizer_client.KafkaSecurity`."""
+    try:
+        options = KafkaSettings(
+            security_protocol=settings.kafka_security_protocol,
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_username=settings.kafka_sasl_username,
+            sasl_password=settings.kafka_sasl_password.get_secret_value(),
+            ssl_cafile=settings.kafka_ssl_cafile,
+            ssl_certfile=settings.kafka_ssl_certfile,
+            ssl_keyfile=settings.kafka_ssl_keyfile,
+        ).options()
+    except ClientError as exc:
+        raise ConfigError(str(exc)) from None
+    security = KafkaSecurity(
+        protocol=options.get("security_protocol", "PLAINTEXT"),
+        mechanism=options.get("sasl_mechanism"),
+        username=options.get("sasl_plain_username"),
+        password=options.get("sasl_plain_password"),
+        ssl_context=options.get("ssl_context"),
     )
+    if security.protocol == "SASL_PLAINTEXT" and security.mechanism == "PLAIN":
+        log.warning("%s", PLAIN_OVER_PLAINTEXT)
+    return security
 
 
 def aiokafka_options(settings: Settings | KafkaSecurity) -> dict[str, Any]:

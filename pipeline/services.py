@@ -81,10 +81,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from pipeline.exceptions import ConfigError, ServiceStartError
+from sessionizer_client.closing import ClosesOnExit
 
 __all__ = [
     "EmbeddedBroker",
@@ -94,6 +94,7 @@ __all__ = [
     "find_tansu",
     "free_port",
     "kafka_metadata_ready",
+    "kafka_metadata_request",
     "redis_ping_ready",
 ]
 
@@ -192,21 +193,29 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def kafka_metadata_ready(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when a Kafka broker at host:port answers a Metadata (v0) request with a broker list."""
+def kafka_metadata_request(
+    host: str, port: int, version: int, correlation_id: int, request: bytes, timeout: float
+) -> bytes | None:
+    """Send one Metadata request (``request``: the body after the client id) and return
+    the response after its length, or None when the broker cannot be reached."""
     client_id = b"sessionizer-probe"
-    correlation_id = 0x5E55
-    body = struct.pack(">hhih", 3, 0, correlation_id, len(client_id)) + client_id
-    body += struct.pack(">i", 0)  # v0: an empty topic list asks for all topics
+    body = struct.pack(">hhih", 3, version, correlation_id, len(client_id)) + client_id + request
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(struct.pack(">i", len(body)) + body)
             (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-            payload = _recv_exact(sock, size)
+            return _recv_exact(sock, size)
     except (OSError, struct.error):
-        return False
-    if len(payload) < 8:
+        return None
+
+
+def kafka_metadata_ready(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a Kafka broker at host:port answers a Metadata (v0) request with a broker list."""
+    correlation_id = 0x5E55
+    # v0: an empty topic list asks for all topics
+    payload = kafka_metadata_request(host, port, 0, correlation_id, struct.pack(">i", 0), timeout)
+    if payload is None or len(payload) < 8:
         return False
     got_id, brokers = struct.unpack(">ii", payload[:8])
     return bool(got_id == correlation_id and brokers >= 1)
@@ -273,7 +282,7 @@ def _parent_death_hook() -> Callable[[], None] | None:
     return hook
 
 
-class _Service:
+class _Service(ClosesOnExit):
     """A child process with a log file, a readiness probe and a clean stop."""
 
     name = "service"
@@ -423,15 +432,8 @@ class _Service:
             self.workdir = None
 
     def __enter__(self) -> Self:
+        """``with``: started on the way in, closed on the way out."""
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"
@@ -507,7 +509,27 @@ class _Service:
             time.sleep(0.01)
 
 
-class EmbeddedBroker(_Service):
+class _KafkaService(_Service):
+    """A Kafka broker process: its addresses and topics."""
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for ``bootstrap_servers``."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``kafka://host:port``, the form faust's ``broker=`` takes."""
+        return f"kafka://{self.bootstrap}"
+
+    def create_topics(
+        self, topics: Mapping[str, int] | Iterable[str], **kwargs: Any
+    ) -> dict[str, int]:
+        """:func:`create_topics` on this broker."""
+        return create_topics(self.bootstrap, topics, **kwargs)
+
+
+class EmbeddedBroker(_KafkaService):
     """A memory-only Tansu Kafka broker on a loopback port.
 
     >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
@@ -530,22 +552,6 @@ class EmbeddedBroker(_Service):
         super().__init__(port, host, start_timeout, workdir, kill_with_parent)
         self.binary = binary
         self.extra_env = dict(env or {})
-
-    @property
-    def bootstrap(self) -> str:
-        """``host:port`` for ``bootstrap_servers``."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``kafka://host:port``, the form faust's ``broker=`` takes."""
-        return f"kafka://{self.bootstrap}"
-
-    def create_topics(
-        self, topics: Mapping[str, int] | Iterable[str], **kwargs: Any
-    ) -> dict[str, int]:
-        """:func:`create_topics` on this broker."""
-        return create_topics(self.bootstrap, topics, **kwargs)
 
     def _command(self) -> list[str]:
         binary = self.binary or find_tansu()

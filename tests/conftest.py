@@ -43,7 +43,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -67,6 +67,7 @@ _DIR_MARKERS = {
 
 #: The session's services that have been started, for the per-test health check.
 _STARTED: list[EmbeddedBroker | EmbeddedKafka | EmbeddedRedis] = []
+_S = TypeVar("_S", EmbeddedBroker, EmbeddedKafka, EmbeddedRedis)
 #: The brokers a parametrized test runs on.
 BROKER_KINDS = ("tansu", "kafka")
 _BROKER_DIRS = ("integration", "e2e", "faults")
@@ -127,17 +128,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # -- services -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def tansu_broker() -> Iterator[EmbeddedBroker]:
-    """A Tansu broker for the whole session (memory-only, loopback, free port)."""
-    service = EmbeddedBroker()
-    service.start()
+def _shared(service: _S) -> Iterator[_S]:
+    """Yield a started session-wide service (healed between tests), then close it."""
     _STARTED.append(service)
     try:
         yield service
     finally:
         _STARTED.remove(service)
         service.close()
+
+
+@pytest.fixture(scope="session")
+def tansu_broker() -> Iterator[EmbeddedBroker]:
+    """A Tansu broker for the whole session (memory-only, loopback, free port)."""
+    service = EmbeddedBroker()
+    service.start()
+    yield from _shared(service)
 
 
 @pytest.fixture(scope="session")
@@ -154,12 +160,7 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedKafka]:
             f"Apache Kafka {service.version} on {service.bootstrap}: up in "
             f"{service.startup_seconds:.1f}s, RSS {service.rss_bytes() / 2**20:.0f} MiB (heap {service.heap})"
         )
-    _STARTED.append(service)
-    try:
-        yield service
-    finally:
-        _STARTED.remove(service)
-        service.close()
+    yield from _shared(service)
 
 
 @pytest.fixture
@@ -181,12 +182,7 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     """A redis-server for the whole session (AOF, appendfsync everysec, loopback)."""
     service = EmbeddedRedis()
     service.start()
-    _STARTED.append(service)
-    try:
-        yield service
-    finally:
-        _STARTED.remove(service)
-        service.close()
+    yield from _shared(service)
 
 
 @pytest.fixture(scope="session")

@@ -3,26 +3,5 @@
 without the worker. See docs/publishing.md.
 """
 
-from sessionizer_client import (
-    ClientError,
-    HttpTransport,
-    KafkaSecurity,
-    KafkaTransport,
-    Publisher,
-    QueueFullError,
-    SessionClient,
-    Transport,
-    TransportError,
-)
-
-__all__ = [
-    "ClientError",
-    "HttpTransport",
-    "KafkaSecurity",
-    "KafkaTransport",
-    "Publisher",
-    "QueueFullError",
-    "SessionClient",
-    "Transport",
-    "TransportError",
-]
+from sessionizer_client import *  # noqa: F403  (the same names, one list of them)
+from sessionizer_client import __all__ as __all__

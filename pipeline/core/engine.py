@@ -44,6 +44,25 @@ def auto_session_id(key: SessionKey, ev: Event) -> str:
     return blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def revision_marks(
+    states: Mapping[SessionKey, KeyState | None], forgotten: Mapping[tuple[str, str], int]
+) -> dict[tuple[str, str], int]:
+    """The highest revision given to each client-chosen session id, by
+    ``(session_id, project)``: of the sessions the client-id keys' states hold, and of
+    the ones forgotten meanwhile (:attr:`Sessionizer.forgotten_revisions`). What the
+    store must record before a commit so that a later session with the id, rebuilt from
+    the store on any partition, goes on above them (SPEC 4: revisions never go back)."""
+    marks = dict(forgotten)
+    for key, state in states.items():
+        if key[1] != "s" or state is None:
+            continue
+        for session in state.sessions():
+            ref = (session.session_id, session.project)
+            if session.revision > marks.get(ref, 0):
+                marks[ref] = session.revision
+    return marks
+
+
 class Sessionizer:
     """Sessions of one partition. See the module docstring."""
 
@@ -67,6 +86,10 @@ class Sessionizer:
         #: a new session with the id starts above it. The caller adds what its store knows;
         #: the engine adds the sessions it forgets (past the grace).
         self.revision_floors: dict[tuple[str, str], int] = {}
+        #: the highest revision of each client-chosen id among the sessions forgotten
+        #: since the caller last cleared it: gone from every key state, so a store that
+        #: rebuilds the engine must record them (:func:`revision_marks`)
+        self.forgotten_revisions: dict[tuple[str, str], int] = {}
 
     def rules_for(self, project: str) -> SessionRules:
         """The rules of a project: its overrides, else the defaults."""
@@ -166,6 +189,8 @@ class Sessionizer:
                         ref = (c.session_id, c.project)
                         if self.revision_floors.get(ref, 0) < c.revision:
                             self.revision_floors[ref] = c.revision
+                        if self.forgotten_revisions.get(ref, 0) < c.revision:
+                            self.forgotten_revisions[ref] = c.revision
             state.closed = kept
 
     # -- events --------------------------------------------------------------------

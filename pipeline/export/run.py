@@ -80,22 +80,30 @@ def run_export(
               f"table {table} (group {group_id}; Ctrl-C to stop)\n")
     out.flush()
     last = time.monotonic()
+    shown: tuple[int, list[int]] | None = None  # (records read, partitions) of the last line
     try:
-        for batch in consumer.batches():
-            began = time.monotonic()
-            if progress.first_at is None:
-                progress.first_at = began
-            progress.rows += target.apply(batch.sessions, batch.topic, batch.positions)
-            progress.last_at = time.monotonic()
-            progress.busy_s += progress.last_at - began
-            progress.read += batch.read
-            progress.sessions += len(batch.sessions)
-            progress.batches += 1
-            consumer.commit(batch)  # for lag monitoring: the table's offsets are the truth
+        while not consumer.stopping:
+            # poll directly (not consumer.batches()): an idle exporter reports too, so a
+            # rebalance that hands it partitions shows even when nothing is left to read
+            batch = consumer.poll()
+            if batch is not None:
+                began = time.monotonic()
+                if progress.first_at is None:
+                    progress.first_at = began
+                progress.rows += target.apply(batch.sessions, batch.topic, batch.positions)
+                progress.last_at = time.monotonic()
+                progress.busy_s += progress.last_at - began
+                progress.read += batch.read
+                progress.sessions += len(batch.sessions)
+                progress.batches += 1
+                consumer.commit(batch)  # for lag monitoring: the table's offsets are the truth
             if progress_s and time.monotonic() - last >= progress_s:
                 last = time.monotonic()
-                out.write(progress.line(consumer.assignment()) + "\n")
-                out.flush()
+                partitions = consumer.assignment()
+                if shown != (progress.read, partitions):  # idle and unchanged: say nothing
+                    shown = (progress.read, partitions)
+                    out.write(progress.line(partitions) + "\n")
+                    out.flush()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -23,7 +23,7 @@ variable                                    default    meaning
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.config import read_settings
@@ -67,14 +67,6 @@ class GatewaySettings(BaseSettings):
         "the TCP peer is the client",
     )
 
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: str) -> str:
-        from pipeline.access import parse_networks
-
-        parse_networks(value)
-        return value
-
     publish_timeout: float = Field(
         default=PUBLISH_TIMEOUT, gt=0, description="seconds to wait for broker acks"
     )
@@ -87,10 +79,13 @@ class GatewaySettings(BaseSettings):
         "scheme://host[:port], or * for any; empty = none (same-origin pages only)",
     )
 
-    @field_validator("cors_allowed_origins")
+    @field_validator("trusted_proxies", "cors_allowed_origins")
     @classmethod
-    def _check_origins(cls, value: str) -> str:
-        parse_origins(value)
+    def _parses(cls, value: str, info: ValidationInfo) -> str:
+        """Refuse at load time a list the gateway could not parse when it starts."""
+        from pipeline.access import parse_networks  # imports aiohttp: only when validating
+
+        (parse_networks if info.field_name == "trusted_proxies" else parse_origins)(value)
         return value
 
     @property

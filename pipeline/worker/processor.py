@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.core.deadletter import dead_letter_record
-from pipeline.core.engine import Sessionizer
+from pipeline.core.engine import Sessionizer, revision_marks
 from pipeline.core.event import Event, RejectCode, Rejection
 from pipeline.core.fit import DEFAULT_MAX_RECORD_BYTES, encode_session
 from pipeline.core.parse import parse_record
@@ -455,8 +455,9 @@ class PartitionProcessor:
             (m.key.decode(), m.project, m.end_ms, m.value) for m in sessions_out if m.key is not None
         ]
         changes = engine.take_changes()
+        marks = self._revision_marks(changes, engine.forgotten_revisions)
         engine.revision_floors.clear()
-        marks = self._revision_marks(changes)
+        engine.forgotten_revisions.clear()
         if marks:  # before the commit that emits or holds them
             await self.store.raise_revisions(marks, int(self.wall() * 1000))
         await self._flush()  # the commit trims what the broker acknowledged so far
@@ -509,19 +510,18 @@ class PartitionProcessor:
                     self._updates_pending[changed_key] = None
         self._evict(changes)
 
-    def _revision_marks(self, changes: Mapping[Any, KeyState | None]) -> dict[tuple[str, str], int]:
+    def _revision_marks(
+        self, changes: Mapping[Any, KeyState | None], forgotten: Mapping[tuple[str, str], int]
+    ) -> dict[tuple[str, str], int]:
         """The revisions of client-chosen session ids this batch gave out and the store has
-        not recorded yet (sessions begun or amended)."""
-        marks: dict[tuple[str, str], int] = {}
+        not recorded yet: sessions begun or amended, also those forgotten (past the grace)
+        before the batch ended, which no key state holds any more."""
         marked = self._marked
-        for key, state in changes.items():
-            if key[1] != "s" or state is None:
-                continue
-            for session in state.sessions():
-                ref = (session.session_id, session.project)
-                if marked.get(ref, 0) < session.revision > marks.get(ref, 0):
-                    marks[ref] = session.revision
-        return marks
+        return {
+            ref: revision
+            for ref, revision in revision_marks(changes, forgotten).items()
+            if revision > marked.get(ref, 0)
+        }
 
     def _idle_deadlines(self, changes: Mapping[Any, Any], sessions_out: list[Outgoing]) -> list[int]:
         """The stream-clock deadlines (last arrival + inactivity timeout) of the sessions

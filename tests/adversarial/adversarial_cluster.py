@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +18,8 @@ from kafka import KafkaProducer
 from pipeline.checker import consumer_lag, redis_leftovers
 from pipeline.config import Settings
 from pipeline.services import free_port
+from tests.integration.processes import Child, stop
 
-REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"assigned partitions \[([0-9, ]*)\]")
 API_KEY = "adversarial-key-0123456789"
 PROJECT = "shop"
@@ -41,44 +39,19 @@ WORKER_SETTINGS: dict[str, Any] = {
 }
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "sessionizer"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
-
-
-class Process:
+class Process(Child):
     """``sessionizer <command>`` in a process of its own, its output in a log file."""
-
-    def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*_command(), command], cwd=REPO, env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
 
     @property
     def running(self) -> bool:
         return self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def assigned(self) -> list[int] | None:
         found = READY.findall(self.log())
         return [int(p) for p in found[-1].split(",") if p.strip()] if found else None
 
     def stop(self, grace_s: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, grace_s)
 
 
 @dataclass
@@ -89,6 +62,7 @@ class Cluster:
     workers: list[Process] = field(default_factory=list)
     gateway: Process | None = None
     gateway_url: str = ""
+    admin_url: str = ""
 
     def start_workers(self, count: int = 2, timeout_s: float = 90.0) -> None:
         for n in range(count):
@@ -108,16 +82,18 @@ class Cluster:
             time.sleep(0.2)
 
     def start_gateway(self, timeout_s: float = 30.0) -> None:
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         env = dict(self.env, SESSIONIZER_GATEWAY_HOST="127.0.0.1",
-                   SESSIONIZER_GATEWAY_PORT=str(port), SESSIONIZER_API_KEYS=f"{API_KEY}:{PROJECT}")
+                   SESSIONIZER_GATEWAY_PORT=str(port), SESSIONIZER_GATEWAY_ADMIN_PORT=str(admin_port),
+                   SESSIONIZER_API_KEYS=f"{API_KEY}:{PROJECT}")
         self.gateway = Process("gateway", env, self.root / "gateway.log")
         self.gateway_url = f"http://127.0.0.1:{port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
         deadline = time.monotonic() + timeout_s
         while True:
             assert self.gateway.running, f"gateway exited:\n{self.gateway.log()[-3000:]}"
             try:
-                if self.post("/healthz", None)[0] == 200:
+                if self.get_text("/healthz")[0] == 200:
                     return
             except OSError:
                 pass
@@ -137,7 +113,8 @@ class Cluster:
             return exc.code, orjson.loads(exc.read() or b"null")
 
     def get_text(self, path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(self.gateway_url + path, timeout=30) as response:
+        """GET ``path`` on the gateway's admin port (``/healthz``, ``/metrics``)."""
+        with urllib.request.urlopen(self.admin_url + path, timeout=30) as response:
             return response.status, response.read().decode()
 
     def publish(self, records: Iterable[tuple[bytes | None, bytes | None, int, int]]) -> list[Any]:

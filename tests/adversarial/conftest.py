@@ -3,7 +3,6 @@ and Redis key prefix on the session's broker and redis-server)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 from adversarial_cluster import WORKER_SETTINGS, Cluster
 
 from pipeline.config import Settings
+from tests.integration.processes import settings_env
 
 
 @pytest.fixture
@@ -25,13 +25,8 @@ def cluster_factory(
         values = dict(WORKER_SETTINGS)
         values.update(overrides)
         settings = settings_factory(**values)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONIZER_")}
-        for name in Settings.model_fields:
-            value = getattr(settings, name)
-            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-            env[f"SESSIONIZER_{name.upper()}"] = str(value)
+        env = settings_env(settings)
         env["SESSIONIZER_REDIS_KEY_PREFIX"] = f"adv-{settings.consumer_group}"
-        env["PYTHONUNBUFFERED"] = "1"
         settings = settings.model_copy(update={"redis_key_prefix": env["SESSIONIZER_REDIS_KEY_PREFIX"]})
         root = tmp_path / f"cluster-{len(made) + 1}"
         root.mkdir()

@@ -63,7 +63,7 @@ WORKER_SETTINGS: dict[str, Any] = {
     "kafka_session_timeout": 6.0,
     "inactivity_timeout": 10.0,
     # longer than the broker pause: a session closed by the stream clock while its events
-    # were held up can still take them (see README, Reliability)
+    # were held up can still take them (see docs/reliability.md)
     "reopen_grace": 30.0,
     "max_events_per_session": 1_000_000,  # every event listed: the checker counts by id
     "web_port": 0,

@@ -11,7 +11,7 @@ file, ``sessionizer worker`` processes.
   each broker.
 - ``test_full_fault_run`` (``make test-faults``): 2,000 users, 100,000+ events, five
   worker kills, on the broker ``BROKER`` names (``tansu``, the default, or ``kafka``).
-  Its table is what the README's Reliability section quotes.
+  Its table is what docs/reliability.md quotes.
 
 ``FAULTS_SEED`` picks another seed (load and fault times); ``FAULTS_KEEP=1`` keeps the
 broker and redis-server of a failed run up for a look (the test then waits for Ctrl-C).

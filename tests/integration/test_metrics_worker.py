@@ -17,6 +17,7 @@ import pytest
 from kafka import KafkaProducer
 from processes import Worker
 from prometheus_client.parser import text_string_to_metric_families
+from worker_admin import admin
 
 from pipeline.config import Settings
 from pipeline.services import free_port
@@ -121,15 +122,6 @@ def test_the_worker_serves_its_metrics(worker: Worker) -> None:
         entry = json.loads(line)
         assert {"ts", "level", "logger", "message", "extra"} <= set(entry), line
     assert any(json.loads(line)["message"].startswith("assigned partitions") for line in lines)
-
-
-def admin(settings: Settings, path: str) -> tuple[int, dict[str, Any]]:
-    url = f"http://{settings.web_host}:{settings.web_port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
 
 
 def test_at_a_steady_input_rate_the_exported_lag_stays_near_zero(worker: Worker) -> None:

@@ -5,16 +5,14 @@ frozen), then recovers."""
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from kafka import KafkaProducer
 from processes import Worker
+from worker_admin import admin
 
 from pipeline.config import Settings
 from pipeline.services import EmbeddedRedis, free_port
@@ -24,15 +22,6 @@ from pipeline.services import EmbeddedRedis, free_port
 def frozen_redis() -> Iterator[EmbeddedRedis]:
     with EmbeddedRedis(appendonly=False) as server:
         yield server
-
-
-def admin(settings: Settings, path: str) -> tuple[int, dict[str, Any]]:
-    url = f"http://{settings.web_host}:{settings.web_port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
 
 
 def wait_for(check: Callable[[], bool], what: str, worker: Worker, timeout: float = 60) -> None:

@@ -24,7 +24,7 @@ from helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.engine import Record, Sessionizer
+from pipeline.core.engine import Record, Sessionizer, revision_marks
 from pipeline.core.event import Event
 
 FAR_MS = T0 + 7 * 24 * 60 * MIN  # every session closed and forgotten by then
@@ -193,15 +193,25 @@ def test_state_through_the_store_encoding_mid_log_changes_nothing(
     log: list[Event], cuts: set[int]
 ) -> None:
     """At each cut the engine is rebuilt from its key states sent through orjson,
-    as the worker does per batch with the Redis store."""
+    as the worker does per batch with the Redis store.
+
+    A client-chosen session id that a key forgot (past the reopen grace) leaves no key
+    state behind, yet its next session must go on above the revisions it had (SPEC 4):
+    the worker keeps those in the store's revision marks, written before each commit
+    (:func:`revision_marks`) and read as the engine's floors at the next batch. The
+    rebuilt engine gets them the same way."""
     expected = _run(log)
     eng = engine()
+    marks: dict[tuple[str, str], int] = {}  # the store's revision marks (``sz:revs``)
     got: list[Record | str] = []
     for n, event in enumerate(log):
         if n in cuts:
+            for ref, revision in revision_marks(eng.states, eng.forgotten_revisions).items():
+                marks[ref] = max(marks.get(ref, 0), revision)
             fresh = Sessionizer(RULES, clock_ms=eng.clock_ms)
             for state in eng.states.values():
                 fresh.load(roundtrip(state))
+            fresh.revision_floors.update(marks)
             eng = fresh
         applied = eng.apply(event)
         got.extend(applied.records)

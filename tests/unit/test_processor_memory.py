@@ -923,6 +923,29 @@ async def a_client_session_id_reused_after_the_grace_goes_on_above_its_revision(
 
 
 @scenario
+async def a_client_session_id_forgotten_within_one_batch_goes_on_above_its_revision(
+    world: World,
+) -> None:
+    env = Env(world)
+    proc = await env.processor()
+    sid = "client-session-0001"
+    # one batch begins the session, ends it, reopens it (revision 2) and, as another
+    # user's event moves the clock past the reopen grace, forgets it: no key state is
+    # left to hold revision 2, so the store's revision marks must
+    await proc.process([
+        env.event("session", at=0, id="a1", session_id=sid),
+        env.event("sessionend", at=1 * MIN, id="a2", session_id=sid),
+        env.event("usage", at=30 * SEC, arrival=2 * MIN, id="a3", session_id=sid),
+        env.event("usage", user="bob", at=40 * MIN, id="b1"),
+    ])
+    await proc.process([env.event("session", at=41 * MIN, id="a4", session_id=sid)])
+    await proc.process([env.event("sessionend", at=42 * MIN, id="a5", session_id=sid)])
+    got = [(r["session_id"], r["revision"], r["event_count"]) for r in env.sink.sessions()
+           if r["session_id"] == sid]
+    assert got == [(sid, 1, 2), (sid, 2, 3), (sid, 3, 2)]
+
+
+@scenario
 async def a_client_session_id_moved_to_another_partition_goes_on_above_its_revision(
     world: World,
 ) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from sessionizer_client.closing import ClosesOnExit
 from sessionizer_client.exceptions import ClientError, QueueFullError, TransportError
 from sessionizer_client.timefmt import format_ms, now_ms
 from sessionizer_client.transports import Transport
@@ -32,7 +33,7 @@ Overflow = Literal["block", "drop_oldest"]
 Ticker = Callable[[float], float]
 
 
-class Delivery:
+class Delivery(ClosesOnExit):
     """The queue, the batches, the retries and the sending thread; thread-safe."""
 
     def __init__(
@@ -149,23 +150,6 @@ class Delivery:
             self.close()
         except TransportError as error:
             log.warning("could not flush at interpreter exit: %s", error)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except TransportError as error:  # do not hide the exception already on its way
-            log.warning("could not flush on exit: %s", error)
 
     async def __aenter__(self) -> Self:
         return self

@@ -102,37 +102,37 @@ class KafkaSecurity:
             return {}
         options: dict[str, Any] = {"security_protocol": protocol}
         if uses_ssl:
-            options["ssl_context"] = self._ssl_context(*files.values())
+            options["ssl_context"] = kafka_ssl_context(*files.values())
         if uses_sasl:
             options.update(
                 sasl_mechanism=mechanism, sasl_plain_username=username, sasl_plain_password=password
             )
         return options
 
-    @staticmethod
-    def _ssl_context(cafile: str, certfile: str, keyfile: str) -> ssl.SSLContext:
-        """Verifies the brokers (the CA file, else the system CAs); presents a client
-        certificate when one is given (mutual TLS)."""
-        if keyfile and not certfile:
+
+def kafka_ssl_context(cafile: str, certfile: str, keyfile: str) -> ssl.SSLContext:
+    """Verifies the brokers (the CA file, else the system CAs); presents a client
+    certificate when one is given (mutual TLS)."""
+    if keyfile and not certfile:
+        raise ClientError(
+            f"{PREFIX}SSL_KEYFILE is set without {PREFIX}SSL_CERTFILE; "
+            "a client key needs its certificate"
+        )
+    for variable, path in (("CAFILE", cafile), ("CERTFILE", certfile), ("KEYFILE", keyfile)):
+        if path and not os.path.isfile(path):
             raise ClientError(
-                f"{PREFIX}SSL_KEYFILE is set without {PREFIX}SSL_CERTFILE; "
-                "a client key needs its certificate"
+                f"{PREFIX}SSL_{variable}={path!r}: no such file; give the path of a PEM file"
             )
-        for variable, path in (("CAFILE", cafile), ("CERTFILE", certfile), ("KEYFILE", keyfile)):
-            if path and not os.path.isfile(path):
-                raise ClientError(
-                    f"{PREFIX}SSL_{variable}={path!r}: no such file; give the path of a PEM file"
-                )
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile or None)
+    except ssl.SSLError as exc:
+        raise ClientError(f"{PREFIX}SSL_CAFILE={cafile!r}: not a PEM CA bundle ({exc})") from None
+    if certfile:
         try:
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile or None)
-        except ssl.SSLError as exc:
-            raise ClientError(f"{PREFIX}SSL_CAFILE={cafile!r}: not a PEM CA bundle ({exc})") from None
-        if certfile:
-            try:
-                context.load_cert_chain(certfile, keyfile or None)
-            except (ssl.SSLError, OSError) as exc:
-                raise ClientError(
-                    f"{PREFIX}SSL_CERTFILE / _KEYFILE: cannot load the client certificate and key "
-                    f"({exc}); give PEM files that belong together"
-                ) from None
-        return context
+            context.load_cert_chain(certfile, keyfile or None)
+        except (ssl.SSLError, OSError) as exc:
+            raise ClientError(
+                f"{PREFIX}SSL_CERTFILE / _KEYFILE: cannot load the client certificate and key "
+                f"({exc}); give PEM files that belong together"
+            ) from None
+    return context

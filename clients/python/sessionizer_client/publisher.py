@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 from sessionizer_client.delivery import Delivery, Overflow, Ticker
 from sessionizer_client.errors import error_info, type_name
 from sessionizer_client.exceptions import ClientError
-from sessionizer_client.kafka_security import KafkaSecurity
 from sessionizer_client.timefmt import format_ms
-from sessionizer_client.transports import HttpTransport, KafkaTransport
+from sessionizer_client.transports import TransportShortcuts
 
 if TYPE_CHECKING:
     from sessionizer_client.session import SessionClient
@@ -55,34 +54,14 @@ def new_session_id() -> str:
     return uuid.uuid4().hex
 
 
-class Publisher(Delivery):
+def check_user_id(user_id: object, name: str = "user_id") -> None:
+    """Raise ValueError unless ``user_id`` is a string of 1-MAX_USER_ID_CHARS characters."""
+    if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_CHARS:
+        raise ValueError(f"{name} must be a string of 1-{MAX_USER_ID_CHARS} characters")
+
+
+class Publisher(TransportShortcuts, Delivery):
     """Queue, batch and send SPEC events for any number of users; thread- and asyncio-safe."""
-
-    # -- construction shortcuts ------------------------------------------------
-
-    @classmethod
-    def for_gateway(cls, server_url: str, api_key: str, **options: Any) -> Publisher:
-        """Send to the gateway's ``POST /v1/events`` (the API key names the project)."""
-        timeout_s = options.pop("timeout_s", 10.0)
-        return cls(HttpTransport(server_url, api_key, timeout_s=timeout_s), **options)
-
-    @classmethod
-    def for_kafka(
-        cls,
-        bootstrap: str,
-        *,
-        topic: str = "events",
-        project: str = "default",
-        security: KafkaSecurity | None = None,
-        **options: Any,
-    ) -> Publisher:
-        """Produce straight to the events topic (``pip install 'sessionizer-client[kafka]'``);
-        ``security``: a :class:`~sessionizer_client.KafkaSecurity`."""
-        timeout_s = options.pop("timeout_s", 10.0)
-        transport = KafkaTransport(
-            bootstrap, topic=topic, project=project, timeout_s=timeout_s, security=security
-        )
-        return cls(transport, **options)
 
     # -- events ----------------------------------------------------------------
 
@@ -118,8 +97,7 @@ class Publisher(Delivery):
             type, user_id, session_id, user_name, source=source, message=message, value=value,
             data=data, timestamp_ms=timestamp_ms,
         )  # fmt: skip
-        self._put(event)
-        return str(event["id"])
+        return self._queue_event(event)
 
     def submit_exception(
         self,
@@ -131,9 +109,7 @@ class Publisher(Delivery):
         data: dict[str, Any] | None = None,
     ) -> str:
         """Queue an ``error`` event: the exception type, message and stack in ``data["@error"]``."""
-        event = self.exception_event(exc, user_id, session_id, user_name, data)
-        self._put(event)
-        return str(event["id"])
+        return self._queue_event(self.exception_event(exc, user_id, session_id, user_name, data))
 
     def heartbeat(
         self,
@@ -144,11 +120,10 @@ class Publisher(Delivery):
         close: bool = False,
     ) -> str:
         """"The user is still here" (sent soon); ``close=True`` ends the session instead."""
-        event = self.event("heartbeat", user_id, session_id, user_name)
-        if close:
-            event["close"] = True
-        self._put(event, soon=True)
-        return str(event["id"])
+        event = self._heartbeat_event(
+            close, user_id=user_id, session_id=session_id, user_name=user_name
+        )
+        return self._queue_event(event, soon=True)
 
     def end_session(
         self, *, user_id: str | None = None, session_id: str | None = None, user_name: str | None = None
@@ -156,8 +131,7 @@ class Publisher(Delivery):
         """End a session (a ``sessionend``, sent soon): the manual one when ``session_id``
         is given, else the user's automatic one."""
         event = self.event("sessionend", user_id, session_id, user_name)
-        self._put(event, soon=True)
-        return str(event["id"])
+        return self._queue_event(event, soon=True)
 
     # -- the same, for asyncio: waiting for room without blocking the loop -------
 
@@ -167,25 +141,23 @@ class Publisher(Delivery):
         return session_id
 
     async def asubmit_event(self, type: str, **fields: Any) -> str:
-        event = self.event(type, **fields)
-        await self._aput(event)
-        return str(event["id"])
+        return await self._aqueue_event(self.event(type, **fields))
 
     async def asubmit_exception(self, exc: BaseException, **identity: Any) -> str:
-        event = self.exception_event(exc, **identity)
-        await self._aput(event)
-        return str(event["id"])
+        return await self._aqueue_event(self.exception_event(exc, **identity))
 
     async def aheartbeat(self, *, close: bool = False, **identity: Any) -> str:
-        event = self.event("heartbeat", **identity)
-        if close:
-            event["close"] = True
-        await self._aput(event, soon=True)
-        return str(event["id"])
+        return await self._aqueue_event(self._heartbeat_event(close, **identity), soon=True)
 
     async def aend_session(self, **identity: Any) -> str:
-        event = self.event("sessionend", **identity)
-        await self._aput(event, soon=True)
+        return await self._aqueue_event(self.event("sessionend", **identity), soon=True)
+
+    def _queue_event(self, event: dict[str, Any], *, soon: bool = False) -> str:
+        self._put(event, soon=soon)
+        return str(event["id"])
+
+    async def _aqueue_event(self, event: dict[str, Any], *, soon: bool = False) -> str:
+        await self._aput(event, soon=soon)
         return str(event["id"])
 
     # -- building events ---------------------------------------------------------
@@ -208,10 +180,8 @@ class Publisher(Delivery):
             raise ValueError(f"type must be a string of 1-{MAX_TYPE_CHARS} characters")
         if user_id is None and session_id is None:
             raise ClientError("no identity: give user_id=, session_id= (from start_session), or both")
-        if user_id is not None and (
-            not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_CHARS
-        ):
-            raise ValueError(f"user_id must be a string of 1-{MAX_USER_ID_CHARS} characters")
+        if user_id is not None:
+            check_user_id(user_id)
         if session_id is not None and (
             not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id)
         ):
@@ -243,6 +213,12 @@ class Publisher(Delivery):
             event["value"] = value
         if data:
             event["data"] = dict(data)
+        return event
+
+    def _heartbeat_event(self, close: bool, **identity: Any) -> dict[str, Any]:
+        event = self.event("heartbeat", **identity)
+        if close:
+            event["close"] = True
         return event
 
     def exception_event(

@@ -35,17 +35,16 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
+from sessionizer_client.closing import ClosesOnExit
 from sessionizer_client.exceptions import ClientError, TransportError
-from sessionizer_client.kafka_security import KafkaSecurity
-from sessionizer_client.publisher import MAX_USER_ID_CHARS, Publisher, new_session_id
+from sessionizer_client.publisher import Publisher, check_user_id, new_session_id
 from sessionizer_client.timefmt import now_ms
-from sessionizer_client.transports import HttpTransport, KafkaTransport, Transport
+from sessionizer_client.transports import Transport, TransportShortcuts
 
 
-class SessionClient:
+class SessionClient(TransportShortcuts, ClosesOnExit):
     """Events for one user at a time; thread-safe."""
 
     def __init__(
@@ -65,8 +64,6 @@ class SessionClient:
             raise ValueError("heartbeat_interval must be > 0, or None for no automatic heartbeats")
         if (transport is None) == (publisher is None):
             raise ValueError("give a transport or a publisher= (one of them)")
-        if batch_size < 1 or max_queue < 1 or flush_interval < 0 or max_retry_delay <= 0:
-            raise ValueError("batch_size and max_queue must be >= 1, flush_interval >= 0")
         self._owns_publisher = publisher is None
         if publisher is None:
             assert transport is not None
@@ -76,7 +73,7 @@ class SessionClient:
                 flush_interval_ms=round(flush_interval * 1000),
                 max_queue=max_queue,
                 overflow="drop_oldest",
-                max_retry_delay_ms=max(1, round(max_retry_delay * 1000)),
+                max_retry_delay_ms=math.ceil(max_retry_delay * 1000),
                 close_timeout_ms=round(close_timeout * 1000),
                 clock_ms=clock_ms,
             )
@@ -92,31 +89,6 @@ class SessionClient:
         self._heartbeat_at = math.inf
         self._closed = False
         self._ticker = publisher.add_ticker(self._tick)
-
-    # -- construction shortcuts ------------------------------------------------
-
-    @classmethod
-    def for_gateway(cls, server_url: str, api_key: str, **options: Any) -> SessionClient:
-        """Send to the gateway's ``POST /v1/events`` (the API key names the project)."""
-        timeout_s = options.pop("timeout_s", 10.0)
-        return cls(HttpTransport(server_url, api_key, timeout_s=timeout_s), **options)
-
-    @classmethod
-    def for_kafka(
-        cls,
-        bootstrap: str,
-        *,
-        topic: str = "events",
-        project: str = "default",
-        security: KafkaSecurity | None = None,
-        **options: Any,
-    ) -> SessionClient:
-        """Produce straight to the events topic with kafka-python."""
-        timeout_s = options.pop("timeout_s", 10.0)
-        transport = KafkaTransport(
-            bootstrap, topic=topic, project=project, timeout_s=timeout_s, security=security
-        )
-        return cls(transport, **options)
 
     # -- state -----------------------------------------------------------------
 
@@ -140,10 +112,8 @@ class SessionClient:
 
     def set_user_identity(self, identity: str | None, name: str | None = None) -> None:
         """The user of the events from now on (an id or e-mail); None clears it."""
-        if identity is not None and (
-            not isinstance(identity, str) or not identity or len(identity) > MAX_USER_ID_CHARS
-        ):
-            raise ValueError(f"identity must be a string of 1-{MAX_USER_ID_CHARS} characters")
+        if identity is not None:
+            check_user_id(identity, "identity")
         if name is not None and not isinstance(name, str):
             raise ValueError("name must be a string")
         with self._lock:
@@ -233,23 +203,6 @@ class SessionClient:
             self.publisher.close(timeout_ms)
         else:
             self.publisher.flush(timeout_ms)
-
-    def __enter__(self) -> SessionClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except TransportError:  # do not hide the exception already on its way
-            pass
 
     # -- internals -------------------------------------------------------------
 

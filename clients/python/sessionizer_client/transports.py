@@ -12,7 +12,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Self, cast
 
 from sessionizer_client.exceptions import ClientError, TransportError
 from sessionizer_client.kafka_security import KafkaSecurity
@@ -204,3 +204,33 @@ class KafkaTransport:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             producer.close(timeout=self.timeout_s)
+
+
+class TransportShortcuts:
+    """``for_gateway`` / ``for_kafka``: make the transport, then ``cls(transport, **options)``
+    (``timeout_s`` among the options goes to the transport)."""
+
+    @classmethod
+    def for_gateway(cls, server_url: str, api_key: str, **options: Any) -> Self:
+        """Send to the gateway's ``POST /v1/events`` (the API key names the project)."""
+        timeout_s = options.pop("timeout_s", 10.0)
+        transport = HttpTransport(server_url, api_key, timeout_s=timeout_s)
+        return cast(Self, cast(Any, cls)(transport, **options))
+
+    @classmethod
+    def for_kafka(
+        cls,
+        bootstrap: str,
+        *,
+        topic: str = "events",
+        project: str = "default",
+        security: KafkaSecurity | None = None,
+        **options: Any,
+    ) -> Self:
+        """Produce straight to the events topic (``pip install 'sessionizer-client[kafka]'``);
+        ``security``: a :class:`~sessionizer_client.KafkaSecurity`."""
+        timeout_s = options.pop("timeout_s", 10.0)
+        transport = KafkaTransport(
+            bootstrap, topic=topic, project=project, timeout_s=timeout_s, security=security
+        )
+        return cast(Self, cast(Any, cls)(transport, **options))
