@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pytest
 from adversarial_cluster import ONE_MIB, Cluster
 
 from pipeline.checker import check_pipeline, read_topic
@@ -187,10 +186,6 @@ def test_hostile_records_are_dead_lettered_and_normal_sessions_are_exact(
 
 # -- the cases that rest on the worker's outgoing limits ---------------------------------
 
-NEEDS_WORKER_LIMITS = pytest.mark.xfail(reason="needs the worker-side limits", strict=True)
-
-
-@NEEDS_WORKER_LIMITS
 def test_record_timestamps_far_ahead_do_not_close_other_sessions(
     cluster_factory: Callable[..., Cluster],
 ) -> None:
@@ -222,7 +217,6 @@ def test_record_timestamps_far_ahead_do_not_close_other_sessions(
             assert len(mine) == 1 and mine[0]["event_count"] == 2, mine
 
 
-@NEEDS_WORKER_LIMITS
 def test_a_session_of_20_events_of_60_kb_is_sent_under_1_mib(
     cluster_factory: Callable[..., Cluster],
 ) -> None:
@@ -251,7 +245,6 @@ def test_a_session_of_20_events_of_60_kb_is_sent_under_1_mib(
     assert s["truncated"] is True
 
 
-@NEEDS_WORKER_LIMITS
 def test_a_dead_letter_value_is_cut_to_the_event_size_limit(
     cluster_factory: Callable[..., Cluster],
 ) -> None:

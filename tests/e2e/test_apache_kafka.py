@@ -120,7 +120,6 @@ def test_retention_is_settable_and_an_existing_topic_keeps_its_own(settings_fact
 # -- a message the broker refuses ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="needs the worker's refused-message handling", strict=False)
 def test_a_closed_session_the_broker_refuses_is_replaced_and_dead_lettered(
     worker_factory, publish, read_topic, broker
 ):

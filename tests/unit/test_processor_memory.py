@@ -927,6 +927,8 @@ async def a_client_session_id_forgotten_within_one_batch_goes_on_above_its_revis
     world: World,
 ) -> None:
     env = Env(world)
+    # a replay: the wall clock is past every arrival time, which is never clamped
+    env.wall.advance(60 * MIN)
     proc = await env.processor()
     sid = "client-session-0001"
     # one batch begins the session, ends it, reopens it (revision 2) and, as another
