@@ -26,6 +26,12 @@ from pipeline.worker.processor import Topics
 
 log = logging.getLogger(__name__)
 
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+
+#: the most a refused session's stand-in takes (its head fields, no event list): small
+#: enough for any topic limit an operator would set
+MARKER_BYTES = 1024
+
 #: the broker (or the client, before sending) refuses this one message: sending it again
 #: gives the same answer. aiokafka raises AssertionError for a partition the topic lacks.
 REFUSED = (
@@ -111,7 +117,7 @@ class KafkaSink:
             failed = None
             for (m, _), result in zip(futures, results, strict=True):
                 if isinstance(result, REFUSED):
-                    await self._replace(producer, m, result)
+                    await self._alone_or_replace(producer, m)
                 elif isinstance(result, BaseException) and failed is None:
                     failed = result
             if failed is not None:
@@ -128,19 +134,29 @@ class KafkaSink:
         )
         return future
 
+    async def _alone_or_replace(self, producer: AIOKafkaProducer, m: Outgoing) -> None:
+        """``m`` was refused with the record batch it went in (the broker refuses a whole
+        batch when it is over a topic's limit, small messages with the large one): send it
+        again on its own, and replace it only when it is refused alone."""
+        try:
+            await asyncio.wait_for(await self._send_one(producer, m), 60)
+        except REFUSED as exc:
+            await self._replace(producer, m, exc)
+
     async def _replace(self, producer: AIOKafkaProducer, m: Outgoing, exc: BaseException) -> None:
         """``m`` was refused for good: send a small stand-in (a session's head fields,
         marked truncated) and a dead letter that says why, instead of retrying forever."""
         self.refused += 1
         for hook in self.on_refused:
             hook()
+        why = " as too large" if isinstance(exc, TOO_LARGE) else ""
         reason = (f"the broker refused the {self._by_kind[m.kind]} message "
-                  f"({len(m.value)} bytes): {exc.__class__.__name__}: {exc}")[:1000]
+                  f"({len(m.value)} bytes){why}: {exc.__class__.__name__}: {exc}")[:1000]
         log.error("sink: %s; sending a marker and a dead letter instead", reason)
         stand_ins = []
         if m.kind == SESSION:
             try:
-                marker = encode_session(orjson.loads(m.value), 4096)
+                marker = encode_session(orjson.loads(m.value), MARKER_BYTES)
             except (ValueError, TypeError):
                 marker = orjson.dumps({"session_id": (m.key or b"").decode("utf-8", "replace"),
                                        "truncated": True})
@@ -148,7 +164,11 @@ class KafkaSink:
         if m.kind != UPDATE:
             stand_ins.append(self._refusal_letter(m, reason))
         for stand_in in stand_ins:
-            await asyncio.wait_for(await self._send_one(producer, stand_in), 60)
+            try:
+                await asyncio.wait_for(await self._send_one(producer, stand_in), 60)
+            except REFUSED as refused:  # a topic limit below even the stand-in's size
+                log.error("sink: the broker refused the stand-in for the %s message too (%s); "
+                          "going on without it", self._by_kind[stand_in.kind], refused)
 
     def _refusal_letter(self, m: Outgoing, reason: str) -> Outgoing:
         """A ``processing_failed`` dead letter for a refused message (SPEC section 6)."""
