@@ -69,18 +69,24 @@ def test_two_exporters_share_the_partitions_and_take_over(
         found = re.findall(r"partitions \[([\d, ]*)\]", child.log())
         return [int(p) for p in found[-1].split(",") if p.strip()] if found else []
 
-    produce(settings, 0, SESSIONS, 1)
-    wait(lambda: rows(database_url)[0] == SESSIONS, [first, second])
-    wait(lambda: sorted(held(first) + held(second)) == [0, 1, 2, 3] and held(first) != [], [first, second])
-    assert stop(first.proc, grace_s=30) == 0, first.log()  # its partitions go to the other
+    try:
+        produce(settings, 0, SESSIONS, 1)
+        wait(lambda: rows(database_url)[0] == SESSIONS, [first, second])
+        wait(lambda: sorted(held(first) + held(second)) == [0, 1, 2, 3] and held(first) != [], [first, second])
+        assert stop(first.proc, grace_s=30) == 0, first.log()  # its partitions go to the other
 
-    produce(settings, 0, SESSIONS, 2)  # every session amended
-    produce(settings, 0, SESSIONS // 2, 1)  # stale repeats: change nothing
-    wait(lambda: applied(database_url) == 2 * SESSIONS + SESSIONS // 2, [second])
-    assert rows(database_url) == (SESSIONS, 2 * SESSIONS)
-    wait(lambda: held(second) == [0, 1, 2, 3], [second])
-    assert stop(second.proc, grace_s=30) == 0, second.log()
-    with open_table(database_url) as table:
-        assert table.fetch("SELECT min(revision), max(revision), sum(event_count) FROM sessions") == [
-            (2, 2, 2 * SESSIONS)]
-    assert "stopped: exported" in first.log() and "stopped: exported" in second.log()
+        produce(settings, 0, SESSIONS, 2)  # every session amended
+        produce(settings, 0, SESSIONS // 2, 1)  # stale repeats: change nothing
+        wait(lambda: applied(database_url) == 2 * SESSIONS + SESSIONS // 2, [second])
+        assert rows(database_url) == (SESSIONS, 2 * SESSIONS)
+        wait(lambda: held(second) == [0, 1, 2, 3], [second])
+        assert stop(second.proc, grace_s=30) == 0, second.log()
+        with open_table(database_url) as table:
+            assert table.fetch("SELECT min(revision), max(revision), sum(event_count) FROM sessions") == [
+                (2, 2, 2 * SESSIONS)]
+        assert "stopped: exported" in first.log() and "stopped: exported" in second.log()
+    finally:  # a failed wait leaves no exporter behind
+        for child in (first, second):
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
