@@ -39,7 +39,7 @@ typecheck: venv
 	$(BIN)/mypy pipeline clients/python/sessionizer_client
 
 test: venv lint typecheck
-	$(PYTEST) -q -rs -m "not faults or routine"
+	$(PYTEST) -q -rfEs --durations=25 -m "not faults or routine"
 
 test-unit: venv
 	$(PYTEST) -q tests/unit

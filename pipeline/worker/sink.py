@@ -68,6 +68,8 @@ class KafkaSink:
         self.idempotence = idempotence
         self.client = client
         self.producer: AIOKafkaProducer | None = None
+        #: whether ``producer`` is idempotent (its sequence numbers break on a refusal)
+        self.idempotent = False
         self.on_sent: list[Callable[[Sequence[Outgoing], float], None]] = []
         self._by_kind = {SESSION: topics.sessions, DEAD_LETTER: topics.dlq, FORWARD: topics.repartition,
                          UPDATE: topics.updates}
@@ -77,7 +79,7 @@ class KafkaSink:
             producer = self._new(enable_idempotence=True)
             try:
                 await asyncio.wait_for(producer.start(), timeout=15)
-                self.producer = producer
+                self.producer, self.idempotent = producer, True
                 log.info("sink: idempotent producer")
                 return
             except (TimeoutError, KafkaError, Exception) as exc:
@@ -87,7 +89,22 @@ class KafkaSink:
                 log.info("sink: broker refused the idempotent producer (%s); using acks=all", exc)
         producer = self._new(enable_idempotence=False)
         await producer.start()
+        self.producer, self.idempotent = producer, False
+
+    async def _renew(self) -> None:
+        """After the broker refused a batch, an idempotent producer's sequence numbers for
+        that partition are spent while the broker never stored them: every later batch is
+        answered OutOfOrderSequence and retried for ever. A new producer (a new producer
+        id, sequences from 0) sends on; the refused messages were never written, so
+        nothing is doubled. A plain acks=all producer has no sequences and is kept."""
+        if not self.idempotent or self.producer is None:
+            return
+        old, self.producer = self.producer, None
+        await old.stop()
+        producer = self._new(enable_idempotence=True)
+        await asyncio.wait_for(producer.start(), timeout=15)
         self.producer = producer
+        log.info("sink: a new idempotent producer after a refused batch")
 
     def _new(self, enable_idempotence: bool) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -102,24 +119,26 @@ class KafkaSink:
         )
 
     async def send(self, messages: Sequence[Outgoing]) -> None:
-        producer = self.producer
-        if producer is None:
-            raise RuntimeError("KafkaSink.send before start()")
+        producer = self._producer()
         started = time.perf_counter()
         futures = []
         for m in messages:
             try:
                 futures.append((m, await self._send_one(producer, m)))
-            except REFUSED as exc:
-                await self._replace(producer, m, exc)
+            except REFUSED as exc:  # refused by the client before sending: no sequence spent
+                await self._replace(m, exc)
         if futures:
             results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
             failed = None
-            for (m, _), result in zip(futures, results, strict=True):
-                if isinstance(result, REFUSED):
-                    await self._alone_or_replace(producer, m)
-                elif isinstance(result, BaseException) and failed is None:
+            refused = [m for (m, _), result in zip(futures, results, strict=True)
+                       if isinstance(result, REFUSED)]
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, REFUSED) and failed is None:
                     failed = result
+            if refused:
+                await self._renew()
+            for m in refused:
+                await self._alone_or_replace(m)
             if failed is not None:
                 raise failed
             elapsed = time.perf_counter() - started
@@ -134,16 +153,22 @@ class KafkaSink:
         )
         return future
 
-    async def _alone_or_replace(self, producer: AIOKafkaProducer, m: Outgoing) -> None:
+    async def _alone_or_replace(self, m: Outgoing) -> None:
         """``m`` was refused with the record batch it went in (the broker refuses a whole
         batch when it is over a topic's limit, small messages with the large one): send it
         again on its own, and replace it only when it is refused alone."""
         try:
-            await asyncio.wait_for(await self._send_one(producer, m), 60)
+            await asyncio.wait_for(await self._send_one(self._producer(), m), 60)
         except REFUSED as exc:
-            await self._replace(producer, m, exc)
+            await self._renew()
+            await self._replace(m, exc)
 
-    async def _replace(self, producer: AIOKafkaProducer, m: Outgoing, exc: BaseException) -> None:
+    def _producer(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            raise RuntimeError("KafkaSink.send before start()")
+        return self.producer
+
+    async def _replace(self, m: Outgoing, exc: BaseException) -> None:
         """``m`` was refused for good: send a small stand-in (a session's head fields,
         marked truncated) and a dead letter that says why, instead of retrying forever."""
         self.refused += 1
@@ -165,8 +190,9 @@ class KafkaSink:
             stand_ins.append(self._refusal_letter(m, reason))
         for stand_in in stand_ins:
             try:
-                await asyncio.wait_for(await self._send_one(producer, stand_in), 60)
+                await asyncio.wait_for(await self._send_one(self._producer(), stand_in), 60)
             except REFUSED as refused:  # a topic limit below even the stand-in's size
+                await self._renew()
                 log.error("sink: the broker refused the stand-in for the %s message too (%s); "
                           "going on without it", self._by_kind[stand_in.kind], refused)
 
