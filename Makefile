@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 # the broker of `make demo` and `make test-faults`: tansu (in memory) or kafka (Apache Kafka)
 BROKER ?= tansu
+# pytest processes of `make test`: the suites mostly wait (on group joins, idle timeouts,
+# process start-up), so three share two cores well; each starts its own brokers and Redis
+TEST_WORKERS ?= 3
 # Lint only the source trees that exist (a fresh clone may not have all of them yet).
 LINT_PATHS := $(wildcard pipeline clients tests bench)
 
@@ -39,7 +42,7 @@ typecheck: venv
 	$(BIN)/mypy pipeline clients/python/sessionizer_client
 
 test: venv lint typecheck
-	$(PYTEST) -q -rfEs --durations=25 -m "not faults or routine"
+	$(PYTEST) -q -rfEs --durations=25 -n $(TEST_WORKERS) --dist loadfile -m "not faults or routine"
 
 test-unit: venv
 	$(PYTEST) -q tests/unit

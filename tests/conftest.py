@@ -285,7 +285,8 @@ def settings_factory(request: pytest.FixtureRequest, broker_kind: str) -> Callab
     redis-server (each started only when not overridden; the broker of ``broker_kind``), all five topics fresh and
     created with ``topic_partitions`` partitions (default 4; a topic name given as an
     override is created too), a unique ``consumer_group``, ``kafka_session_timeout=6``
-    (Tansu answers a group join after half of it) and ``web_port=0``. Pass
+    (Tansu answers a group join after half of it), ``web_port=0`` and a unique
+    ``redis_key_prefix``. Pass
     ``create_topics=False`` to only name the topics.
     """
 
@@ -303,6 +304,9 @@ def settings_factory(request: pytest.FixtureRequest, broker_kind: str) -> Callab
         for field in _TOPIC_FIELDS:
             values[field] = f"{field.removesuffix('_topic')}-{unique}"
         values["consumer_group"] = f"sessionizer-{unique}"
+        # the session's redis-server outlives each test: a test's keys must not meet the
+        # state an earlier test left under the same partitions (the same users, offsets)
+        values["redis_key_prefix"] = f"sz-{unique}"
         values.update(overrides)
         settings = Settings(**values)
         if create_topics:

@@ -453,6 +453,11 @@ async def check_online_session(page: Page, base: str) -> None:
     await page.wait_for("location.pathname === '/sessions'", "the list URL")
     await page.wait_for("!!document.querySelector('#sessions tbody tr.is-online')", "the list")
     await page.click("#sessions tbody tr.is-online:nth-child(2) a.row-link")
+    # the page is drawn again when Alice's session arrives: until then it may still hold
+    # the previous session's head and events
+    await page.wait_for("location.pathname.startsWith('/sessions/') && "
+                        "(document.querySelector('.session-head')?.innerText || '').includes('Alice')",
+                        "alice's session page")
     await page.wait_for("document.querySelectorAll('#events tr.event-row').length === 4", "alice's events")
     head = await page.text(".session-head")
     assert "Alice" in head and "online" in head and "online for" in head.lower()
