@@ -22,7 +22,7 @@ What it asserts (:attr:`CheckReport.problems` lists every breach):
   byte; so are dead letters that share ``(partition, offset, index)``.
 - **The closed sessions equal those the core computes offline**: the input log
   replayed per partition in offset order, record timestamps as arrival times,
-  through :func:`~pipeline.core.parse.parse_record` and one
+  through :class:`~pipeline.core.parse.EventParser` and one
   :class:`~pipeline.core.engine.Sessionizer` per partition, then advanced to the
   end of time. The latest revision of every session is compared field by field.
   One difference is allowed and counted: the *revision number* alone. Live, the
@@ -53,7 +53,7 @@ import orjson
 from pipeline.config import Settings, load_settings
 from pipeline.core.engine import Sessionizer
 from pipeline.core.event import HEARTBEAT, Event, Rejection
-from pipeline.core.parse import parse_record
+from pipeline.core.parse import EventParser
 from pipeline.core.rules import SessionRules
 from pipeline.worker.routing import Router
 
@@ -229,12 +229,13 @@ def replay(
     own: dict[int, list[Event]] = defaultdict(list)
     foreign: dict[int, list[Event]] = defaultdict(list)
     latest_arrival = (time.time_ns() // 1_000_000 if wall_ms is None else wall_ms) + rules.max_future_skew_ms
+    parser = EventParser(rules)
     for record in records:
         exp.input_records += 1
         arrival = min(record.timestamp, latest_arrival)
         exp.last_arrival_ms = max(exp.last_arrival_ms, arrival)
-        items = parse_record(record.value, arrival_ms=arrival, partition=record.partition,
-                             offset=record.offset, rules=rules)
+        items = parser.parse(record.value, arrival_ms=arrival, partition=record.partition,
+                             offset=record.offset)
         for item in items:
             if isinstance(item, Rejection):
                 exp.dead_letters[(record.partition, record.offset, item.index)] = str(item.code)

@@ -38,7 +38,7 @@ from pipeline.core.deadletter import dead_letter_record
 from pipeline.core.engine import Sessionizer, revision_marks
 from pipeline.core.event import Event, RejectCode, Rejection
 from pipeline.core.fit import DEFAULT_MAX_RECORD_BYTES, encode_session
-from pipeline.core.parse import parse_record
+from pipeline.core.parse import EventParser
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import KeyState
 from pipeline.core.timefmt import parse_timestamp_ms
@@ -135,6 +135,7 @@ class PartitionProcessor:
         self.applied: dict[str, int] = dict(claim.offsets)
         self.clock_ms = claim.clock_ms
         self.rules = rules
+        self.parser = EventParser(rules)  # this partition's: remembers its last sent_at
         self.store = store
         self.sink = sink
         self.topics = topics
@@ -238,6 +239,7 @@ class PartitionProcessor:
         offsets: dict[str, int] = {}
         sources: list[RecordLike] = []  # the record each event came in, in step with ``events``
         rules, route, me = self.rules, self.router.partition_of, self.partition
+        parse = self.parser.parse
         events_topic = self.topics.events
         applied = self.applied
         # the records of one batch were fetched together: one reading time for them all
@@ -276,9 +278,7 @@ class PartitionProcessor:
                 src_partition, src_offset = (origin[0], origin[1]) if origin else (record.partition, offset)
             else:
                 origin, src_partition, src_offset = None, record.partition, offset
-            items = parse_record(
-                value, arrival_ms=arrival, partition=src_partition, offset=src_offset, rules=rules
-            )
+            items = parse(value, arrival_ms=arrival, partition=src_partition, offset=src_offset)
             for item in items:
                 if type(item) is Rejection:
                     outgoing.append(self._dead_letter(item, record, arrival))

@@ -71,16 +71,10 @@ def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) ->
 def check_schema() -> None:
     """Read and compile the event schema now: a missing or broken one is a setting to
     fix (``SESSIONIZER_SCHEMA_DIR``), not something a retry mends."""
-    from pipeline.core.parse import (
-        SCHEMA_DIR_ENV,
-        event_validator,
-        reset_event_validator,
-        schema_dir,
-    )
+    from pipeline.core.parse import SCHEMA_DIR_ENV, EventSchema, schema_dir
 
-    reset_event_validator()
     try:
-        event_validator()
+        EventSchema.load()
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from None
     except Exception as exc:  # unreadable, not JSON, not a JSON schema

@@ -31,10 +31,10 @@ sys.path.insert(0, {root!r})
 for name in {modules!r}:
     importlib.import_module(name)
 # Use the parser once: compiling the event schema must not pull anything in either.
-from pipeline.core.parse import parse_record
+from pipeline.core.parse import EventParser
 from pipeline.core.rules import SessionRules
-parse_record(b'{{"type": "usage", "timestamp": 1, "user_id": "u"}}',
-             arrival_ms=1, partition=0, offset=0, rules=SessionRules())
+EventParser(SessionRules()).parse(b'{{"type": "usage", "timestamp": 1, "user_id": "u"}}',
+                                  arrival_ms=1, partition=0, offset=0)
 print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
 """
 

@@ -1,10 +1,9 @@
-"""parse_record: every rejection path at its boundary, clocks, batches, dead letters."""
+"""EventParser.parse: every rejection path at its boundary, clocks, batches, dead letters."""
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,12 @@ from hypothesis import strategies as st
 from pipeline.core import parse
 from pipeline.core.deadletter import dead_letter_record
 from pipeline.core.event import Event, RejectCode, Rejection
-from pipeline.core.parse import parse_record
+from pipeline.core.parse import EventParser, EventSchema
 from pipeline.core.rules import SessionRules
 from pipeline.core.timefmt import format_ms
 
 RULES = SessionRules()
+SCHEMA = EventSchema.load()
 ARRIVAL = 1_764_237_600_000  # 2025-11-27T10:00:00.000Z
 SKEW = RULES.max_future_skew_ms
 AGE = RULES.max_event_age_ms
@@ -34,7 +34,7 @@ def ev(**fields: Any) -> dict[str, Any]:
 
 
 def run(value: bytes | None, rules: SessionRules = RULES) -> list[Event | Rejection]:
-    return parse_record(value, arrival_ms=ARRIVAL, partition=3, offset=41, rules=rules)
+    return EventParser(rules, SCHEMA).parse(value, arrival_ms=ARRIVAL, partition=3, offset=41)
 
 
 def one(value: bytes | None, rules: SessionRules = RULES) -> Event | Rejection:
@@ -570,16 +570,7 @@ def test_any_json_never_raises(doc: Any) -> None:
 # -- schema location -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_validator() -> Iterator[None]:
-    parse.reset_event_validator()
-    yield
-    parse.reset_event_validator()
-
-
-def test_schema_dir_override(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_validator: None
-) -> None:
+def test_schema_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     schema = orjson.loads(
         (Path(parse.__file__).resolve().parents[2] / "pipeline" / "schemas" / "event.schema.json").read_bytes()
     )
@@ -587,20 +578,24 @@ def test_schema_dir_override(
     (tmp_path / "event.schema.json").write_bytes(orjson.dumps(schema))
     monkeypatch.setenv(parse.SCHEMA_DIR_ENV, str(tmp_path))
     assert parse.schema_dir() == tmp_path
-    assert "type" in bad(ev(type="usage")).detail
-    assert isinstance(ok(ev(type="log")), Event)
+    parser = EventParser(RULES)
+    (refused,) = parser.parse(orjson.dumps(ev(type="usage")), arrival_ms=ARRIVAL, partition=3, offset=41)
+    assert isinstance(refused, Rejection) and refused.code is RejectCode.INVALID_EVENT
+    assert "type" in refused.detail
+    (event,) = parser.parse(orjson.dumps(ev(type="log")), arrival_ms=ARRIVAL, partition=3, offset=41)
+    assert isinstance(event, Event)
 
 
-def test_missing_schema_says_what_to_set(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_validator: None
-) -> None:
+def test_missing_schema_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(parse.SCHEMA_DIR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=parse.SCHEMA_DIR_ENV):
-        run(orjson.dumps(ev()))
+        EventParser(RULES)
 
 
-def test_validator_is_compiled_once() -> None:
-    assert parse.event_validator() is parse.event_validator()
+def test_a_parser_compiles_its_schema_once_when_made() -> None:
+    parser = EventParser(RULES, SCHEMA)
+    assert parser.schema is SCHEMA
+    assert isinstance(EventParser(RULES).schema, EventSchema)
 
 
 # -- dead-letter records -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""parse_record and the SPEC v1.1 input limits: depth, timestamp range, field lengths,
+"""EventParser and the SPEC v1.1 input limits: depth, timestamp range, field lengths,
 and hostile bytes, each a rejection with a reason and never an exception."""
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core import parse
 from pipeline.core.deadletter import dead_letter_record
 from pipeline.core.event import Event, RejectCode, Rejection
 from pipeline.core.limits import MAX_JSON_DEPTH, MAX_TIME_MS, deeper_than_limit
-from pipeline.core.parse import parse_record
+from pipeline.core.parse import EventParser, EventSchema
 from pipeline.core.rules import SessionRules
 
 ARRIVAL = 1_764_237_600_000  # 2025-11-27T10:00:00.000Z
@@ -23,13 +22,19 @@ RULES = SessionRules()
 AGELESS = SessionRules(max_event_age_ms=10**15)
 
 
-@pytest.fixture(params=[True, False], ids=["fast", "compiled"], autouse=True)
-def _both_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parse, "FAST_PATHS", request.param)
+#: The schema with its quick check, and without (every event through the compiled validator).
+SCHEMAS = {"quick": EventSchema.load(), "compiled": EventSchema.load(quick=False)}
+#: The schema the running test parses with (set by ``_both_paths``).
+_schema: list[EventSchema] = [SCHEMAS["quick"]]
+
+
+@pytest.fixture(params=sorted(SCHEMAS), autouse=True)
+def _both_paths(request: pytest.FixtureRequest) -> None:
+    _schema[0] = SCHEMAS[request.param]
 
 
 def run(value: bytes | None, rules: SessionRules = RULES) -> list[Event | Rejection]:
-    return parse_record(value, arrival_ms=ARRIVAL, partition=3, offset=41, rules=rules)
+    return EventParser(rules, _schema[0]).parse(value, arrival_ms=ARRIVAL, partition=3, offset=41)
 
 
 def ev(**fields: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.event import RejectCode
-from pipeline.core.parse import parse_record
+from pipeline.core.parse import EventParser
 from pipeline.core.rules import SessionRules
 from pipeline.store.memory import MemoryStore
 from pipeline.worker.outbox import DEAD_LETTER, FORWARD, SESSION
@@ -95,9 +95,11 @@ _records = st.lists(
 )
 
 
+PARSER = EventParser(SessionRules(max_event_age_ms=2**62))
+
+
 def _items(value: bytes | None) -> list[Any]:
-    return parse_record(value, arrival_ms=T0, partition=0, offset=0,
-                        rules=SessionRules(max_event_age_ms=2**62))
+    return PARSER.parse(value, arrival_ms=T0, partition=0, offset=0)
 
 
 async def _drive(batches: list[list[tuple[bytes | None, int]]]) -> None:

@@ -52,16 +52,16 @@ def _event(offset: int, user: str, kind: str = "usage") -> Rec:
 @pytest.fixture
 def poison(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Parsing a record whose value is b"POISON" raises (as a bug would); the calls made."""
-    real = processor_module.parse_record
+    real = processor_module.EventParser.parse
     calls: list[int] = []
 
-    def parse(value: bytes | None, **kwargs: Any) -> Any:
+    def parse(self: Any, value: bytes | None, **kwargs: Any) -> Any:
         if value == b"POISON":
             calls.append(kwargs["offset"])
             raise RuntimeError("boom")
-        return real(value, **kwargs)
+        return real(self, value, **kwargs)
 
-    monkeypatch.setattr(processor_module, "parse_record", parse)
+    monkeypatch.setattr(processor_module.EventParser, "parse", parse)
     return calls
 
 

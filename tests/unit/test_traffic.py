@@ -369,7 +369,7 @@ def test_the_pure_core_sees_exactly_the_planned_sessions() -> None:
     try:
         from pipeline.core.engine import Sessionizer
         from pipeline.core.event import Event
-        from pipeline.core.parse import parse_record
+        from pipeline.core.parse import EventParser
         from pipeline.core.rules import SessionRules
     except ImportError:
         pytest.skip("the core's parser is not there yet")
@@ -377,12 +377,11 @@ def test_the_pure_core_sees_exactly_the_planned_sessions() -> None:
     loaded = m.preload(20_000, drain=True)
     rules = SessionRules()
     engine = Sessionizer(rules)
+    parser = EventParser(rules)
     closed: dict[str, dict[str, Any]] = {}
     rejected: Counter[str] = Counter()
     for offset, record in enumerate(loaded.records):
-        for item in parse_record(
-            record.value, arrival_ms=record.timestamp_ms, partition=0, offset=offset, rules=rules
-        ):
+        for item in parser.parse(record.value, arrival_ms=record.timestamp_ms, partition=0, offset=offset):
             if isinstance(item, Event):
                 applied = engine.apply(item)
                 assert applied.rejection is None
