@@ -15,9 +15,9 @@ from pipeline.gateway.app import create_admin_app, create_app
 from pipeline.gateway.publisher import KafkaPublisher
 from pipeline.gateway.settings import GatewaySettings, load_gateway_settings
 from pipeline.logs import configure_logging
-from pipeline.metrics import GatewayMetrics
 from pipeline.report.settings import load_report_settings
 from pipeline.security import aiokafka_options
+from pipeline.worker.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 

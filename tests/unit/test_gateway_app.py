@@ -15,7 +15,7 @@ from pipeline.gateway.app import GATEWAY, create_admin_app, create_app
 from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
-from pipeline.metrics import GatewayMetrics
+from pipeline.worker.metrics import GatewayMetrics
 
 KEY = "Kq7vM2pXr9LwB4nZ"
 AUTH = {"Authorization": f"Bearer {KEY}"}

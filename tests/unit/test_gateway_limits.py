@@ -23,7 +23,7 @@ from pipeline.gateway.mapping import (
 )
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
-from pipeline.metrics import GatewayMetrics
+from pipeline.worker.metrics import GatewayMetrics
 
 KEY = "Rv8cN3qLw7ZpT5xB"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -18,9 +18,9 @@ from pipeline.gateway.app import create_app
 from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
-from pipeline.metrics import CONTENT_TYPE, GatewayMetrics, WorkerMetrics
 from pipeline.store.base import Commit
 from pipeline.store.memory import MemoryStore
+from pipeline.worker.metrics import CONTENT_TYPE, GatewayMetrics, WorkerMetrics
 from pipeline.worker.outbox import DEAD_LETTER, SESSION, Outgoing
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
 from pipeline.worker.routing import Router

@@ -1,4 +1,4 @@
-"""``sessionizer produce``: publish synthetic traffic (:mod:`pipeline.traffic`) to Kafka.
+"""``sessionizer produce``: publish synthetic traffic (:mod:`pipeline.devtools.traffic`) to Kafka.
 
 Live, a record is sent when its turn comes in simulated time: the traffic
 model's clock starts at the current wall time and runs ``speed`` times as fast,
@@ -31,9 +31,9 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.config import Settings, load_settings
+from pipeline.devtools.traffic import BAD_KINDS, TrafficModel
 from pipeline.exceptions import BrokerUnavailable, ConfigError
 from pipeline.security import kafka_python_options
-from pipeline.traffic import BAD_KINDS, TrafficModel
 
 __all__ = [
     "UNREACHABLE_ERRORS",
