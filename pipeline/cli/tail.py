@@ -22,9 +22,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from pipeline.cli.display import format_duration
-from pipeline.cli.produce import UNREACHABLE_ERRORS, broker_unavailable
 from pipeline.config import Settings, load_settings
-from pipeline.security import kafka_python_options
+from pipeline.security import UNREACHABLE_ERRORS, broker_unavailable, kafka_python_options
 
 __all__ = ["format_duration", "format_session", "run_tail"]
 

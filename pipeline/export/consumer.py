@@ -36,10 +36,9 @@ import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import CommitFailedError
 
-from pipeline.cli.produce import UNREACHABLE_ERRORS, broker_unavailable
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import parse_timestamp_ms
-from pipeline.security import kafka_python_options
+from pipeline.security import UNREACHABLE_ERRORS, broker_unavailable, kafka_python_options
 
 __all__ = ["SessionBatch", "SessionConsumer", "SessionEvent", "SessionRecord", "newest"]
 

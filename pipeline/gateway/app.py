@@ -454,7 +454,7 @@ def create_app(
 
 def create_admin_app(app: web.Application) -> web.Application:
     """The admin surfaces of a gateway app: ``/healthz``, ``/readyz`` (and ``/metrics``,
-    added by :meth:`pipeline.worker.metrics.GatewayMetrics.install`), for the admin port."""
+    added by :meth:`pipeline.gateway.metrics.GatewayMetrics.install`), for the admin port."""
     gateway = app[GATEWAY]
     admin = web.Application(middlewares=[_json_errors])
     admin.router.add_get("/healthz", gateway.healthz)

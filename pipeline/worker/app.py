@@ -30,7 +30,6 @@ from faust.types import TP
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline.cli.status import WORKER_RETENTION_S, worker_entry, workers_key
 from pipeline.config import Settings
 from pipeline.exceptions import FencedError
 from pipeline.security import aiokafka_options, check_redis, faust_options
@@ -41,6 +40,7 @@ from pipeline.worker.health import Health
 from pipeline.worker.heap import TRIM_INTERVAL_S, HeapTrimmer
 from pipeline.worker.metrics import WorkerMetrics
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
+from pipeline.worker.registry import WORKER_RETENTION_S, worker_entry, workers_key
 from pipeline.worker.routing import Router
 from pipeline.worker.sink import KafkaSink
 
