@@ -63,12 +63,10 @@ from aiohttp import web
 
 from pipeline.access import TRUSTED_PROXIES, authenticate, parse_networks, rate_limited
 from pipeline.credentials import check_secret
+from pipeline.exceptions import BodyError, EventError, PublishError
 from pipeline.gateway.cors import cors_middleware
-from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.ids import IdMemory
 from pipeline.gateway.mapping import (
-    BodyError,
-    EventError,
     assign_ids,
     check_size,
     from_exceptionless,

@@ -31,9 +31,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.config import Settings
-from pipeline.exceptions import FencedError
+from pipeline.exceptions import FencedError, StaleStateError
 from pipeline.security import aiokafka_options, check_redis, faust_options
-from pipeline.store.base import StaleStateError
 from pipeline.store.connection import redis_client
 from pipeline.store.redis import RedisStore
 from pipeline.worker.health import Health

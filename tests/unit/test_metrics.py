@@ -13,9 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.core.rules import SessionRules
-from pipeline.exceptions import FencedError
+from pipeline.exceptions import FencedError, PublishError
 from pipeline.gateway.app import create_app
-from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.metrics import GatewayMetrics
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
