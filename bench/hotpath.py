@@ -43,7 +43,7 @@ from typing import Any
 from bench import workload
 from pipeline.config import Settings
 from pipeline.core.rules import SessionRules
-from pipeline.services import EmbeddedRedis
+from pipeline.devtools.services import EmbeddedRedis
 from pipeline.store.connection import redis_client
 from pipeline.store.redis import RedisStore
 from pipeline.worker.outbox import Outgoing

@@ -574,7 +574,7 @@ def _area(frame: str) -> str:
                 else "generated code (dataclass __init__ ...)")
     for needle, area in (("threading.py", "threading / click / runpy"), ("click/", "threading / click / runpy"),
                          ("runpy", "threading / click / runpy"), ("(sessionizer)", "threading / click / runpy"),
-                         ("pipeline/cli.py", "threading / click / runpy"),
+                         ("pipeline/cli/", "threading / click / runpy"),
                          ("pipeline/core", "pipeline.core (sessionizer engine, parse)"),
                          ("pipeline/store", "pipeline.store (Redis store)"),
                          ("pipeline/worker", "pipeline.worker (processor, sink, app)"),

@@ -51,9 +51,9 @@ import orjson
 from bench import kafkautil, report, workload
 from bench.contenders import events_in
 from bench.procs import Child, Sampler, sessionizer_command
-from pipeline.apache_kafka import KAFKA_VERSION, EmbeddedKafka, kafka_unavailable_reason
-from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
-from pipeline.services_cluster import EmbeddedRedisCluster
+from pipeline.devtools.apache_kafka import KAFKA_VERSION, EmbeddedKafka, kafka_unavailable_reason
+from pipeline.devtools.services import EmbeddedBroker, EmbeddedRedis, create_topics
+from pipeline.devtools.services_cluster import EmbeddedRedisCluster
 from pipeline.store.keys import Keys
 from pipeline.worker.heap import TRIM_INTERVAL_S
 from pipeline.worker.routing import Router
@@ -163,7 +163,7 @@ def machine_info(broker: EmbeddedBroker | EmbeddedKafka | None, redis: EmbeddedR
             info["java"] = (out.stderr or out.stdout).strip().splitlines()[0]
     elif broker is not None:
         with contextlib.suppress(Exception):
-            from pipeline.services import find_tansu
+            from pipeline.devtools.services import find_tansu
 
             out = subprocess.run([find_tansu(), "--version"], capture_output=True, text=True, timeout=10)
             info["tansu"] = info["broker"] = (out.stdout or out.stderr).strip().splitlines()[0]

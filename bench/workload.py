@@ -1,4 +1,4 @@
-"""The benchmark's input: a seeded workload from :mod:`pipeline.traffic`, cached, published fast.
+"""The benchmark's input: a seeded workload from :mod:`pipeline.devtools.traffic`, cached, published fast.
 
 The workload is what ``TrafficModel(users, seed, start_ms).preload(events)`` gives:
 sessions with usage, error, log, 404 and custom events, a heartbeat every 30 s of
@@ -6,7 +6,7 @@ event time, explicit ends (``sessionend``, closing heartbeats) and abandoned
 sessions (closed by timeout), client batches, duplicates, out-of-order (late)
 events and a few bad records. Generating 500,000 events takes about half a minute,
 so the result is cached on disk (keyed by the arguments and the source of
-``pipeline/traffic.py``).
+``pipeline/devtools/traffic.py``).
 
 Records are published with confluent-kafka (librdkafka: ~100k records/s here,
 where kafka-python manages ~5k), each to the partition Kafka's default
@@ -26,9 +26,9 @@ from typing import Any
 
 import orjson
 
-from pipeline import traffic
 from pipeline.core.timefmt import parse_timestamp_ms
-from pipeline.traffic import Record, TrafficModel
+from pipeline.devtools import traffic
+from pipeline.devtools.traffic import Record, TrafficModel
 from pipeline.worker.routing import Router
 
 #: 2026-01-01T00:00:00Z: the replayed workload's clock starts here (fixed, so runs repeat)

@@ -1,4 +1,5 @@
-"""Log output of the worker and the gateway: readable text, or JSON lines.
+"""Log output of the worker and the gateway: readable text, or JSON lines; and the
+Prometheus registry and exposition both of them serve (at the end).
 
 ``SESSIONIZER_LOG_FORMAT=json`` writes one JSON object per line::
 
@@ -18,10 +19,24 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from pipeline.config import Settings
 
-__all__ = ["JsonFormatter", "configure_logging", "is_json", "worker_logging_config"]
+__all__ = [
+    "CONTENT_TYPE",
+    "SECONDS_BUCKETS",
+    "JsonFormatter",
+    "configure_logging",
+    "exposition",
+    "is_json",
+    "new_registry",
+    "worker_logging_config",
+]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -93,3 +108,26 @@ def worker_logging_config(settings: Settings) -> dict[str, Any] | None:
         },
         "root": {"level": settings.log_level.upper(), "handlers": ["default"]},
     }
+
+
+# -- metrics plumbing shared by the worker and the gateway ------------------------------
+
+#: The text exposition format, version 0.0.4 (what every Prometheus scrapes).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+#: Histogram buckets for durations from half a millisecond to ten seconds.
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry of its own, with the process, platform and GC collectors."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The registry in the text exposition format, and its content type."""
+    return generate_latest(registry), CONTENT_TYPE

@@ -35,14 +35,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from kafka import errors as kafka_errors
+
 from pipeline.config import Settings
-from pipeline.exceptions import ConfigError, RedisUnavailable
+from pipeline.exceptions import BrokerUnavailable, ConfigError, RedisUnavailable
 from sessionizer_client.exceptions import ClientError
 from sessionizer_client.kafka_security import KafkaSecurity as KafkaSettings
 
 __all__ = [
+    "UNREACHABLE_ERRORS",
     "KafkaSecurity",
     "aiokafka_options",
+    "broker_unavailable",
     "check_redis",
     "faust_options",
     "kafka_python_options",
@@ -280,3 +284,27 @@ def _is_tls_failure(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+# -- kafka-python: a broker nobody answers at ----------------------------------------
+
+#: What kafka-python raises when no broker answers at the bootstrap address:
+#: ``NoBrokersAvailable`` up to 2.x, ``KafkaTimeoutError`` ("Unable to bootstrap") since 3.0.
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = tuple(
+    error
+    for error in (
+        getattr(kafka_errors, "NoBrokersAvailable", None),
+        kafka_errors.KafkaTimeoutError,
+        kafka_errors.KafkaConnectionError,
+    )
+    if error is not None
+)
+
+
+def broker_unavailable(bootstrap: str, detail: str = "") -> BrokerUnavailable:
+    """The one-line error for a broker we cannot reach."""
+    why = f" ({detail})" if detail else ""
+    return BrokerUnavailable(
+        f"cannot reach the Kafka broker at {bootstrap}{why}; start it, or set "
+        "SESSIONIZER_KAFKA_BOOTSTRAP to the address of a running one"
+    )

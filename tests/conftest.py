@@ -3,8 +3,8 @@
 Nothing starts unless a test asks for it:
 
 ``broker``          the test's broker: Tansu (session-scoped
-                    :class:`~pipeline.services.EmbeddedBroker`) or Apache Kafka
-                    (session-scoped :class:`~pipeline.apache_kafka.EmbeddedKafka`), as
+                    :class:`~pipeline.devtools.services.EmbeddedBroker`) or Apache Kafka
+                    (session-scoped :class:`~pipeline.devtools.apache_kafka.EmbeddedKafka`), as
                     ``broker_kind`` says
 ``broker_kind``     ``"tansu"`` or ``"kafka"``: integration, e2e and fault tests that use
                     a broker run once on each (ids ``[tansu]`` / ``[kafka]``; the Kafka
@@ -12,7 +12,7 @@ Nothing starts unless a test asks for it:
                     where they are missing); elsewhere ``"tansu"``
 ``tansu_broker``    the session's Tansu broker
 ``kafka_broker``    the session's Apache Kafka broker (skips without Java/Maven)
-``redis_server``    session-scoped :class:`~pipeline.services.EmbeddedRedis` (AOF on)
+``redis_server``    session-scoped :class:`~pipeline.devtools.services.EmbeddedRedis` (AOF on)
 ``redis_client``    a ``redis.Redis`` on ``redis_server``, FLUSHALL before each test
 ``topic_factory``   ``topic_factory(partitions=1, stem="topic") -> name``: a new topic
                     with a unique name; ``topic_factory.many(["events", "sessions"],
@@ -52,10 +52,10 @@ try:
 except ImportError:  # running pytest without `make venv` (no editable install)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.apache_kafka import EmbeddedKafka, kafka_unavailable_reason
 from pipeline.config import Settings
-from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
-from pipeline.services_cluster import EmbeddedRedisCluster
+from pipeline.devtools.apache_kafka import EmbeddedKafka, kafka_unavailable_reason
+from pipeline.devtools.services import EmbeddedBroker, EmbeddedRedis, create_topics
+from pipeline.devtools.services_cluster import EmbeddedRedisCluster
 
 TESTS_DIR = Path(__file__).resolve().parent
 _DIR_MARKERS = {
@@ -188,7 +188,7 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[EmbeddedRedisCluster]:
     """A Redis Cluster for the whole session: 3 masters, 3 replicas, AOF on,
-    cluster-node-timeout 1.5 s (pipeline.services_cluster)."""
+    cluster-node-timeout 1.5 s (pipeline.devtools.services_cluster)."""
     cluster = EmbeddedRedisCluster(masters=3, replicas=1)
     cluster.start()
     try:

@@ -3,7 +3,7 @@
 - :mod:`pipeline.export.sql` the table, its rows and the offsets table, for SQLite
   (stdlib ``sqlite3``) and PostgreSQL (``psycopg``, extra ``[export-postgres]``)
 - :mod:`pipeline.export.run` the consumer-group process: batches from
-  :class:`pipeline.consumer.SessionConsumer`, each written with its offsets in one
+  :class:`pipeline.export.consumer.SessionConsumer`, each written with its offsets in one
   transaction, resuming from those offsets on every assignment
 """
 

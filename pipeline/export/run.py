@@ -18,7 +18,7 @@ from types import FrameType
 from typing import TextIO
 
 from pipeline.config import Settings, load_settings
-from pipeline.consumer import SessionConsumer
+from pipeline.export.consumer import SessionConsumer
 from pipeline.export.sql import open_table
 
 DEFAULT_URL = "sqlite:///sessions.db"

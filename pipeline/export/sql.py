@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.consumer import SessionRecord, newest
 from pipeline.exceptions import ConfigError
+from pipeline.export.consumer import SessionRecord, newest
 
 __all__ = ["COLUMNS", "OFFSETS_TABLE", "SessionTable", "open_table"]
 

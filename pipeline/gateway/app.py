@@ -63,12 +63,10 @@ from aiohttp import web
 
 from pipeline.access import TRUSTED_PROXIES, authenticate, parse_networks, rate_limited
 from pipeline.credentials import check_secret
+from pipeline.exceptions import BodyError, EventError, PublishError
 from pipeline.gateway.cors import cors_middleware
-from pipeline.gateway.exceptions import PublishError
 from pipeline.gateway.ids import IdMemory
 from pipeline.gateway.mapping import (
-    BodyError,
-    EventError,
     assign_ids,
     check_size,
     from_exceptionless,
@@ -454,7 +452,7 @@ def create_app(
 
 def create_admin_app(app: web.Application) -> web.Application:
     """The admin surfaces of a gateway app: ``/healthz``, ``/readyz`` (and ``/metrics``,
-    added by :meth:`pipeline.metrics.GatewayMetrics.install`), for the admin port."""
+    added by :meth:`pipeline.gateway.metrics.GatewayMetrics.install`), for the admin port."""
     gateway = app[GATEWAY]
     admin = web.Application(middlewares=[_json_errors])
     admin.router.add_get("/healthz", gateway.healthz)

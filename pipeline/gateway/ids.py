@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pipeline.core.timefmt import TimestampError, parse_timestamp_ms
-from pipeline.gateway.mapping import MAX_USER_ID_CHARS, EventError, is_session_id
+from pipeline.exceptions import EventError
+from pipeline.gateway.mapping import MAX_USER_ID_CHARS, is_session_id
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -52,6 +52,7 @@ from pipeline.core.limits import (
     parse_event_time_ms,
 )
 from pipeline.core.timefmt import TimestampError, format_ms
+from pipeline.exceptions import BodyError, EventError
 
 #: Session id format shared with Exceptionless: 8-100 of ``[A-Za-z0-9-]``.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9-]{8,100}")
@@ -63,24 +64,6 @@ MAX_PROJECT_CHARS = 100
 
 #: Exceptionless fields carried over as top-level fields (kept in ``data`` by the worker).
 _EXTRA_FIELDS = ("tags", "geo", "count")
-
-
-class EventError(ValueError):
-    """One event cannot be used; ``code`` is a SPEC section 6 code."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-class BodyError(ValueError):
-    """The request body as a whole cannot be used."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 def parse_body(body: bytes) -> list[Any]:

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from pipeline.exceptions import BrokerUnavailable
-from pipeline.gateway.exceptions import PublishError
+from pipeline.exceptions import BrokerUnavailable, PublishError
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from pipeline.config import Settings, load_settings
 from pipeline.credentials import check_secret
 from pipeline.exceptions import ConfigError
 from pipeline.gateway.app import create_admin_app, create_app
+from pipeline.gateway.metrics import GatewayMetrics
 from pipeline.gateway.publisher import KafkaPublisher
 from pipeline.gateway.settings import GatewaySettings, load_gateway_settings
 from pipeline.logs import configure_logging
-from pipeline.metrics import GatewayMetrics
 from pipeline.report.settings import load_report_settings
 from pipeline.security import aiokafka_options
 

@@ -53,12 +53,11 @@ from pipeline.access import auth_failure_refusal, client_address, find_key, rate
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import format_ms
 from pipeline.credentials import check_secret
-from pipeline.exceptions import RedisUnavailable
+from pipeline.exceptions import Forbidden, ParamError, RedisUnavailable
 from pipeline.ratelimit import RateLimiter
 from pipeline.report import stats
 from pipeline.report.data import Limits, ReportStore, SessionData, detail, summary
 from pipeline.report.params import (
-    ParamError,
     parse_list_query,
     parse_session_id,
     parse_session_query,
@@ -126,14 +125,6 @@ def load_assets() -> dict[str, Asset]:
 
 #: who a credential lets see: every project (None) or one
 Scope = str | None
-
-
-class Forbidden(Exception):
-    """A parameter names a project the credential does not open."""
-
-    def __init__(self, project: str) -> None:
-        super().__init__(project)
-        self.project = project
 
 
 def scoped(scope: Scope, asked: str | None) -> str | None:

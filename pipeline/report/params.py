@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.core.timefmt import TimestampError, parse_timestamp_ms
+from pipeline.exceptions import ParamError
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -17,15 +18,6 @@ _MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,128}")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
-
-
-class ParamError(ValueError):
-    """A query or path parameter is invalid."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(f"{parameter}: {message}")
-        self.parameter = parameter
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

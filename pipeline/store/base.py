@@ -13,15 +13,6 @@ from typing import Any, Protocol
 
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
-from pipeline.exceptions import FencedError
-
-
-class StaleStateError(FencedError):
-    """A write refused because the store holds older state than this worker last wrote
-    for the partition: it lost writes (a Redis restarted from an append-only file that
-    missed its last second). Nothing was written. Unlike another owner's fencing, the
-    partition is still this worker's: claim it again and replay the input from the
-    applied offset the store holds."""
 
 
 @dataclass(slots=True)

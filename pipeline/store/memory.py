@@ -14,8 +14,8 @@ import orjson
 
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
-from pipeline.exceptions import FencedError
-from pipeline.store.base import Claim, Commit, StaleStateError, latest
+from pipeline.exceptions import FencedError, StaleStateError
+from pipeline.store.base import Claim, Commit, latest
 from pipeline.store.keys import keyid
 
 

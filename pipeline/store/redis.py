@@ -24,8 +24,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
-from pipeline.exceptions import FencedError, RedisUnavailable
-from pipeline.store.base import Claim, Commit, StaleStateError, latest
+from pipeline.exceptions import FencedError, RedisUnavailable, StaleStateError
+from pipeline.store.base import Claim, Commit, latest
 from pipeline.store.keys import (
     Keys,
     index_entry,

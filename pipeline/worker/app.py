@@ -10,7 +10,7 @@ The faust web server is the worker's admin port (``SESSIONIZER_WEB_HOST`` /
 ``_PORT``, loopback by default): ``GET /healthz`` (liveness: 503 when a partition
 with input waiting has applied nothing for ``SESSIONIZER_LIVENESS_STALL``
 seconds), ``GET /readyz`` (200 once partitions are assigned and caught up),
-``GET /stats`` and ``GET /metrics`` (Prometheus, :mod:`pipeline.metrics`).
+``GET /stats`` and ``GET /metrics`` (Prometheus, :mod:`pipeline.worker.metrics`).
 """
 
 from __future__ import annotations
@@ -31,16 +31,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.config import Settings
-from pipeline.exceptions import FencedError
-from pipeline.metrics import WorkerMetrics
+from pipeline.exceptions import FencedError, StaleStateError
 from pipeline.security import aiokafka_options, check_redis, faust_options
-from pipeline.status import WORKER_RETENTION_S, worker_entry, workers_key
-from pipeline.store.base import StaleStateError
 from pipeline.store.connection import redis_client
 from pipeline.store.redis import RedisStore
 from pipeline.worker.health import Health
 from pipeline.worker.heap import TRIM_INTERVAL_S, HeapTrimmer
+from pipeline.worker.metrics import WorkerMetrics
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
+from pipeline.worker.registry import WORKER_RETENTION_S, worker_entry, workers_key
 from pipeline.worker.routing import Router
 from pipeline.worker.sink import KafkaSink
 

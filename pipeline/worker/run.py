@@ -31,7 +31,7 @@ def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) ->
     """Create the missing topics of ``wanted`` (``{name: partitions}``) with the worker's
     Kafka security settings and retention (:func:`topic_retention_ms`); ``{name: partition
     count}`` as the broker reports them (an existing topic keeps its count and its configs).
-    Like :func:`pipeline.services.create_topics`."""
+    Like :func:`pipeline.devtools.services.create_topics`."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from pipeline.checker import consumer_lag, redis_leftovers
 from pipeline.config import Settings
-from pipeline.services import free_port
+from pipeline.devtools.checker import consumer_lag, redis_leftovers
+from pipeline.devtools.services import free_port
 from tests.integration.processes import Child, stop
 
 READY = re.compile(r"assigned partitions \[([0-9, ]*)\]")

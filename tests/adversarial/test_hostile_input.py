@@ -4,7 +4,7 @@ Interleaved with normal traffic on every partition: JSON 300 levels deep (alone 
 one element of a batch), 260-deep unknown fields, invalid UTF-8, null values, a 100 KB ``user_id``, dates ``1e20`` and
 ``0001-01-01T00:00:00+01:00``; the same through the gateway. Then: every normal
 user's session equals what the offline core makes of the input log
-(:func:`pipeline.checker.check_pipeline`), every rejected record has its dead letter
+(:func:`pipeline.devtools.checker.check_pipeline`), every rejected record has its dead letter
 (by partition and offset), every outgoing message is under 1 MiB, both workers are
 alive and the consumer lag is 0.
 
@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from adversarial_cluster import ONE_MIB, Cluster
 
-from pipeline.checker import check_pipeline, read_topic
+from pipeline.devtools.checker import check_pipeline, read_topic
 from pipeline.worker.routing import Router
 
 PARTITIONS = 4

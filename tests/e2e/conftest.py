@@ -40,7 +40,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.services import create_topics
+from pipeline.devtools.services import create_topics
 
 REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"assigned partitions \[([0-9, ]+)\]")

@@ -17,9 +17,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from pipeline.apache_kafka import EmbeddedKafka
-from pipeline.checker import check_pipeline, consumer_lag
-from pipeline.traffic import TrafficModel
+from pipeline.devtools.apache_kafka import EmbeddedKafka
+from pipeline.devtools.checker import check_pipeline, consumer_lag
+from pipeline.devtools.traffic import TrafficModel
 from pipeline.worker.routing import Router
 from pipeline.worker.run import preflight
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from test_gateway_e2e import KEY, PROJECT, start_gateway, stop_gateway
 from test_report_browser import chromium, chromium_path
 
-from pipeline.services import free_port
+from pipeline.devtools.services import free_port
 
 BROWSER_DIR = Path(__file__).resolve().parent / "exceptionless_browser"
 BUNDLE = BROWSER_DIR / "node_modules" / "@exceptionless" / "browser" / "dist" / "index.bundle.js"

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from processes import Child, settings_env, stop
 
-from pipeline.consumer import SessionRecord, newest
+from pipeline.export.consumer import SessionRecord, newest
 from pipeline.export.sql import SessionTable, open_table
 
 USERS_PER_WAVE = 600

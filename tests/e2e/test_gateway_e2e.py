@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from processes import stop
 
 from pipeline.client import SessionClient
-from pipeline.services import free_port
+from pipeline.devtools.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_DIR = Path(__file__).resolve().parent / "exceptionless_client"

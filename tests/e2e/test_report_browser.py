@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_report_data import MIN, demo_events, event, populate
 
 from pipeline.core.event import Event
+from pipeline.devtools.services import EmbeddedRedis
 from pipeline.gateway.app import create_app
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
-from pipeline.services import EmbeddedRedis
 from pipeline.store.redis import RedisStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ a seeded load published live, seeded faults, a drain, and the offline checker.
 
 One :class:`Scenario` describes a run (load size, faults, worker settings);
 :func:`run_scenario` executes it and returns a :class:`RunResult` whose
-``report`` is the :class:`pipeline.checker.CheckReport` and whose ``table()`` is the
+``report`` is the :class:`pipeline.devtools.checker.CheckReport` and whose ``table()`` is the
 summary printed by the tests.
 
 Timeline of a run::
@@ -46,12 +46,12 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from pipeline.apache_kafka import EmbeddedKafka
-from pipeline.checker import CheckReport, check_pipeline, consumer_lag, redis_leftovers
 from pipeline.config import Settings
-from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics
-from pipeline.services_cluster import EmbeddedRedisCluster
-from pipeline.traffic import TrafficModel
+from pipeline.devtools.apache_kafka import EmbeddedKafka
+from pipeline.devtools.checker import CheckReport, check_pipeline, consumer_lag, redis_leftovers
+from pipeline.devtools.services import EmbeddedBroker, EmbeddedRedis, create_topics
+from pipeline.devtools.services_cluster import EmbeddedRedisCluster
+from pipeline.devtools.traffic import TrafficModel
 from pipeline.worker.routing import Router
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.checker import CheckReport, Expected, Live, RawRecord, compare, replay
 from pipeline.core.rules import SessionRules
-from pipeline.traffic import TrafficModel
+from pipeline.devtools.checker import CheckReport, Expected, Live, RawRecord, compare, replay
+from pipeline.devtools.traffic import TrafficModel
 from pipeline.worker.routing import Router
 
 pytestmark = pytest.mark.routine

@@ -71,7 +71,7 @@ def run(scenario: Scenario, root: Path) -> RunResult:
 
 def on_broker(scenario: Scenario, kind: str) -> Scenario:
     if kind == "kafka":
-        from pipeline.apache_kafka import kafka_unavailable_reason
+        from pipeline.devtools.apache_kafka import kafka_unavailable_reason
 
         reason = kafka_unavailable_reason()
         if reason:

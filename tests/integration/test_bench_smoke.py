@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.apache_kafka import kafka_unavailable_reason
+from pipeline.devtools.apache_kafka import kafka_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
 MISSING = [name for name in ("quixstreams", "confluent_kafka", "matplotlib", "psutil")

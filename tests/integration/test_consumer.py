@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_export_table import record
 
 from pipeline.config import Settings
-from pipeline.consumer import SessionConsumer, SessionRecord, newest
+from pipeline.export.consumer import SessionConsumer, SessionRecord, newest
 
 
 def send(settings: Settings, records: list[dict[str, Any] | bytes]) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.consumer import SessionRecord
 from pipeline.exceptions import ConfigError
+from pipeline.export.consumer import SessionRecord
 from pipeline.export.sql import OFFSETS_TABLE, open_table
 
 

@@ -22,7 +22,7 @@ import pytest
 from processes import Child
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.services import EmbeddedBroker, free_port
+from pipeline.devtools.services import EmbeddedBroker, free_port
 
 KEY = "metrics-key-1234567890"
 BLOG_KEY = "blog-Tm4Pc9Yj6Ds1Gf"

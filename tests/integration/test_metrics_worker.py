@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker_admin import admin
 
 from pipeline.config import Settings
-from pipeline.services import free_port
+from pipeline.devtools.services import free_port
 
 
 @pytest.fixture

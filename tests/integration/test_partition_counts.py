@@ -3,7 +3,7 @@ the workers route by the events topic's real count (broker metadata), create the
 that are missing with that count, and refuse a repartition topic that differs.
 
 Two ``sessionizer worker`` processes and a restart of one of them; the closed sessions
-are held against what the pure core computes offline (:mod:`pipeline.checker`).
+are held against what the pure core computes offline (:mod:`pipeline.devtools.checker`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from processes import Worker, sessionizer, settings_env
 
-from pipeline.checker import CheckReport, check_pipeline
 from pipeline.config import Settings
-from pipeline.services import create_topics
+from pipeline.devtools.checker import CheckReport, check_pipeline
+from pipeline.devtools.services import create_topics
 from pipeline.worker.routing import Router
 
 #: what the setting says; the topics have another count
@@ -145,7 +145,7 @@ def test_workers_follow_the_real_partition_count(
 
 
 def _read_all(settings: Settings, topic: str) -> list[Any]:
-    from pipeline.checker import read_topic
+    from pipeline.devtools.checker import read_topic
 
     return read_topic(settings.kafka_bootstrap, topic, timeout_s=60)
 

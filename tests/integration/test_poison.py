@@ -16,7 +16,7 @@ import pytest
 from kafka import KafkaProducer
 from processes import Worker
 
-from pipeline.checker import consumer_lag, read_topic
+from pipeline.devtools.checker import consumer_lag, read_topic
 from pipeline.worker.routing import Router
 
 PARTITIONS = 3

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline import produce
+from pipeline.cli import produce
+from pipeline.cli.produce import publish_records, run_produce
 from pipeline.config import Settings
+from pipeline.devtools.traffic import Record, TrafficModel
 from pipeline.exceptions import BrokerUnavailable
-from pipeline.produce import publish_records, run_produce
-from pipeline.traffic import Record, TrafficModel
 
 
 def read_back(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[Any]:

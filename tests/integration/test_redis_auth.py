@@ -21,9 +21,9 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.config import Settings
+from pipeline.devtools.services import EmbeddedRedis, free_port
 from pipeline.exceptions import RedisUnavailable, ServiceStartError
 from pipeline.security import check_redis
-from pipeline.services import EmbeddedRedis, free_port
 from pipeline.store.base import Commit
 from pipeline.store.connection import redis_client
 from pipeline.store.redis import RedisStore

@@ -13,12 +13,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from pipeline import query
+from pipeline.cli import query
+from pipeline.cli.status import _redis_view
 from pipeline.config import load_settings
 from pipeline.core.event import Event
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import KeyState, Session
-from pipeline.status import _redis_view
 from pipeline.store.base import Commit
 from pipeline.store.connection import is_cluster, redis_client, redis_client_sync
 from pipeline.store.redis import RedisStore

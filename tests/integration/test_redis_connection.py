@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.cli import main
 from pipeline.config import Settings
-from pipeline.services import EmbeddedRedis, free_port
+from pipeline.devtools.services import EmbeddedRedis, free_port
 from pipeline.store.connection import redis_client, redis_client_sync
 
 

@@ -22,9 +22,9 @@ from test_report_data import MIN, NOW, RULES, demo_events, event, populate
 
 from pipeline.config import Settings
 from pipeline.core.timefmt import format_ms
+from pipeline.devtools.services import EmbeddedRedis
 from pipeline.report.api import setup_report
 from pipeline.report.settings import ReportSettings
-from pipeline.services import EmbeddedRedis
 from pipeline.store.connection import redis_client
 from pipeline.store.keys import Keys
 from pipeline.store.redis import RedisStore

@@ -10,8 +10,13 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from pipeline.devtools.services import (
+    EmbeddedBroker,
+    EmbeddedRedis,
+    create_topics,
+    kafka_metadata_ready,
+)
 from pipeline.exceptions import ServiceStartError
-from pipeline.services import EmbeddedBroker, EmbeddedRedis, create_topics, kafka_metadata_ready
 
 
 def _read_all(bootstrap: str, topic: str, partitions: int, expected: int) -> list[Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.checker import read_topic
+from pipeline.devtools.checker import read_topic
 from pipeline.worker.outbox import DEAD_LETTER, FORWARD, SESSION, Outgoing
 from pipeline.worker.processor import Topics
 from pipeline.worker.sink import KafkaSink

@@ -19,8 +19,8 @@ from kafka import KafkaProducer
 from processes import Worker, settings_env
 
 from pipeline.cli import main
+from pipeline.cli.status import collect_status
 from pipeline.config import Settings
-from pipeline.status import collect_status
 
 USERS = [f"status-user-{i}" for i in range(12)]
 T0 = 1_795_000_000_000
@@ -176,7 +176,7 @@ def test_the_status_command_prints_tables_or_json(worker: Worker) -> None:
 
 
 def test_status_without_a_broker_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.services import free_port
+    from pipeline.devtools.services import free_port
 
     with _clean_environment():
         result = CliRunner().invoke(

@@ -15,7 +15,7 @@ from processes import Worker
 from worker_admin import admin
 
 from pipeline.config import Settings
-from pipeline.services import EmbeddedRedis, free_port
+from pipeline.devtools.services import EmbeddedRedis, free_port
 
 
 @pytest.fixture

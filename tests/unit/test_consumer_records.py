@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.consumer import SessionRecord, newest
+from pipeline.export.consumer import SessionRecord, newest
 
 
 def rec(sid: str, revision: int, project: str = "p", **extra: Any) -> SessionRecord:

@@ -947,6 +947,6 @@ def test_healthcheck_defaults_to_the_worker_port(monkeypatch: pytest.MonkeyPatch
 
 
 def test_compose_kafka_is_the_version_the_tests_run() -> None:
-    from pipeline.apache_kafka import KAFKA_VERSION
+    from pipeline.devtools.apache_kafka import KAFKA_VERSION
 
     assert _services()["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings
-from pipeline.consumer import SessionBatch
 from pipeline.export import run
+from pipeline.export.consumer import SessionBatch
 
 
 class ScriptedConsumer:

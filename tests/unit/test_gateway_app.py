@@ -10,12 +10,11 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.exceptions import ConfigError
+from pipeline.exceptions import ConfigError, PublishError
 from pipeline.gateway.app import GATEWAY, create_admin_app, create_app
-from pipeline.gateway.exceptions import PublishError
+from pipeline.gateway.metrics import GatewayMetrics
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
-from pipeline.metrics import GatewayMetrics
 
 KEY = "Kq7vM2pXr9LwB4nZ"
 AUTH = {"Authorization": f"Bearer {KEY}"}

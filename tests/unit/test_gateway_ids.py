@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.exceptions import EventError
 from pipeline.gateway.ids import HeartbeatTarget, IdMemory
-from pipeline.gateway.mapping import EventError
 from pipeline.ratelimit import RateLimiter
 
 SESSION = "66e634246cc3414faed6531eb988749a"

@@ -21,9 +21,9 @@ from pipeline.gateway.mapping import (
     from_exceptionless,
     from_spec,
 )
+from pipeline.gateway.metrics import GatewayMetrics
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
-from pipeline.metrics import GatewayMetrics
 
 KEY = "Rv8cN3qLw7ZpT5xB"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -13,14 +13,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.core.rules import SessionRules
-from pipeline.exceptions import FencedError
+from pipeline.exceptions import FencedError, PublishError
 from pipeline.gateway.app import create_app
-from pipeline.gateway.exceptions import PublishError
+from pipeline.gateway.metrics import GatewayMetrics
 from pipeline.gateway.publisher import Record
 from pipeline.gateway.settings import GatewaySettings
-from pipeline.metrics import CONTENT_TYPE, GatewayMetrics, WorkerMetrics
+from pipeline.logs import CONTENT_TYPE
 from pipeline.store.base import Commit
 from pipeline.store.memory import MemoryStore
+from pipeline.worker.metrics import WorkerMetrics
 from pipeline.worker.outbox import DEAD_LETTER, SESSION, Outgoing
 from pipeline.worker.processor import BatchStats, PartitionProcessor, Topics
 from pipeline.worker.routing import Router

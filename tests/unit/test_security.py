@@ -187,7 +187,7 @@ def test_the_worker_app_and_sink_take_the_security_settings(pki: dict[str, str])
 
 
 def test_tail_and_produce_take_the_kafka_security_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import produce, tail
+    from pipeline.cli import produce, tail
 
     made: list[tuple[str, dict[str, Any]]] = []
 

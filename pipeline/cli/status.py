@@ -21,8 +21,6 @@ prints it as rich tables, or as that JSON (``--json``).
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 from typing import Any
 
@@ -37,29 +35,7 @@ from pipeline.security import (
     redis_address,
 )
 
-__all__ = ["WORKER_RETENTION_S", "collect_status", "run_status", "worker_entry", "workers_key"]
-
-#: A worker silent for this long is dropped from the workers hash (by the others).
-WORKER_RETENTION_S = 3600
-
-
-def workers_key(prefix: str) -> str:
-    """The hash where the workers announce themselves: worker id -> JSON entry."""
-    return f"{prefix}:workers"
-
-
-def worker_entry(
-    partitions: list[int], epochs: dict[int, int], web_url: str, interval_s: float, now_ms: int
-) -> tuple[str, bytes]:
-    """This process's ``(worker id, entry)`` for the workers hash."""
-    host, pid = socket.gethostname(), os.getpid()
-    entry = {
-        "id": f"{host}:{pid}", "host": host, "pid": pid, "web": web_url,
-        "partitions": partitions, "epochs": {str(p): e for p, e in epochs.items()},
-        "interval_s": interval_s, "seen_ms": now_ms,
-    }
-    return f"{host}:{pid}", orjson.dumps(entry)
-
+__all__ = ["collect_status", "run_status"]
 
 # -- Kafka ----------------------------------------------------------------------------
 
@@ -160,6 +136,7 @@ class _Kafka:
 async def _redis_view(settings: Settings, partitions: list[int]) -> dict[str, Any]:
     from pipeline.store.connection import redis_client
     from pipeline.store.keys import Keys
+    from pipeline.worker.registry import workers_key
 
     client = redis_client(settings)
     keys = Keys(settings.redis_key_prefix)

@@ -73,7 +73,7 @@ def api_key(path: str | None, project: str) -> None:
 def status(as_json: bool, sample: float) -> None:
     """The cluster at a glance: group members, partitions (owner, offsets, lag, open
     sessions, epoch), workers, rates and the effective session rules."""
-    from pipeline.status import run_status
+    from pipeline.cli.status import run_status
 
     run_status(as_json=as_json, sample_s=sample)
 
@@ -91,7 +91,7 @@ def sessions() -> None:
 @_clean_errors
 def sessions_live(project: str | None, user: str | None, limit: int, as_json: bool) -> None:
     """List open sessions (all, of a project, or of a user)."""
-    from pipeline.query import live
+    from pipeline.cli.query import live
 
     live(project, user, limit, as_json)
 
@@ -104,7 +104,7 @@ def sessions_live(project: str | None, user: str | None, limit: int, as_json: bo
 @_clean_errors
 def sessions_show(session_id: str, project: str | None, as_json: bool) -> None:
     """Show one open session with its events."""
-    from pipeline.query import show
+    from pipeline.cli.query import show
 
     if not show(session_id, as_json, project=project):
         sys.exit(1)
@@ -120,7 +120,7 @@ def sessions_show(session_id: str, project: str | None, as_json: bool) -> None:
 @_clean_errors
 def produce(users: int, rate: float, duration: float, seed: int, bad_ratio: float, quiet: bool) -> None:
     """Publish realistic synthetic user traffic to the events topic."""
-    from pipeline.produce import run_produce
+    from pipeline.cli.produce import run_produce
 
     run_produce(users=users, rate=rate, duration=duration, seed=seed, bad_ratio=bad_ratio, quiet=quiet)
 
@@ -131,7 +131,7 @@ def produce(users: int, rate: float, duration: float, seed: int, bad_ratio: floa
 @_clean_errors
 def tail(from_beginning: bool, as_json: bool) -> None:
     """Follow the sessions topic and print closed sessions readably."""
-    from pipeline.tail import run_tail
+    from pipeline.cli.tail import run_tail
 
     run_tail(from_beginning=from_beginning, as_json=as_json)
 
@@ -172,7 +172,7 @@ def export(url: str, table: str, from_beginning: bool, group_id: str, progress_s
 @_clean_errors
 def dev(users: int, rate: float, inactivity_timeout: float, partitions: int, broker_kind: str) -> None:
     """Run everything locally: broker, Redis, a worker, the producer, and a live view."""
-    from pipeline.dev import run_dev
+    from pipeline.cli.dev import run_dev
 
     run_dev(users, rate, inactivity_timeout, partitions, broker_kind)
 
@@ -185,6 +185,3 @@ def gateway() -> None:
 
     run_gateway()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

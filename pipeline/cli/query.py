@@ -10,9 +10,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.cli.display import format_duration
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import parse_timestamp_ms
-from pipeline.display import format_duration
 from pipeline.store.connection import redis_client
 from pipeline.store.redis import RedisStore
 

@@ -743,10 +743,10 @@ def _stop_all() -> None:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipeline.services``: run a broker and a redis-server until Ctrl-C."""
+    """``python -m pipeline.devtools.services``: run a broker and a redis-server until Ctrl-C."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.services", description=_main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.devtools.services", description=_main.__doc__)
     parser.add_argument("--kafka-port", type=int, default=None)
     parser.add_argument("--redis-port", type=int, default=None)
     parser.add_argument("--topic", action="append", default=[], metavar="NAME:PARTITIONS")

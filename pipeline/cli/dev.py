@@ -24,12 +24,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.apache_kafka import EmbeddedKafka, kafka_unavailable_reason
+from pipeline.cli.display import format_duration
 from pipeline.config import load_settings
 from pipeline.credentials import generate_key
-from pipeline.display import format_duration
+from pipeline.devtools.apache_kafka import EmbeddedKafka, kafka_unavailable_reason
+from pipeline.devtools.services import EmbeddedBroker, EmbeddedRedis, free_port
 from pipeline.exceptions import ConfigError
-from pipeline.services import EmbeddedBroker, EmbeddedRedis, free_port
 
 
 def _sessionizer() -> list[str]:

@@ -532,12 +532,12 @@ def check_pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.checker``: check the pipeline that the ``SESSIONIZER_*``
+    """``python -m pipeline.devtools.checker``: check the pipeline that the ``SESSIONIZER_*``
     settings name (topics, consumer group, Redis); prints the table, exits 1 on a breach.
     Run it after the input has drained (sessions idle past the inactivity timeout)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.checker", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.devtools.checker", description=main.__doc__)
     parser.add_argument("--no-redis", action="store_true", help="do not check what Redis holds")
     parser.add_argument("--no-lag", action="store_true", help="do not check the consumer group's lag")
     args = parser.parse_args(argv)

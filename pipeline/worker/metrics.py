@@ -1,4 +1,4 @@
-"""Prometheus metrics of the worker and the gateway (``GET /metrics``, text format).
+"""Prometheus metrics of the worker (``GET /metrics``, text format).
 
 Each process keeps its own :class:`~prometheus_client.CollectorRegistry` (no
 global state: tests build as many as they like). The worker's metrics are fed by
@@ -12,33 +12,24 @@ what each one means and what healthy looks like.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError
+from pipeline.logs import SECONDS_BUCKETS, exposition, new_registry
 from pipeline.store.base import Claim, Commit, SessionStore
 
 if TYPE_CHECKING:
     from pipeline.worker.processor import BatchStats
 
 __all__ = [
-    "CONTENT_TYPE",
     "EVENT_TYPES",
-    "GatewayMetrics",
     "TimedStore",
     "WorkerMetrics",
-    "exposition",
 ]
-
-#: The text exposition format, version 0.0.4 (what every Prometheus scrapes).
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 #: Event types counted under their own label; any other type counts as ``other``
 #: (the type is free text: a label per value would grow without bound).
@@ -56,21 +47,6 @@ _ENGINE_COUNTERS = {
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def new_registry() -> CollectorRegistry:
-    """A registry of its own, with the process, platform and GC collectors."""
-    registry = CollectorRegistry(auto_describe=True)
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return registry
-
-
-def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
-    """The registry in the text exposition format, and its content type."""
-    return generate_latest(registry), CONTENT_TYPE
 
 
 class WorkerMetrics:
@@ -151,7 +127,7 @@ class WorkerMetrics:
         self.batch_seconds = Histogram(
             "sessionizer_batch_duration_seconds",
             "Time to process one partition batch (parse, load, core, commit).",
-            buckets=_SECONDS_BUCKETS, registry=r,
+            buckets=SECONDS_BUCKETS, registry=r,
         )
         self.lag = Gauge(
             "sessionizer_consumer_lag",
@@ -172,7 +148,7 @@ class WorkerMetrics:
         # -- Redis and Kafka round trips ------------------------------------------
         self.redis_seconds = Histogram(
             "sessionizer_redis_seconds", "Redis round trips of the store, by operation.",
-            ["op"], buckets=_SECONDS_BUCKETS, registry=r,
+            ["op"], buckets=SECONDS_BUCKETS, registry=r,
         )
         self.redis_errors = Counter(
             "sessionizer_redis_errors", "Store operations that failed, by operation.", ["op"], registry=r
@@ -185,7 +161,7 @@ class WorkerMetrics:
         self.sink_seconds = Histogram(
             "sessionizer_sink_send_seconds",
             "From sending a group of messages to the broker's acknowledgement of all of them.",
-            buckets=_SECONDS_BUCKETS, registry=r,
+            buckets=SECONDS_BUCKETS, registry=r,
         )
         # -- ownership -------------------------------------------------------------
         self.partitions = Gauge(
@@ -355,111 +331,3 @@ class TimedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
-
-
-# -- the gateway ---------------------------------------------------------------------
-
-Publish = Callable[[Sequence[Any]], Awaitable[None]]
-
-
-class GatewayMetrics:
-    """The gateway's metrics (prefixed ``sessionizer_gateway_``)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else new_registry()
-        r = self.registry
-        self.requests = Counter(
-            "sessionizer_gateway_requests",
-            "HTTP requests answered, by endpoint (route), method and status.",
-            ["endpoint", "method", "status"], registry=r,
-        )
-        self.request_seconds = Histogram(
-            "sessionizer_gateway_request_duration_seconds", "Time to answer a request, by endpoint.",
-            ["endpoint"], buckets=_SECONDS_BUCKETS, registry=r,
-        )
-        self.in_flight = Gauge(
-            "sessionizer_gateway_requests_in_flight", "Requests being answered now.", registry=r
-        )
-        self.published = Counter(
-            "sessionizer_gateway_events_published",
-            "Events published to the events topic and acknowledged by the broker.", registry=r,
-        )
-        self.events_rejected = Counter(
-            "sessionizer_gateway_events_rejected",
-            "Events refused one by one, by reason (the SPEC section 6 code: invalid_event, "
-            "no_identity, too_large, forbidden_project); the rest of their request goes on.",
-            ["reason"], registry=r,
-        )
-        self.publish_failures = Counter(
-            "sessionizer_gateway_publish_failures",
-            "Publish calls the broker did not acknowledge (the request was answered 503).", registry=r,
-        )
-        self.publish_seconds = Histogram(
-            "sessionizer_gateway_publish_duration_seconds",
-            "From publishing a request's events to the broker's acknowledgement of all of them.",
-            buckets=_SECONDS_BUCKETS, registry=r,
-        )
-
-    def exposition(self) -> tuple[bytes, str]:
-        return exposition(self.registry)
-
-    def count_rejected(self, reason: str) -> None:
-        """One event refused by the gateway for ``reason``."""
-        self.events_rejected.labels(reason).inc()
-
-    def instrument(self, publish: Publish) -> Publish:
-        """``publish``, counting events and timing each call."""
-
-        async def timed_publish(records: Sequence[Any]) -> None:
-            started = time.perf_counter()
-            try:
-                await publish(records)
-            except Exception:
-                self.publish_failures.inc()
-                raise
-            finally:
-                self.publish_seconds.observe(time.perf_counter() - started)
-            self.published.inc(len(records))
-
-        return timed_publish
-
-    def install(self, app: Any, admin: Any = None) -> None:
-        """Add the request-counting middleware to an aiohttp app and ``GET /metrics`` to
-        its ``admin`` app (default: the app itself), before they start; the middleware
-        goes outermost, so it sees every answer."""
-        from aiohttp import web
-
-        @web.middleware
-        async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
-            started = time.perf_counter()
-            self.in_flight.inc()
-            status = 500
-            try:
-                response: web.StreamResponse = await handler(request)
-                status = response.status
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            finally:
-                self.in_flight.dec()
-                endpoint = _endpoint(request)
-                self.requests.labels(endpoint, request.method, str(status)).inc()
-                self.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
-
-        async def metrics(request: web.Request) -> web.Response:
-            body, content_type = self.exposition()
-            return web.Response(body=body, headers={"Content-Type": content_type})
-
-        app.middlewares.insert(0, count_requests)
-        (app if admin is None else admin).router.add_get("/metrics", metrics)
-
-
-def _endpoint(request: Any) -> str:
-    """The route a request matched (``/api/v2/events``), or ``unmatched``: a bounded label."""
-    route = getattr(request.match_info, "route", None)
-    resource = getattr(route, "resource", None)
-    if resource is None:
-        return "unmatched"
-    canonical = getattr(resource, "canonical", None)
-    return str(canonical) if canonical else "unmatched"

@@ -1,14 +1,14 @@
 """An embedded Apache Kafka broker (single node, KRaft combined mode) for tests, the demo
-and the benchmark, beside the Tansu launcher of :mod:`pipeline.services`.
+and the benchmark, beside the Tansu launcher of :mod:`pipeline.devtools.services`.
 
 The broker's runtime classpath is resolved from Maven Central with ``mvn`` (a small pom
 written into the cache directory, ``$SESSIONIZER_KAFKA_CACHE`` or
 ``~/.cache/sessionizer/kafka-<version>``) and reused between runs; the jars themselves
-stay in Maven's local repository (``~/.m2``). ``python -m pipeline.apache_kafka warm``
+stay in Maven's local repository (``~/.m2``). ``python -m pipeline.devtools.apache_kafka warm``
 resolves it ahead of time (``.ci/run`` does, so a first download is not counted against a
 test's timeout).
 
-:class:`EmbeddedKafka` has the interface of :class:`~pipeline.services.EmbeddedBroker`
+:class:`EmbeddedKafka` has the interface of :class:`~pipeline.devtools.services.EmbeddedBroker`
 (``start``, ``stop``, ``kill``, ``pause``, ``resume``, ``restart``, ``close``,
 ``bootstrap``, ``url``, ``create_topics``). It formats its data directory once
 (``kafka.tools.StorageTool format``) and keeps it across :meth:`stop` / :meth:`restart`,
@@ -35,8 +35,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pipeline.devtools.services import LOOPBACK, _KafkaService, free_port, kafka_metadata_request
 from pipeline.exceptions import ServiceStartError
-from pipeline.services import LOOPBACK, _KafkaService, free_port, kafka_metadata_request
 
 __all__ = [
     "KAFKA_VERSION",
@@ -59,7 +59,7 @@ INSTALL_HINT = (
 )
 
 _POM = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by pipeline.apache_kafka: resolves the runtime classpath of an Apache Kafka broker. -->
+<!-- Written by pipeline.devtools.apache_kafka: resolves the runtime classpath of an Apache Kafka broker. -->
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>sessionizer</groupId>
@@ -191,7 +191,7 @@ def kafka_metadata_v4_ready(host: str, port: int, timeout: float = 1.0) -> bool:
     """True when a Kafka broker answers a Metadata v4 request with at least one broker.
 
     (Apache Kafka 4 no longer answers the v0 request of
-    :func:`pipeline.services.kafka_metadata_ready`.)
+    :func:`pipeline.devtools.services.kafka_metadata_ready`.)
     """
     correlation_id = 0x5E56
     # all topics, no auto-creation
@@ -342,10 +342,10 @@ class EmbeddedKafka(_KafkaService):
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipeline.apache_kafka warm|run``: resolve the classpath, or run a broker."""
+    """``python -m pipeline.devtools.apache_kafka warm|run``: resolve the classpath, or run a broker."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.apache_kafka", description=_main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.devtools.apache_kafka", description=_main.__doc__)
     parser.add_argument("action", choices=("warm", "run"))
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)

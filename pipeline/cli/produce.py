@@ -1,4 +1,4 @@
-"""``sessionizer produce``: publish synthetic traffic (:mod:`pipeline.traffic`) to Kafka.
+"""``sessionizer produce``: publish synthetic traffic (:mod:`pipeline.devtools.traffic`) to Kafka.
 
 Live, a record is sent when its turn comes in simulated time: the traffic
 model's clock starts at the current wall time and runs ``speed`` times as fast,
@@ -31,39 +31,17 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.config import Settings, load_settings
-from pipeline.exceptions import BrokerUnavailable, ConfigError
-from pipeline.security import kafka_python_options
-from pipeline.traffic import BAD_KINDS, TrafficModel
+from pipeline.devtools.traffic import BAD_KINDS, TrafficModel
+from pipeline.exceptions import ConfigError
+from pipeline.security import UNREACHABLE_ERRORS, broker_unavailable, kafka_python_options
 
 __all__ = [
-    "UNREACHABLE_ERRORS",
-    "broker_unavailable",
     "ensure_topic",
     "publish_records",
     "run_produce",
 ]
 
-#: What kafka-python raises when no broker answers at the bootstrap address:
-#: ``NoBrokersAvailable`` up to 2.x, ``KafkaTimeoutError`` ("Unable to bootstrap") since 3.0.
-UNREACHABLE_ERRORS: tuple[type[Exception], ...] = tuple(
-    error
-    for error in (
-        getattr(kafka_errors, "NoBrokersAvailable", None),
-        kafka_errors.KafkaTimeoutError,
-        kafka_errors.KafkaConnectionError,
-    )
-    if error is not None
-)
 BOOTSTRAP_TIMEOUT_MS = 10_000
-
-
-def broker_unavailable(bootstrap: str, detail: str = "") -> BrokerUnavailable:
-    """The one-line error for a broker we cannot reach."""
-    why = f" ({detail})" if detail else ""
-    return BrokerUnavailable(
-        f"cannot reach the Kafka broker at {bootstrap}{why}; start it, or set "
-        "SESSIONIZER_KAFKA_BOOTSTRAP to the address of a running one"
-    )
 
 
 def _servers(bootstrap: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 ::
 
-    from pipeline.consumer import SessionConsumer
+    from pipeline.export.consumer import SessionConsumer
 
     with SessionConsumer(group_id="billing") as consumer:
         for batch in consumer.batches():
@@ -38,12 +38,11 @@ from kafka.errors import CommitFailedError
 
 from pipeline.config import Settings, load_settings
 from pipeline.core.timefmt import parse_timestamp_ms
-from pipeline.produce import UNREACHABLE_ERRORS, broker_unavailable
-from pipeline.security import kafka_python_options
+from pipeline.security import UNREACHABLE_ERRORS, broker_unavailable, kafka_python_options
 
 __all__ = ["SessionBatch", "SessionConsumer", "SessionEvent", "SessionRecord", "newest"]
 
-log = logging.getLogger("pipeline.consumer")
+log = logging.getLogger("pipeline.export.consumer")
 
 #: ``resume(topic, partitions) -> {partition: next offset}`` (partitions it has no offset for left out)
 Resume = Callable[[str, list[int]], Mapping[int, int]]

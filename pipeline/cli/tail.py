@@ -21,10 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from pipeline.cli.display import format_duration
 from pipeline.config import Settings, load_settings
-from pipeline.display import format_duration
-from pipeline.produce import UNREACHABLE_ERRORS, broker_unavailable
-from pipeline.security import kafka_python_options
+from pipeline.security import UNREACHABLE_ERRORS, broker_unavailable, kafka_python_options
 
 __all__ = ["format_duration", "format_session", "run_tail"]
 
