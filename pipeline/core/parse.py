@@ -1,7 +1,7 @@
 """Input records to events: JSON, size limits, identity, schema, clocks.
 
 One Kafka record of the input topic carries one event (a JSON object) or a
-batch (a JSON array of events). :func:`parse_record` turns it into a list of
+batch (a JSON array of events). :meth:`EventParser.parse` turns it into a list of
 :class:`~pipeline.core.event.Event` and :class:`~pipeline.core.event.Rejection`,
 one per event, in record order. The checks, in order, and the codes they give:
 

@@ -104,7 +104,9 @@ def format_ms(ms: int) -> str:
     day = _DAYS.get(days)
     if day is None:
         if _FIRST_DAY <= days <= _LAST_DAY:
-            day = f"{datetime.fromtimestamp(days * 86_400, UTC):%Y-%m-%d}"
+            # not strftime's %Y: the C library writes years before 1000 unpadded ("999-12-31")
+            date = datetime.fromtimestamp(days * 86_400, UTC)
+            day = f"{date.year:04d}-{date.month:02d}-{date.day:02d}"
         else:
             day = _expanded_date(days)
         if len(_DAYS) >= 4096:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pipeline.core.timefmt import TimestampError, format_ms, parse_timestamp_ms
@@ -124,6 +124,8 @@ def test_format_ms_outside_datetimes_years_writes_an_expanded_year(ms: int, text
     assert format_ms(ms) == text
 
 
+@example(-30_610_224_000_001)  # 999-12-31T23:59:59.999Z: a year before 1000, zero-padded
+@example(-62_135_596_800_000)  # 0001-01-01T00:00:00.000Z
 @given(st.integers())
 def test_format_ms_never_raises_for_an_integer_and_parses_back(ms: int) -> None:
     text = format_ms(ms)
