@@ -2,7 +2,7 @@
 
 Each process keeps its own :class:`~prometheus_client.CollectorRegistry` (no
 global state: tests build as many as they like). The worker's metrics are fed by
-the runtime (:mod:`pipeline.worker.app`) from each batch's
+the runtime (:mod:`pipeline.worker.runtime`) from each batch's
 :class:`~pipeline.worker.processor.BatchStats`, from a timed proxy around the
 store and from a timer that refreshes the gauges; the gateway's by an aiohttp
 middleware and a wrapper around its publish function. docs/operations.md ("Metrics") says

@@ -15,9 +15,10 @@ from test_processor_memory import TOPICS, ListSink, Rec, Wall
 from pipeline.config import Settings
 from pipeline.store.memory import MemoryStore
 from pipeline.worker import processor as processor_module
-from pipeline.worker.app import Runtime, is_infrastructure
 from pipeline.worker.processor import PartitionProcessor
+from pipeline.worker.retries import is_infrastructure
 from pipeline.worker.routing import Router
+from pipeline.worker.runtime import Runtime
 
 T0 = 1_764_237_600_000
 
