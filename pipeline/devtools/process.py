@@ -115,6 +115,14 @@ def get_json(url: str, timeout_s: float = 2.0) -> tuple[int, Any]:
         return status, None
 
 
+def answers(url: str, timeout_s: float = 2.0) -> bool:
+    """``GET url`` answers 200 (False while nothing listens there)."""
+    try:
+        return get_json(url, timeout_s)[0] == 200
+    except OSError:  # refused, reset, timed out (URLError is one)
+        return False
+
+
 def _host(value: str | None) -> str:
     return LOOPBACK if not value or value in ("0.0.0.0", "::", "localhost") else value
 
@@ -134,7 +142,7 @@ class SessionizerProcess:
         argv: Sequence[str] | None = None,
         cwd: Path | str = REPO,
         timeout_s: float = 60.0,
-        grace_s: float = 10.0,
+        grace_s: float = 15.0,
     ) -> None:
         self.command = command
         self.settings = settings if isinstance(settings, Settings) else None
@@ -227,13 +235,25 @@ class SessionizerProcess:
             return self.running
         try:
             status, body = get_json(url, timeout_s=2.0)
-        except (OSError, urllib.error.URLError):
+        except OSError:  # nothing listens yet (URLError is an OSError)
             return False
         if status != 200:
             return False
         if self.command == "worker":  # up, and partitions assigned
             return isinstance(body, dict) and bool(body.get("partitions"))
         return True
+
+    def ready_within(self, timeout_s: float) -> bool:
+        """Poll :meth:`is_ready` for up to ``timeout_s``; False if the process exits or
+        is not ready by then (it is left as it is)."""
+        deadline = time.monotonic() + timeout_s
+        while self.running:
+            if self.is_ready():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return False
 
     def wait_ready(self, timeout_s: float | None = None) -> SessionizerProcess:
         """Wait until :meth:`is_ready`; :class:`ProcessNotReady` if the process exits
@@ -268,12 +288,14 @@ class SessionizerProcess:
                 self.proc.send_signal(sig)
 
     def stop(self, grace_s: float | None = None) -> int | None:
-        """SIGTERM, up to ``grace_s`` to exit, then SIGKILL; the exit code."""
+        """SIGTERM (and SIGCONT, should it be paused), up to ``grace_s`` to exit, then
+        SIGKILL; the exit code."""
         proc = self.proc
         if proc is None:
             return None
         if proc.poll() is None:
             self.signal(signal.SIGTERM)
+            self.signal(signal.SIGCONT)
             try:
                 proc.wait(self.grace_s if grace_s is None else grace_s)
             except subprocess.TimeoutExpired:
