@@ -13,7 +13,9 @@ Start it with given settings, wait until its health endpoint answers, stop it::
   ``SESSIONIZER_GATEWAY_ADMIN_PORT`` (gateway) that is 0 or unset is replaced by a free
   loopback port, so the helper knows where to ask (:attr:`SessionizerProcess.ports`).
 - Ready: a worker when ``GET /healthz`` on its web port answers 200 with partitions
-  assigned; a gateway when ``GET /healthz`` on its admin port answers 200. Commands
+  and ``/metrics`` counts as many in ``sessionizer_assigned_partitions`` (its
+  assignment claimed in full, when it logs ``assigned partitions [...]``); a gateway
+  when ``GET /healthz`` on its admin port answers 200. Commands
   without a health endpoint (``export``, ``dev``, ...) are ready once started, unless a
   ``ready`` callback says otherwise (e.g. a line in :meth:`SessionizerProcess.log_text`).
   A process that exits before it is ready, or is not ready in time, raises
@@ -47,6 +49,8 @@ from pipeline.config import Settings
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 PREFIX = "SESSIONIZER_"
+#: the worker's gauge of its claimed partitions, set once an assignment is claimed in full
+ASSIGNED_GAUGE = "sessionizer_assigned_partitions"
 
 #: the port variables of each command that the helper fills with free ports
 PORTS: dict[str, tuple[str, ...]] = {
@@ -239,9 +243,27 @@ class SessionizerProcess:
             return False
         if status != 200:
             return False
-        if self.command == "worker":  # up, and partitions assigned
-            return isinstance(body, dict) and bool(body.get("partitions"))
+        if self.command == "worker":
+            return isinstance(body, dict) and self._claimed(len(body.get("partitions") or ()))
         return True
+
+    def _claimed(self, listed: int) -> bool:
+        """The worker has claimed every partition of its assignment: ``/healthz`` lists
+        partitions as they are claimed, one by one, and ``sessionizer_assigned_partitions``
+        on ``/metrics`` counts them once all are."""
+        if not listed:
+            return False
+        assert self.health_url is not None
+        metrics = self.health_url.replace("/healthz", "/metrics")
+        try:
+            with urllib.request.urlopen(metrics, timeout=2.0) as response:
+                text = response.read().decode("utf-8", "replace")
+        except OSError:
+            return False
+        for line in text.splitlines():
+            if line.startswith(ASSIGNED_GAUGE + " "):
+                return float(line.split()[1]) == listed
+        return False
 
     def ready_within(self, timeout_s: float) -> bool:
         """Poll :meth:`is_ready` for up to ``timeout_s``; False if the process exits or

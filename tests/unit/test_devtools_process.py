@@ -16,7 +16,7 @@ import pytest
 from pipeline.devtools.process import ProcessNotReady, SessionizerProcess, settings_env
 
 # a stand-in for `sessionizer worker`: /healthz on SESSIONIZER_WEB_PORT after a delay,
-# partitions [0, 1]; on SIGTERM it logs and exits 0 (or ignores it with IGNORE_TERM=1)
+# partitions [0, 1], and /metrics counting them (CLAIMED of them, default 2); on SIGTERM it logs and exits 0 (or ignores it with IGNORE_TERM=1)
 FAKE_WORKER = textwrap.dedent("""
     import http.server, json, os, signal, sys, time
     if os.environ.get("IGNORE_TERM") == "1":
@@ -31,7 +31,10 @@ FAKE_WORKER = textwrap.dedent("""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             body = json.dumps({"ok": True, "partitions": [0, 1]}).encode()
-            self.send_response(200 if self.path == "/healthz" else 404)
+            if self.path == "/metrics":
+                claimed = os.environ.get("CLAIMED", "2")
+                body = f"# HELP x\\nsessionizer_assigned_partitions {claimed}.0\\n".encode()
+            self.send_response(200 if self.path in ("/healthz", "/metrics") else 404)
             self.end_headers()
             self.wfile.write(body)
         def log_message(self, *_):
@@ -87,6 +90,17 @@ def test_not_ready_before_healthz_answers(fake: list[str], tmp_path: Path) -> No
         assert not process.running  # stopped when it timed out
     finally:
         process.kill()
+
+
+def test_a_worker_claiming_its_partitions_is_not_ready_yet(fake: list[str], tmp_path: Path) -> None:
+    process = SessionizerProcess("worker", argv=fake, env={"CLAIMED": "1", "DELAY_S": "0"},
+                                 log_path=tmp_path / "w.log")
+    process.spawn()
+    try:
+        assert not process.ready_within(2.0)  # /healthz lists 2, the gauge counts 1
+        assert process.running
+    finally:
+        process.stop()
 
 
 def test_stop_escalates_to_sigkill_and_restart_keeps_ports(fake: list[str], tmp_path: Path) -> None:
