@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -21,16 +20,70 @@ from pathlib import Path
 
 import psutil
 
-
-def sessionizer_command() -> list[str]:
-    """The ``sessionizer`` console script of this interpreter's environment."""
-    script = Path(sys.executable).parent / "sessionizer"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "pipeline.cli"]
+from pipeline.devtools.process import SessionizerProcess, get_json
 
 
-class Child:
+class Measured:
+    """CPU time and memory of a child process (``ps``: its psutil handle)."""
+
+    ps: psutil.Process
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def thread_cpu_s(self) -> dict[int, float]:
+        """CPU seconds of each thread of the process, by thread id (the main thread's is
+        the pid)."""
+        return {t.id: float(t.user_time + t.system_time) for t in self.ps.threads()}
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def peak_rss(self) -> int:
+        """The kernel's high-water mark of the resident set (bytes)."""
+        try:
+            for line in Path(f"/proc/{self.ps.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return self.rss()
+
+
+class Worker(SessionizerProcess, Measured):
+    """A ``sessionizer worker`` (:mod:`pipeline.devtools.process`), spawned at once;
+    ready when its ``/healthz`` answers with partitions assigned."""
+
+    def __init__(self, name: str, env: Mapping[str, str], *, cwd: str | os.PathLike[str],
+                 log_path: Path) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_bytes(b"")
+        super().__init__("worker", env=env, cwd=Path(cwd), log_path=log_path, grace_s=10.0)
+        self.name = name
+        self.started_at = time.monotonic()
+        self.spawn()
+        assert self.pid is not None
+        self.ps = psutil.Process(self.pid)
+
+    def partitions(self, timeout: float) -> tuple[float, list[int]]:
+        """Once ready: when it was seen ready (monotonic) and its assigned partitions."""
+        self.wait_ready(timeout)
+        at = time.monotonic()
+        assert self.health_url is not None
+        _, body = get_json(self.health_url)
+        return at, [int(p) for p in body["partitions"]]
+
+    def tail(self, n: int = 30) -> str:
+        return self.log_tail(n)
+
+    def check_alive(self) -> None:
+        if not self.running:
+            raise RuntimeError(f"{self.name} exited with code {self.returncode}; "
+                               f"its log ({self.log_path}) ends with:\n{self.tail()}")
+
+
+class Child(Measured):
     """One child process; ``lines`` holds ``(monotonic time, line)`` as they arrived."""
 
     def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -102,29 +155,6 @@ class Child:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; "
                                f"its log ({self.log_path}) ends with:\n{self.tail()}")
-
-    # -- measurements ----------------------------------------------------------------
-    def cpu_s(self) -> float:
-        t = self.ps.cpu_times()
-        return float(t.user + t.system)
-
-    def thread_cpu_s(self) -> dict[int, float]:
-        """CPU seconds of each thread of the process, by thread id (the main thread's is
-        the pid)."""
-        return {t.id: float(t.user_time + t.system_time) for t in self.ps.threads()}
-
-    def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
-
-    def peak_rss(self) -> int:
-        """The kernel's high-water mark of the resident set (bytes)."""
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return self.rss()
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout`` (this child only)."""

@@ -50,7 +50,7 @@ import orjson
 
 from bench import kafkautil, report, workload
 from bench.contenders import events_in
-from bench.procs import Child, Sampler, sessionizer_command
+from bench.procs import Child, Sampler, Worker
 from pipeline.devtools.apache_kafka import KAFKA_VERSION, EmbeddedKafka, kafka_unavailable_reason
 from pipeline.devtools.services import EmbeddedBroker, EmbeddedRedis, create_topics
 from pipeline.devtools.services_cluster import EmbeddedRedisCluster
@@ -279,22 +279,18 @@ def create_worker_topics(ctx: Context, env: dict[str, str]) -> None:
                   configs={"retention.ms": "-1"})
 
 
-def start_worker(ctx: Context, name: str, env: dict[str, str]) -> Child:
+def start_worker(ctx: Context, name: str, env: dict[str, str]) -> Worker:
     cwd = ctx.scratch / name
     cwd.mkdir(parents=True, exist_ok=True)  # faust writes its data directory here
-    child = Child(name, [*sessionizer_command(), "worker"], env=env, cwd=cwd,
-                  log_path=ctx.logs / f"{name}.log")
+    child = Worker(name, env, cwd=cwd, log_path=ctx.logs / f"{name}.log")
+    assert child.pid is not None
     ctx.sampler.watch(name, child.pid)
     return child
 
 
-def wait_ready(child: Child, timeout: float = 90.0) -> tuple[float, list[int]]:
-    index = 0
-    while True:
-        at, match, index = child.wait_for(READY, timeout=timeout, start=index)
-        parts = [int(p) for p in match[1].split(",") if p.strip()]
-        if parts:
-            return at, parts
+def wait_ready(child: Worker, timeout: float = 90.0) -> tuple[float, list[int]]:
+    """When the worker was seen ready (its ``/healthz`` lists partitions) and those."""
+    return child.partitions(timeout)
 
 
 class AppliedOffsets:
@@ -311,7 +307,7 @@ class AppliedOffsets:
             pipe.hget(self.keys.meta(p), f"off:{topic}")
         return [-1 if v is None else int(v) for v in pipe.execute()]
 
-    def wait(self, topic: str, ends: list[int], timeout: float, children: list[Child],
+    def wait(self, topic: str, ends: list[int], timeout: float, children: list[Worker],
              poll: float = 0.01) -> float:
         """Until every partition's applied offset is ``end - 1``; returns when (monotonic)."""
         deadline = time.monotonic() + timeout
@@ -326,7 +322,7 @@ class AppliedOffsets:
             time.sleep(poll)
 
     def wait_all(self, ctx: Context, env: dict[str, str], ends: list[int], timeout: float,
-                 children: list[Child]) -> float:
+                 children: list[Worker]) -> float:
         """The input topic, then the repartition topic (re-routed events) up to its end."""
         done = self.wait(env["SESSIONIZER_EVENTS_TOPIC"], ends, timeout, children)
         repartition = env["SESSIONIZER_REPARTITION_TOPIC"]
@@ -446,7 +442,7 @@ def run_workers(ctx: Context, tag: str, count: int,
         threads1 = {c.name: c.thread_cpu_s() for c in children}
         peaks = [c.peak_rss() for c in children]
         assigned = {c.name: wait_ready(c, 1)[1] for c in children}
-        assignments = sum(1 for c in children for _, line in c.lines if re.search(READY, line))
+        assignments = sum(len(re.findall(READY, c.log_text())) for c in children)
     finally:
         applied.close()
     events = ctx.work.events_total

@@ -16,6 +16,7 @@ the tree is drawn.
     ├── FencedError                  another worker owns the partition now
     │   └── StaleStateError          the store lost writes: claim the partition again
     ├── ServiceStartError            an embedded broker / redis-server failed to start
+    ├── ProcessNotReady              a sessionizer child (devtools.process) exited or was not ready
     ├── EventError (ValueError)      the gateway cannot use one event (a SPEC section 6 code)
     ├── BodyError (ValueError)       the gateway cannot use a request body
     ├── ParamError (ValueError)      a Sessions report parameter is invalid
@@ -52,6 +53,7 @@ __all__ = [
     "FencedError",
     "Forbidden",
     "ParamError",
+    "ProcessNotReady",
     "PublishError",
     "QueueFullError",
     "RedisUnavailable",
@@ -65,6 +67,11 @@ __all__ = [
 
 class ConfigError(SessionizerError):
     """A setting is invalid."""
+
+
+class ProcessNotReady(SessionizerError):
+    """A ``sessionizer`` child (:mod:`pipeline.devtools.process`) exited or was not ready
+    in time; the message ends with the tail of its log."""
 
 
 class ServiceUnavailable(SessionizerError):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.error
 import urllib.request
@@ -17,10 +16,8 @@ from kafka import KafkaProducer
 
 from pipeline.config import Settings
 from pipeline.devtools.checker import consumer_lag, redis_leftovers
-from pipeline.devtools.services import free_port
-from tests.integration.processes import Child, stop
+from pipeline.devtools.process import SessionizerProcess, get_json
 
-READY = re.compile(r"assigned partitions \[([0-9, ]*)\]")
 API_KEY = "adversarial-key-0123456789"
 PROJECT = "shop"
 #: Every message on an output topic stays under this (the broker's default limit).
@@ -39,19 +36,24 @@ WORKER_SETTINGS: dict[str, Any] = {
 }
 
 
-class Process(Child):
+class Process(SessionizerProcess):
     """``sessionizer <command>`` in a process of its own, its output in a log file."""
 
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
     def assigned(self) -> list[int] | None:
-        found = READY.findall(self.log())
-        return [int(p) for p in found[-1].split(",") if p.strip()] if found else None
+        """The partitions the worker has claimed, from its ``/healthz`` (None before it
+        answers)."""
+        if self.health_url is None or not self.running:
+            return None
+        try:
+            status, body = get_json(self.health_url)
+        except OSError:
+            return None
+        if status != 200 or not isinstance(body, dict) or not self.is_ready():
+            return None
+        return sorted(int(p) for p in body.get("partitions") or ())
 
-    def stop(self, grace_s: float = 15.0) -> None:
-        stop(self.proc, grace_s)
+    def log(self) -> str:
+        return self.log_text()
 
 
 @dataclass
@@ -66,7 +68,9 @@ class Cluster:
 
     def start_workers(self, count: int = 2, timeout_s: float = 90.0) -> None:
         for n in range(count):
-            self.workers.append(Process("worker", self.env, self.root / f"worker-{n + 1}.log"))
+            worker = Process("worker", env=self.env, log_path=self.root / f"worker-{n + 1}.log")
+            worker.spawn()
+            self.workers.append(worker)
         deadline = time.monotonic() + timeout_s
         while True:
             owned = [w.assigned() for w in self.workers]
@@ -82,23 +86,12 @@ class Cluster:
             time.sleep(0.2)
 
     def start_gateway(self, timeout_s: float = 30.0) -> None:
-        port, admin_port = free_port(), free_port()
-        env = dict(self.env, SESSIONIZER_GATEWAY_HOST="127.0.0.1",
-                   SESSIONIZER_GATEWAY_PORT=str(port), SESSIONIZER_GATEWAY_ADMIN_PORT=str(admin_port),
-                   SESSIONIZER_API_KEYS=f"{API_KEY}:{PROJECT}")
-        self.gateway = Process("gateway", env, self.root / "gateway.log")
-        self.gateway_url = f"http://127.0.0.1:{port}"
-        self.admin_url = f"http://127.0.0.1:{admin_port}"
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.gateway.running, f"gateway exited:\n{self.gateway.log()[-3000:]}"
-            try:
-                if self.get_text("/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"gateway not ready:\n{self.gateway.log()[-3000:]}"
-            time.sleep(0.1)
+        env = dict(self.env, SESSIONIZER_GATEWAY_HOST="127.0.0.1", SESSIONIZER_GATEWAY_PORT="0",
+                   SESSIONIZER_GATEWAY_ADMIN_PORT="0", SESSIONIZER_API_KEYS=f"{API_KEY}:{PROJECT}")
+        self.gateway = Process("gateway", env=env, log_path=self.root / "gateway.log")
+        self.gateway.start(timeout_s)
+        self.gateway_url = self.gateway.url("/", "gateway_port").rstrip("/")
+        self.admin_url = self.gateway.url("/", "gateway_admin_port").rstrip("/")
 
     def post(self, path: str, body: bytes | None) -> tuple[int, Any]:
         """POST ``body`` (raw bytes; None: a GET) to the gateway; ``(status, JSON answer)``."""

@@ -11,7 +11,7 @@ import pytest
 from adversarial_cluster import WORKER_SETTINGS, Cluster
 
 from pipeline.config import Settings
-from tests.integration.processes import settings_env
+from pipeline.devtools.process import settings_env
 
 
 @pytest.fixture

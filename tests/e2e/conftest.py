@@ -10,9 +10,10 @@ Overrides are settings (``inactivity_timeout=3``) or their environment variables
 (``SESSIONIZER_INACTIVITY_TIMEOUT="3"``). Every worker gets fresh topics, a fresh
 consumer group and a fresh Redis key prefix, so tests never see each other's state;
 ``kafka_session_timeout`` is 6 s (the embedded broker answers a group join after half of
-it), ``topic_partitions`` 4, ``web_port`` 0. A worker is ready when its log says
-``assigned partitions [...]`` (not empty). At teardown it gets SIGTERM, then SIGKILL; a
-failing test's report carries the tail of each of its workers' logs.
+it), ``topic_partitions`` 4, ``web_port`` 0 (a free port chosen by
+:mod:`pipeline.devtools.process`). A worker is ready when its ``/healthz`` answers with
+partitions assigned. At teardown it gets SIGTERM, then SIGKILL; a failing test's report
+carries the tail of each of its workers' logs.
 
 Helpers, also as fixtures of the same names (test modules cannot import this file):
 :func:`publish` (kafka-python, explicit key, value, timestamp and partition; records are
@@ -22,14 +23,9 @@ beginning).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -40,23 +36,13 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipeline.config import Settings
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.devtools.services import create_topics
 
 REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"assigned partitions \[([0-9, ]+)\]")
 WORKERS_KEY = pytest.StashKey[list["WorkerProcess"]]()
 _counter = itertools.count(1)
-
-
-def sessionizer_command() -> list[str]:
-    """The ``sessionizer`` console script of this interpreter's environment."""
-    script = Path(sys.executable).parent / "sessionizer"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sessionizer")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "pipeline.cli"]
 
 
 def _field_name(name: str) -> str:
@@ -66,18 +52,13 @@ def _field_name(name: str) -> str:
 # -- the worker process -------------------------------------------------------------
 
 
-class WorkerProcess:
-    """One ``sessionizer worker`` child process and the settings it runs with."""
+class WorkerProcess(SessionizerProcess):
+    """One ``sessionizer worker`` child process and the settings it runs with; ready
+    when its ``/healthz`` answers with partitions assigned (:mod:`pipeline.devtools.process`)."""
 
     def __init__(self, settings: Settings, log_path: Path, env: dict[str, str]) -> None:
+        super().__init__("worker", env=env, log_path=log_path, grace_s=10.0)
         self.settings = settings
-        self.log_path = log_path
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        #: the ``sessionizer`` command and the working directory it runs in (another
-        #: installation of the package can be given, e.g. a wheel in a virtualenv)
-        self.command: list[str] = sessionizer_command()
-        self.cwd: Path = REPO
 
     # the settings a test needs most, at hand
     @property
@@ -112,23 +93,6 @@ class WorkerProcess:
     def repartition_topic(self) -> str:
         return self.settings.repartition_topic
 
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
     def assigned(self) -> list[int] | None:
         """The partitions of the latest ``assigned partitions`` log line (None: none yet)."""
         found = READY.findall(self.log_text())
@@ -136,52 +100,10 @@ class WorkerProcess:
             return None
         return [int(p) for p in found[-1].split(",")]
 
-    def start(self, timeout: float = 60.0) -> WorkerProcess:
+    def start(self, timeout: float | None = None) -> WorkerProcess:
         """Spawn the worker and wait until it has partitions assigned."""
-        if self.running:
-            return self
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*self.command, "worker"],
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.assigned():
-                return self
-            code = self.proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"sessionizer worker exited with code {code} before it was ready; "
-                    f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
-                )
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"sessionizer worker got no partitions within {timeout:g} s; "
-                    f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after *timeout*; returns the exit code."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        return proc.returncode
+        super().start(timeout)
+        return self
 
     def __repr__(self) -> str:
         return f"<WorkerProcess pid={self.pid} events={self.events_topic} log={self.log_path}>"

@@ -9,8 +9,6 @@ none doubled, none left at an older revision. On SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from processes import Child, settings_env, stop
-
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.export.consumer import SessionRecord, newest
 from pipeline.export.sql import SessionTable, open_table
 
@@ -71,7 +66,7 @@ def count(url: str) -> int:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, log: Callable[[], str],
-             child: Child) -> None:
+             child: SessionizerProcess) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert child.proc.poll() is None, f"the exporter exited:\n{log()[-3000:]}"
@@ -86,14 +81,13 @@ def test_export_survives_sigkill_and_keeps_the_newest_revision(
 ) -> None:
     worker = start_worker(topic_partitions=4)
     settings = worker.settings
-    env = settings_env(settings)
     exporter_args = ["--to", database_url, "--from-beginning", "--progress", "1", "--batch", "50",
                      "--group", f"export-{tmp_path.name}"]
     log_path = tmp_path / "export.log"
     logs = lambda: worker.log_tail() + log_path.read_text(errors="replace")  # noqa: E731
 
-    def start_exporter() -> Child:
-        return Child("export", env, log_path, *exporter_args)
+    def start_exporter() -> SessionizerProcess:
+        return SessionizerProcess("export", settings, args=exporter_args, log_path=log_path).spawn()
 
     total = 3 * USERS_PER_WAVE
     partial_kills = 0
@@ -106,8 +100,7 @@ def test_export_survives_sigkill_and_keeps_the_newest_revision(
         done = wave * USERS_PER_WAVE
         wait_for(lambda done=done: count(database_url) > done - USERS_PER_WAVE, 180,
                  f"wave {wave} rows", logs, exporter)
-        exporter.proc.send_signal(signal.SIGKILL)  # in the middle of its work
-        exporter.proc.wait()
+        exporter.kill()  # SIGKILL in the middle of its work
         seen = count(database_url)
         partial_kills += int(seen < done)
         exporter = start_exporter()
@@ -128,7 +121,7 @@ def test_export_survives_sigkill_and_keeps_the_newest_revision(
                                           if k in rows)
 
     wait_for(converged, 240, "the table to hold every session's newest revision", logs, exporter)
-    assert stop(exporter.proc, grace_s=30) == 0, logs()
+    assert exporter.stop(30) == 0, logs()
     with open_table(database_url) as table:
         rows = table_rows(table)
         offsets = table.fetch("SELECT kafka_partition, next_offset FROM sessionizer_offsets")

@@ -22,21 +22,15 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from processes import stop
-
 from pipeline.client import SessionClient
+from pipeline.devtools.process import SessionizerProcess, answers
 from pipeline.devtools.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,60 +92,36 @@ def run_node_session(
 # -- the gateway process -----------------------------------------------------------------
 
 
-@dataclass
-class GatewayProcess:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    admin_url: str = ""  # /healthz, /readyz, /metrics: not on the public url
+class GatewayProcess(SessionizerProcess):
+    """``sessionizer gateway``; ready once its ``/readyz`` answers 200 (the broker answers)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__("gateway", env=env, log_path=log_path, timeout_s=30,
+                         ready=lambda p: answers(f"{self.admin_url}/readyz"))
+        self.url = f"http://127.0.0.1:{self.ports['gateway_port']}"
+        #: /healthz, /readyz, /metrics: not on the public url
+        self.admin_url = f"http://127.0.0.1:{self.ports['gateway_admin_port']}"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.log_text()[-4000:]
 
 
 def start_gateway(
     bootstrap: str, events_topic: str, log_path: Path, **extra_env: str
 ) -> GatewayProcess:
-    """``sessionizer gateway`` on a free port, ready; ``extra_env``: more variables."""
-    port, admin_port = free_port(), free_port()
+    """``sessionizer gateway`` on free ports, ready; ``extra_env``: more variables."""
     env = {
-        **os.environ,
         "SESSIONIZER_KAFKA_BOOTSTRAP": bootstrap,
         "SESSIONIZER_EVENTS_TOPIC": events_topic,
         "SESSIONIZER_API_KEYS": f"{KEY}:{PROJECT}",
         "SESSIONIZER_GATEWAY_HOST": "127.0.0.1",
-        "SESSIONIZER_GATEWAY_PORT": str(port),
-        "SESSIONIZER_GATEWAY_ADMIN_PORT": str(admin_port),
         **extra_env,
     }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "gateway"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    gateway = GatewayProcess(
-        f"http://127.0.0.1:{port}", process, log_path, f"http://127.0.0.1:{admin_port}"
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the gateway exited {process.returncode}:\n{gateway.log()}")
-        try:
-            with urllib.request.urlopen(f"{gateway.admin_url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return gateway
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"the gateway did not get ready in 30 s:\n{gateway.log()}")
+    return GatewayProcess(env, log_path).start()
 
 
-def stop_gateway(gateway: GatewayProcess) -> int:
-    return stop(gateway.process)
+def stop_gateway(gateway: GatewayProcess) -> int | None:
+    return gateway.stop()
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def test_the_installed_worker_closes_a_session(
     read_topic: Callable[..., Any],
 ) -> None:
     worker = worker_factory(inactivity_timeout=3)
-    worker.command = [str(installed / "sessionizer")]
+    worker.argv = [str(installed / "sessionizer")]
     worker.cwd = installed.parent
     worker.env = {k: v for k, v in worker.env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     worker.start(timeout=120)

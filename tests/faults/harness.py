@@ -27,14 +27,11 @@ run: ``run.log``, ``worker-N.log``, the Redis data and ``table.txt``, under ``ro
 from __future__ import annotations
 
 import bisect
-import contextlib
 import os
 import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -49,6 +46,7 @@ from kafka import KafkaProducer
 from pipeline.config import Settings
 from pipeline.devtools.apache_kafka import EmbeddedKafka
 from pipeline.devtools.checker import CheckReport, check_pipeline, consumer_lag, redis_leftovers
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.devtools.services import EmbeddedBroker, EmbeddedRedis, create_topics
 from pipeline.devtools.services_cluster import EmbeddedRedisCluster
 from pipeline.devtools.traffic import TrafficModel
@@ -126,87 +124,32 @@ class Fault:
 # -- processes ---------------------------------------------------------------------------
 
 
-def sessionizer_command() -> list[str]:
-    script = Path(sys.executable).parent / "sessionizer"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sessionizer")
-    return [found] if found else [sys.executable, "-m", "pipeline.cli"]
-
-
-class Worker:
-    """One ``sessionizer worker`` process."""
+class Worker(SessionizerProcess):
+    """One ``sessionizer worker`` process (:mod:`pipeline.devtools.process`)."""
 
     def __init__(self, number: int, env: dict[str, str], log_path: Path) -> None:
+        super().__init__("worker", env=env, log_path=log_path, grace_s=20.0)
         self.number = number
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
         self.expected_exit = False  # killed or stopped on purpose
 
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> Worker:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*sessionizer_command(), "worker"], cwd=REPO, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
     def assigned(self) -> list[int] | None:
+        """The partitions of its latest ``assigned partitions`` log line (None: none)."""
         found = READY.findall(self.log_text())
         if not found:
             return None
         return [int(p) for p in found[-1].split(",") if p.strip()]
 
     def wait_assigned(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.assigned():
-                return True
-            if not self.running:
-                return False
-            time.sleep(0.1)
-        return False
+        """Its ``/healthz`` answers with partitions within ``timeout_s``."""
+        return self.ready_within(timeout_s)
 
-    def signal(self, sig: int) -> None:
-        if self.running:
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-
-    def kill(self) -> None:
+    def kill(self) -> int | None:
         self.expected_exit = True
-        self.signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait()
+        return super().kill()
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM (and SIGCONT, should it be paused), SIGKILL after ``timeout_s``."""
+    def stop(self, grace_s: float | None = None) -> int | None:
         self.expected_exit = True
-        if not self.running:
-            return
-        assert self.proc is not None
-        self.signal(signal.SIGTERM)
-        self.signal(signal.SIGCONT)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait()
+        return super().stop(grace_s)
 
     def __repr__(self) -> str:
         return f"worker-{self.number}(pid {self.pid})"
@@ -252,7 +195,7 @@ class Cluster:
     def add_worker(self, wait_s: float = 0.0) -> Worker:
         with self.lock:
             number = len(self.all_workers) + 1
-            worker = Worker(number, self.env, self.root / f"worker-{number}.log").start()
+            worker = Worker(number, self.env, self.root / f"worker-{number}.log").spawn()
             self.workers.append(worker)
             self.all_workers.append(worker)
         if wait_s:
@@ -266,7 +209,7 @@ class Cluster:
 
     def close(self) -> None:
         for worker in self.all_workers:
-            worker.stop(timeout_s=10)
+            worker.stop(10)
         self.broker.close()
         self.redis.close()
 

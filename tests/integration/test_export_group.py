@@ -15,10 +15,10 @@ from kafka import KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from processes import Child, settings_env, stop
 from test_export_throughput import session_record
 
 from pipeline.config import Settings
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.export.sql import open_table
 
 SESSIONS = 3_000
@@ -45,12 +45,12 @@ def applied(url: str) -> int:
         return int(table.fetch("SELECT coalesce(sum(next_offset), 0) FROM sessionizer_offsets")[0][0])
 
 
-def wait(predicate: Callable[[], bool], children: list[Child], timeout_s: float = 240) -> None:
+def wait(predicate: Callable[[], bool], children: list[SessionizerProcess], timeout_s: float = 240) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         for child in children:
-            assert child.proc.poll() is None, child.log()
-        assert time.monotonic() < deadline, "\n".join(c.log()[-2000:] for c in children)
+            assert child.proc.poll() is None, child.log_text()
+        assert time.monotonic() < deadline, "\n".join(c.log_text()[-2000:] for c in children)
         time.sleep(0.2)
 
 
@@ -59,32 +59,31 @@ def test_two_exporters_share_the_partitions_and_take_over(
     database_url: str, settings_factory: Callable[..., Settings], tmp_path: Path,
 ) -> None:
     settings = settings_factory(topic_partitions=4)
-    env = settings_env(settings)
     args = ("--to", database_url, "--from-beginning", "--progress", "1", "--batch", "200",
             "--group", f"group-{tmp_path.name}")
-    first = Child("export", env, tmp_path / "first.log", *args)
-    second = Child("export", env, tmp_path / "second.log", *args)
+    first = SessionizerProcess("export", settings, args=args, log_path=tmp_path / "first.log").spawn()
+    second = SessionizerProcess("export", settings, args=args, log_path=tmp_path / "second.log").spawn()
 
-    def held(child: Child) -> list[int]:
-        found = re.findall(r"partitions \[([\d, ]*)\]", child.log())
+    def held(child: SessionizerProcess) -> list[int]:
+        found = re.findall(r"partitions \[([\d, ]*)\]", child.log_text())
         return [int(p) for p in found[-1].split(",") if p.strip()] if found else []
 
     try:
         produce(settings, 0, SESSIONS, 1)
         wait(lambda: rows(database_url)[0] == SESSIONS, [first, second])
         wait(lambda: sorted(held(first) + held(second)) == [0, 1, 2, 3] and held(first) != [], [first, second])
-        assert stop(first.proc, grace_s=30) == 0, first.log()  # its partitions go to the other
+        assert first.stop(30) == 0, first.log_text()  # its partitions go to the other
 
         produce(settings, 0, SESSIONS, 2)  # every session amended
         produce(settings, 0, SESSIONS // 2, 1)  # stale repeats: change nothing
         wait(lambda: applied(database_url) == 2 * SESSIONS + SESSIONS // 2, [second])
         assert rows(database_url) == (SESSIONS, 2 * SESSIONS)
         wait(lambda: held(second) == [0, 1, 2, 3], [second])
-        assert stop(second.proc, grace_s=30) == 0, second.log()
+        assert second.stop(30) == 0, second.log_text()
         with open_table(database_url) as table:
             assert table.fetch("SELECT min(revision), max(revision), sum(event_count) FROM sessions") == [
                 (2, 2, 2 * SESSIONS)]
-        assert "stopped: exported" in first.log() and "stopped: exported" in second.log()
+        assert "stopped: exported" in first.log_text() and "stopped: exported" in second.log_text()
     finally:  # a failed wait leaves no exporter behind
         for child in (first, second):
             if child.proc.poll() is None:

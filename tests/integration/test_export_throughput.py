@@ -20,9 +20,8 @@ from kafka import KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from processes import Child, settings_env, stop
-
 from pipeline.config import Settings
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.export.sql import open_table
 
 SESSIONS = 20_000
@@ -57,18 +56,20 @@ def test_export_rate(database_url: str, settings_factory: Callable[..., Settings
     producer.close()
 
     log_path = tmp_path / "export.log"
-    child = Child("export", settings_env(settings), log_path, "--to", database_url,
-                  "--from-beginning", "--progress", "2", "--group", f"rate-{tmp_path.name}")
+    child = SessionizerProcess(
+        "export", settings, log_path=log_path,
+        args=["--to", database_url, "--from-beginning", "--progress", "2", "--group", f"rate-{tmp_path.name}"],
+    ).spawn()
     deadline = time.monotonic() + 300
     with open_table(database_url) as table:
         while table.fetch("SELECT count(*) FROM sessions")[0][0] < SESSIONS:
-            assert child.proc.poll() is None, child.log()
-            assert time.monotonic() < deadline, child.log()
+            assert child.proc.poll() is None, child.log_text()
+            assert time.monotonic() < deadline, child.log_text()
             time.sleep(0.2)
-        assert stop(child.proc, grace_s=30) == 0, child.log()
+        assert child.stop(30) == 0, child.log_text()
         assert table.fetch("SELECT count(*), sum(event_count), sum(CASE WHEN has_error THEN 1 ELSE 0 END) "
                            "FROM sessions")[0] == (SESSIONS, 5 * SESSIONS, SESSIONS // 10)
-    line = child.log().strip().splitlines()[-1]
+    line = child.log_text().strip().splitlines()[-1]
     found = re.search(r"exported ([\d,]+) sessions .* ([\d,]+) sessions/s", line)
     assert found is not None, line
     assert int(found[1].replace(",", "")) == SESSIONS

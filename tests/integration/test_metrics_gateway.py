@@ -19,20 +19,20 @@ from typing import Any
 
 import orjson
 import pytest
-from processes import Child
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.devtools.services import EmbeddedBroker, free_port
 
 KEY = "metrics-key-1234567890"
 BLOG_KEY = "blog-Tm4Pc9Yj6Ds1Gf"
 
 
-class Gateway(Child):
+class Gateway(SessionizerProcess):
     def __init__(self, env: dict[str, str], port: int, admin_port: int, log_path: Path) -> None:
         self.base = f"http://127.0.0.1:{port}"
         self.admin = f"http://127.0.0.1:{admin_port}"
-        super().__init__("gateway", env, log_path)
+        super().__init__("gateway", env=env, log_path=log_path, timeout_s=30)
 
     def request(
         self, path: str, body: Any = None, key: str | None = KEY, *, admin: bool = False
@@ -48,18 +48,6 @@ class Gateway(Child):
                 return response.status, response.read(), response.headers
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read(), exc.headers
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"gateway exited:\n{self.log()[-3000:]}"
-            try:
-                if self.request("/healthz", key=None, admin=True)[0] == 200:
-                    return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"gateway not ready:\n{self.log()[-3000:]}"
-            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -82,7 +70,7 @@ def gateway(
     })
     process = Gateway(env, port, admin_port, tmp_path / "gateway.log")
     try:
-        process.wait_ready()
+        process.start()
         yield process
     finally:
         process.stop()
@@ -118,7 +106,7 @@ def test_the_gateway_serves_its_metrics_and_logs_json(gateway: Gateway) -> None:
     assert value("sessionizer_gateway_publish_failures_total") == 0
 
     gateway.stop()
-    lines = [line for line in gateway.log().splitlines() if line.strip()]
+    lines = [line for line in gateway.log_text().splitlines() if line.strip()]
     assert lines
     for line in lines:
         entry = json.loads(line)

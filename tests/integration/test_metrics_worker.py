@@ -15,16 +15,16 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaProducer
-from processes import Worker
 from prometheus_client.parser import text_string_to_metric_families
 from worker_admin import admin
 
 from pipeline.config import Settings
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.devtools.services import free_port
 
 
 @pytest.fixture
-def worker(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Worker]:
+def worker(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[SessionizerProcess]:
     settings = settings_factory(
         redis_key_prefix=f"metrics-{uuid.uuid4().hex[:8]}",
         web_port=free_port(),
@@ -32,7 +32,7 @@ def worker(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterato
         inactivity_timeout=2,
         log_format="json",
     )
-    process = Worker(settings, tmp_path / "worker.log")
+    process = SessionizerProcess("worker", settings, log_path=tmp_path / "worker.log").spawn()
     try:
         process.wait_ready()
         yield process
@@ -59,7 +59,7 @@ def total(samples: dict[Any, float], name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
-def test_the_worker_serves_its_metrics(worker: Worker) -> None:
+def test_the_worker_serves_its_metrics(worker: SessionizerProcess) -> None:
     settings = worker.settings
     now_ms = int(time.time() * 1000)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
@@ -85,7 +85,7 @@ def test_the_worker_serves_its_metrics(worker: Worker) -> None:
         closed = total(samples, "sessionizer_sessions_closed_total", reason="timeout")
         if closed >= 6 and total(samples, "sessionizer_open_sessions") == 0:
             break
-        assert time.monotonic() < deadline, f"closed {closed}:\n{worker.log()[-2000:]}"
+        assert time.monotonic() < deadline, f"closed {closed}:\n{worker.log_text()[-2000:]}"
         time.sleep(0.5)
 
     assert total(samples, "sessionizer_records_total") == 12
@@ -116,7 +116,7 @@ def test_the_worker_serves_its_metrics(worker: Worker) -> None:
     assert total(samples, "process_resident_memory_bytes") > 0
 
     # SESSIONIZER_LOG_FORMAT=json: every line of output is one JSON object
-    lines = [line for line in worker.log().splitlines() if line.strip()]
+    lines = [line for line in worker.log_text().splitlines() if line.strip()]
     assert len(lines) > 10
     for line in lines:
         entry = json.loads(line)
@@ -124,7 +124,7 @@ def test_the_worker_serves_its_metrics(worker: Worker) -> None:
     assert any(json.loads(line)["message"].startswith("assigned partitions") for line in lines)
 
 
-def test_at_a_steady_input_rate_the_exported_lag_stays_near_zero(worker: Worker) -> None:
+def test_at_a_steady_input_rate_the_exported_lag_stays_near_zero(worker: SessionizerProcess) -> None:
     """What KEDA scales on (sessionizer_consumer_lag, from the applied offsets) is the
     backlog: at a steady rate the worker keeps up, so it stays near 0 rather than
     tracking the input rate; then the worker is ready and alive on its admin port."""

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from processes import Worker, sessionizer, settings_env
 
 from pipeline.config import Settings
 from pipeline.devtools.checker import CheckReport, check_pipeline
+from pipeline.devtools.process import SessionizerProcess, sessionizer_command, settings_env
 from pipeline.devtools.services import create_topics
 from pipeline.worker.routing import Router
 
@@ -35,10 +35,10 @@ def _partitions(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def _wait_assigned(worker: Worker, timeout: float = 90.0, nonempty: bool = True) -> None:
+def _wait_assigned(worker: SessionizerProcess, timeout: float = 90.0, nonempty: bool = True) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        text = worker.log()
+        text = worker.log_text()
         lines = [line for line in text.splitlines() if "assigned partitions [" in line]
         if lines and (not nonempty or "assigned partitions []" not in lines[-1]):
             return
@@ -104,14 +104,14 @@ def test_workers_follow_the_real_partition_count(
         precreate += [settings.repartition_topic, settings.sessions_topic, settings.dlq_topic]
     create_topics(settings.kafka_bootstrap, dict.fromkeys(precreate, created))
 
-    first = Worker(settings, tmp_path / "worker-1.log")
-    second: Worker | None = None
-    restarted: Worker | None = None
+    first = SessionizerProcess("worker", settings, log_path=tmp_path / "worker-1.log").spawn()
+    second: SessionizerProcess | None = None
+    restarted: SessionizerProcess | None = None
     try:
         _wait_assigned(first)
         for topic in (settings.repartition_topic, settings.sessions_topic, settings.dlq_topic):
             assert _partitions(settings.kafka_bootstrap, topic) == created, topic
-        second = Worker(settings, tmp_path / "worker-2.log")
+        second = SessionizerProcess("worker", settings, log_path=tmp_path / "worker-2.log").spawn()
         _wait_assigned(second, nonempty=created > 1)
         now_ms = int(time.time() * 1000)
         users = [f"user-{created}-{n}" for n in range(60)]
@@ -120,7 +120,7 @@ def test_workers_follow_the_real_partition_count(
         time.sleep(2)
         first.stop()  # a restart: its partitions move to the other worker, then back
         sent += _publish(settings, created, users[30:], int(time.time() * 1000), misplaced)
-        restarted = Worker(settings, tmp_path / "worker-1b.log")
+        restarted = SessionizerProcess("worker", settings, log_path=tmp_path / "worker-1b.log").spawn()
         _wait_assigned(restarted, nonempty=False)
         report = _check_until_ok(settings)
         assert report.ok, "\n".join([*report.problems[:20], *map(str, report.examples[:5])])
@@ -135,7 +135,7 @@ def test_workers_follow_the_real_partition_count(
         assert sorted(s["user_id"] for s in sessions) == sorted(users)  # one session each
         assert sum(s["event_count"] for s in sessions) == sent
         for worker in (first, second, restarted):
-            log = worker.log()
+            log = worker.log_text()
             for sign in ("Unrecognized partition", "We experienced a crash"):
                 assert sign not in log, f"{sign!r} in {worker.log_path}:\n{log[-3000:]}"
     finally:
@@ -153,7 +153,7 @@ def _read_all(settings: Settings, topic: str) -> list[Any]:
 def test_a_repartition_topic_of_another_count_is_refused_at_start(settings_factory: Any) -> None:
     settings = settings_factory(create_topics=False, topic_partitions=SETTING)
     create_topics(settings.kafka_bootstrap, {settings.events_topic: 3, settings.repartition_topic: 5})
-    done = subprocess.run([*sessionizer(), "worker"], env=settings_env(settings),
+    done = subprocess.run([*sessionizer_command(), "worker"], env=settings_env(settings),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()

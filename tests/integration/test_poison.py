@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaProducer
-from processes import Worker
 
 from pipeline.devtools.checker import consumer_lag, read_topic
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.worker.routing import Router
 
 PARTITIONS = 3
@@ -44,7 +44,7 @@ def test_poison_records_are_dead_lettered_and_every_partition_goes_on(
     settings = settings_factory(topic_partitions=PARTITIONS, inactivity_timeout=5.0,
                                 reopen_grace=60.0, record_max_attempts=2,
                                 max_future_skew=1.0)
-    worker = Worker(settings, tmp_path / "worker.log")
+    worker = SessionizerProcess("worker", settings, log_path=tmp_path / "worker.log").spawn()
     router = Router(PARTITIONS)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                              max_request_size=4 << 20, max_in_flight_requests_per_connection=1)
@@ -87,7 +87,7 @@ def test_poison_records_are_dead_lettered_and_every_partition_goes_on(
 
         _wait(lambda: len({orjson.loads(r.value)["user_id"] for r in sessions()}
                           & {*normal, "big-user", "future-user"}) == len(normal) + 2,
-              240, f"not every session closed:\n{worker.log()[-4000:]}")
+              240, f"not every session closed:\n{worker.log_text()[-4000:]}")
         records = sessions()
         latest: dict[str, dict[str, Any]] = {}
         for record in records:
@@ -123,7 +123,7 @@ def test_poison_records_are_dead_lettered_and_every_partition_goes_on(
 
         _wait(lambda: lag() == 0, 60, "consumer lag not back to 0")
         assert worker.proc.poll() is None, "the worker died"
-        metrics = worker.log()
+        metrics = worker.log_text()
         assert "We experienced a crash" not in metrics
     finally:
         producer.close(timeout=5)

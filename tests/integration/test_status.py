@@ -16,11 +16,11 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from kafka import KafkaProducer
-from processes import Worker, settings_env
 
 from pipeline.cli import main
 from pipeline.cli.status import collect_status
 from pipeline.config import Settings
+from pipeline.devtools.process import SessionizerProcess, settings_env
 
 USERS = [f"status-user-{i}" for i in range(12)]
 T0 = 1_795_000_000_000
@@ -29,7 +29,7 @@ T0 = 1_795_000_000_000
 @pytest.fixture
 def worker(
     redis_client: Any, settings_factory: Callable[..., Settings], tmp_path: Path
-) -> Iterator[Worker]:
+) -> Iterator[SessionizerProcess]:
     """A worker on fresh topics and a fresh key prefix (``redis_client`` first: it empties
     Redis, which must not happen under a running worker)."""
     settings = settings_factory(
@@ -38,7 +38,7 @@ def worker(
         inactivity_timeout=30,
         project_settings='{"shop": {"inactivity_timeout": 60, "reopen_grace": 0}}',
     )
-    process = Worker(settings, tmp_path / "worker.log")
+    process = SessionizerProcess("worker", settings, log_path=tmp_path / "worker.log").spawn()
     try:
         process.wait_ready()
         yield process
@@ -80,7 +80,7 @@ def settled(status: dict[str, Any]) -> bool:
 
 
 def test_status_shows_members_owners_offsets_open_sessions_and_rules(
-    worker: Worker, redis_client: Any
+    worker: SessionizerProcess, redis_client: Any
 ) -> None:
     settings = worker.settings
     now_ms = int(time.time() * 1000)
@@ -122,7 +122,7 @@ def test_status_shows_members_owners_offsets_open_sessions_and_rules(
     assert status["rates"] is None  # sample_s=0
 
 
-def test_status_rates_come_from_two_samples_of_the_end_offsets(worker: Worker) -> None:
+def test_status_rates_come_from_two_samples_of_the_end_offsets(worker: SessionizerProcess) -> None:
     settings = worker.settings
     stop = threading.Event()
 
@@ -155,7 +155,7 @@ def test_status_rates_come_from_two_samples_of_the_end_offsets(worker: Worker) -
     assert rates["sessions_per_s"] > 0
 
 
-def test_the_status_command_prints_tables_or_json(worker: Worker) -> None:
+def test_the_status_command_prints_tables_or_json(worker: SessionizerProcess) -> None:
     settings = worker.settings
     publish(settings.kafka_bootstrap, settings.events_topic, USERS, int(time.time() * 1000))
     wait_for(settings, settled)

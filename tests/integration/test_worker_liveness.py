@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 from kafka import KafkaProducer
-from processes import Worker
 from worker_admin import admin
 
 from pipeline.config import Settings
+from pipeline.devtools.process import SessionizerProcess
 from pipeline.devtools.services import EmbeddedRedis, free_port
 
 
@@ -24,10 +24,10 @@ def frozen_redis() -> Iterator[EmbeddedRedis]:
         yield server
 
 
-def wait_for(check: Callable[[], bool], what: str, worker: Worker, timeout: float = 60) -> None:
+def wait_for(check: Callable[[], bool], what: str, worker: SessionizerProcess, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"{what}:\n{worker.log()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what}:\n{worker.log_text()[-3000:]}"
         time.sleep(0.5)
 
 
@@ -38,7 +38,7 @@ def test_liveness_fails_on_a_stuck_partition_and_recovers(
         redis_url=frozen_redis.url, web_port=free_port(), liveness_stall=3,
         redis_socket_timeout=1, metrics_interval=0.5,
     )
-    worker = Worker(settings, tmp_path / "worker.log")
+    worker = SessionizerProcess("worker", settings, log_path=tmp_path / "worker.log").spawn()
     try:
         worker.wait_ready()
         wait_for(lambda: admin(settings, "/readyz")[0] == 200, "never ready", worker)
