@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from pipeline.devtools.process import SessionizerProcess, get_json
+from pipeline.devtools.services import terminate
 
 
 class Measured:
@@ -159,15 +159,7 @@ class Child(Measured):
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout`` (this child only)."""
         proc = self.proc
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+        terminate(proc, timeout)
         self._reader.join(5)
         with contextlib.suppress(Exception):
             self._log.close()

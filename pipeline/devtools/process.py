@@ -31,8 +31,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,7 @@ from types import TracebackType
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.devtools.services import free_port, kill_now, terminate
 from pipeline.exceptions import ProcessNotReady
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,13 +68,6 @@ def sessionizer_command() -> list[str]:
     if found:
         return [found]
     return [sys.executable, "-m", "pipeline.cli"]
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _text(value: Any) -> str:
@@ -311,27 +303,14 @@ class SessionizerProcess:
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            self.signal(signal.SIGCONT)
-            try:
-                proc.wait(self.grace_s if grace_s is None else grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        return proc.returncode
+        return terminate(proc, self.grace_s if grace_s is None else grace_s)
 
     def kill(self) -> int | None:
         """SIGKILL at once (a crash); the exit code."""
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        proc.wait()
-        return proc.returncode
+        return kill_now(proc)
 
     def restart(self, timeout_s: float | None = None) -> SessionizerProcess:
         """Stop (SIGTERM, then SIGKILL) and start again with the same settings and ports."""

@@ -116,6 +116,28 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(proc: subprocess.Popen[bytes], grace_s: float) -> int:
+    """SIGTERM (and SIGCONT: a paused process handles SIGTERM then), up to ``grace_s``
+    to exit, then SIGKILL; always reaps the process. Its exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            kill_now(proc)
+    return proc.wait()
+
+
+def kill_now(proc: subprocess.Popen[bytes]) -> int:
+    """SIGKILL at once (a crash), reaped here. Its exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    return proc.wait()
+
+
 # -- binaries -----------------------------------------------------------------
 
 
@@ -374,16 +396,7 @@ class _Service(ClosesOnExit):
             proc = self._proc
             if proc is None:
                 return
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                    proc.send_signal(signal.SIGCONT)  # a paused process handles SIGTERM now
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    proc.wait()
+            terminate(proc, timeout)
             self._forget()
 
     def kill(self) -> None:
@@ -392,10 +405,7 @@ class _Service(ClosesOnExit):
             proc = self._proc
             if proc is None:
                 return
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            proc.wait()
+            kill_now(proc)
             self._forget()
 
     def pause(self) -> None:
