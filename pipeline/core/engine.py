@@ -232,7 +232,6 @@ class Sessionizer:
         if ev.id is not None:
             if opened is not None and ev.id in opened.ids:
                 opened.duplicate_events += 1
-                opened.changed()
                 self.counters["duplicate_events"] += 1
                 return None
             if state.closed and any(ev.id in c.ids for c in state.closed):
@@ -264,7 +263,6 @@ class Sessionizer:
                 amended = max(holding, key=lambda c: c.start_ms)
                 amended.add(ev, rules)
                 amended.revision += 1
-                amended.changed()
                 self.counters["amended"] += 1
                 if amended.close_reason == TIMEOUT and state.open is None:
                     state.closed.remove(amended)

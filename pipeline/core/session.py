@@ -1,8 +1,7 @@
 """Session state: what the core keeps per session and per key, and the records it emits.
 
-State round-trips through plain JSON-able dicts (:meth:`Session.to_state` /
-:meth:`Session.from_state`) so any store can keep it; :meth:`Session.to_record`
-is the SPEC section 4 record.
+The domain only: :meth:`Session.to_record` is the SPEC section 4 record; how a store
+keeps a session (its head fields, names and layout) is :mod:`pipeline.store.codec`'s.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 from bisect import insort
 from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from pipeline.core.event import END, ERROR, HEARTBEAT, START, Event, SessionKey
 from pipeline.core.rules import SessionRules
@@ -22,11 +19,6 @@ CLOSED = "closed"
 ENDED = "ended"
 TIMEOUT = "timeout"
 MAX_DURATION = "max_duration"
-
-#: the fields of a session's head (its state without events, ids and data), in the
-#: order :meth:`Session.head_json` writes them as an array
-HEAD_FIELDS = ("sid", "p", "m", "s", "la", "ar", "u", "ut", "n", "nt", "hs", "st", "cr", "e", "ca",
-               "r", "ec", "hc", "dc", "tc", "he", "tr", "q")
 
 # index of each field in a stored event entry (a list, compact in Redis)
 _E_TIME, _E_ID, _E_TYPE, _E_SOURCE, _E_MESSAGE, _E_VALUE, _E_PARTITION, _E_OFFSET, _E_SEQ = range(9)
@@ -66,8 +58,6 @@ class Session:
     seq: int = 0
     # what changed in ``events``/``ids`` since the store last took it (see ``take_log``)
     log: list[Any] = field(default_factory=list, compare=False, repr=False)
-    # the head's values (``head_fields``), kept until the session changes
-    head_cache: list[Any] | None = field(default=None, compare=False, repr=False)
 
     # -- the span of SPEC section 3 -----------------------------------------
     def floor_ms(self, rules: SessionRules) -> int:
@@ -103,7 +93,6 @@ class Session:
 
     def add(self, ev: Event, rules: SessionRules) -> None:
         """Put an event into this session (the caller decided it belongs here)."""
-        self.head_cache = None
         t = ev.time_ms
         # every data value was taken from an event of this session, so at or before its
         # last activity: an event no earlier than that, whose data names are all known
@@ -193,39 +182,13 @@ class Session:
         events.sort(key=lambda e: (e[_E_TIME], e[_E_SEQ]))
         self.events, self.ids, self.log = events, ids, []
 
-    def changed(self) -> None:
-        """Say that a field was changed from outside (the cached head is stale)."""
-        self.head_cache = None
-
-    def head_fields(self) -> list[Any]:
-        """The head (``to_state(with_log=False)``) as the list of its values in
-        :data:`HEAD_FIELDS` order, which :meth:`from_state` reads back; cached while
-        the session is unchanged (do not modify it)."""
-        cached = self.head_cache
-        if cached is None:
-            cached = self.head_cache = [
-                self.session_id, self.project, self.manual, self.start_ms, self.last_activity_ms,
-                self.last_arrival_ms, self.user_id, self.user_id_ms, self.user_name,
-                self.user_name_ms, self.has_start, self.status, self.close_reason, self.end_ms,
-                self.closed_at_ms, self.revision, self.event_count, self.heartbeat_count,
-                self.duplicate_events, self.type_counts, self.has_error, self.events_truncated,
-                self.seq,
-            ]
-        return cached
-
-    def head_json(self) -> bytes:
-        """:meth:`head_fields` as a compact JSON array."""
-        return orjson.dumps(self.head_fields())
-
     def close(self, reason: str, closed_at_ms: int) -> None:
-        self.head_cache = None
         self.status = CLOSED
         self.close_reason = reason
         self.end_ms = self.last_activity_ms
         self.closed_at_ms = closed_at_ms
 
     def reopen(self) -> None:
-        self.head_cache = None
         self.status = OPEN
         self.close_reason = None
         self.end_ms = None
@@ -272,40 +235,6 @@ class Session:
         )
         return record
 
-    # -- storage ---------------------------------------------------------------
-    def to_state(self, *, with_log: bool = True) -> dict[str, Any]:
-        """Plain data. ``with_log=False`` leaves out ``events``, ``ids`` and ``data``
-        (a store that keeps them as an append-only log, from :meth:`take_log`)."""
-        state = {
-            "sid": self.session_id, "p": self.project, "m": self.manual,
-            "s": self.start_ms, "la": self.last_activity_ms, "ar": self.last_arrival_ms,
-            "u": self.user_id, "ut": self.user_id_ms, "n": self.user_name, "nt": self.user_name_ms,
-            "hs": self.has_start, "st": self.status, "cr": self.close_reason, "e": self.end_ms,
-            "ca": self.closed_at_ms, "r": self.revision, "ec": self.event_count,
-            "hc": self.heartbeat_count, "dc": self.duplicate_events, "tc": self.type_counts,
-            "he": self.has_error, "d": self.data, "dt": self.data_ms, "ev": self.events,
-            "tr": self.events_truncated, "ids": list(self.ids), "q": self.seq,
-        }
-        if not with_log:
-            del state["ev"], state["ids"], state["d"], state["dt"]
-        return state
-
-    @classmethod
-    def from_state(cls, s: dict[str, Any] | list[Any]) -> Session:
-        """A session from :meth:`to_state`'s dict or :meth:`head_json`'s array."""
-        if isinstance(s, list):
-            s = dict(zip(HEAD_FIELDS, s, strict=True))
-        return cls(
-            session_id=s["sid"], project=s["p"], manual=s["m"], start_ms=s["s"],
-            last_activity_ms=s["la"], last_arrival_ms=s["ar"], user_id=s["u"], user_id_ms=s["ut"],
-            user_name=s["n"], user_name_ms=s["nt"], has_start=s["hs"], status=s["st"],
-            close_reason=s["cr"], end_ms=s["e"], closed_at_ms=s["ca"], revision=s["r"],
-            event_count=s["ec"], heartbeat_count=s["hc"], duplicate_events=s["dc"],
-            type_counts=s["tc"], has_error=s["he"], data=s.get("d", {}), data_ms=s.get("dt", {}),
-            events=s.get("ev", []), events_truncated=s["tr"], ids=dict.fromkeys(s.get("ids", ())),
-            seq=s["q"],
-        )
-
 
 @dataclass(slots=True)
 class KeyState:
@@ -335,38 +264,11 @@ class KeyState:
                 due = expiry
         return due
 
-    def to_state(self, *, with_log: bool = True) -> dict[str, Any]:
-        return {
-            "k": list(self.key),
-            "o": self.open.to_state(with_log=with_log) if self.open is not None else None,
-            "c": [c.to_state(with_log=with_log) for c in self.closed],
-        }
-
-    def head_json(self) -> bytes:
-        """``to_state(with_log=False)`` as JSON, the sessions as :meth:`Session.head_fields`
-        arrays (unchanged sessions reuse their values)."""
-        opened = self.open
-        return orjson.dumps({
-            "k": self.key,
-            "o": None if opened is None else opened.head_fields(),
-            "c": [c.head_fields() for c in self.closed],
-        })
-
-    @classmethod
-    def from_state(cls, s: dict[str, Any]) -> KeyState:
-        project, kind, ident = s["k"]
-        return cls(
-            key=(project, kind, ident),
-            open=Session.from_state(s["o"]) if s["o"] is not None else None,
-            closed=[Session.from_state(c) for c in s["c"]],
-        )
-
 
 __all__ = [
     "CLOSED",
     "END",
     "ENDED",
-    "HEAD_FIELDS",
     "MAX_DURATION",
     "OPEN",
     "TIMEOUT",

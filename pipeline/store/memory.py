@@ -15,6 +15,7 @@ import orjson
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError, StaleStateError
+from pipeline.store import codec
 from pipeline.store.base import Claim, Commit, latest
 from pipeline.store.keys import keyid
 
@@ -75,14 +76,14 @@ class MemoryStore:
             seen = set(wanted)
             wanted += [kid for _, kid in due[:due_limit] if kid not in seen]
         return [
-            KeyState.from_state(orjson.loads(shard.states[kid])) for kid in wanted if kid in shard.states
+            codec.decode(shard.states[kid]) for kid in wanted if kid in shard.states
         ]
 
     async def load_all(self, partition: int, limit: int) -> list[KeyState] | None:
         shard = self.shards.get(partition, _Shard())
         if len(shard.states) > limit:
             return None
-        return [KeyState.from_state(orjson.loads(blob)) for blob in shard.states.values()]
+        return [codec.decode(blob) for blob in shard.states.values()]
 
     async def has_due(self, partition: int, until_ms: int) -> bool:
         shard = self.shards.get(partition)
@@ -111,7 +112,7 @@ class MemoryStore:
                 shard.states.pop(kid, None)
             else:
                 # a right-sized copy: orjson's result keeps its 4 KiB write buffer
-                shard.states[kid] = bytes(memoryview(orjson.dumps(state.to_state())))
+                shard.states[kid] = bytes(memoryview(codec.encode(state)))
                 for session in state.sessions():
                     session.take_log()  # the full state above holds events and ids
             due = commit.due_ms.get(key)
@@ -137,7 +138,7 @@ class MemoryStore:
         records = []
         for shard in self.shards.values():
             for blob in shard.states.values():
-                state = KeyState.from_state(orjson.loads(blob))
+                state = codec.decode(blob)
                 if state.open is not None:
                     records.append(state.open.to_record())
         return records

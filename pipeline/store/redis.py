@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState
 from pipeline.exceptions import FencedError, RedisUnavailable, StaleStateError
+from pipeline.store import codec
 from pipeline.store.base import Claim, Commit, latest
 from pipeline.store.keys import (
     Keys,
@@ -192,7 +193,7 @@ class RedisStore:
     ) -> list[KeyState]:
         """Key states from their blobs plus their sessions' event logs (one round trip)."""
         states = [
-            (kid, KeyState.from_state(orjson.loads(blob)))
+            (kid, codec.decode(blob))
             for kid, blob in zip(kids, blobs, strict=True)
             if blob is not None
         ]
@@ -249,7 +250,7 @@ class RedisStore:
                     if items:
                         logs += (k.events(partition, kid, session.session_id),
                                  log_chunk(list(map(dumps, items))))
-                heads += (kid, state.head_json())
+                heads += (kid, codec.head_json(state))
                 if indexed.get(kid) != entry:
                     checked.append(kid)
                     entries.append(entry)

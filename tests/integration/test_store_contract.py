@@ -27,6 +27,7 @@ from pipeline.core.rules import SessionRules
 from pipeline.core.session import ENDED, KeyState, Session
 from pipeline.core.timefmt import format_ms
 from pipeline.exceptions import FencedError
+from pipeline.store import codec
 from pipeline.store.base import Commit, SessionStore
 from pipeline.store.keys import Keys, keyid
 from pipeline.store.memory import MemoryStore
@@ -165,7 +166,7 @@ def open_state(
 
 def closed(state: KeyState, at_ms: int) -> KeyState:
     """The same key once its open session closed (kept for the reopen grace)."""
-    again = KeyState.from_state(copy.deepcopy(state.to_state()))
+    again = codec.key_state_from_state(copy.deepcopy(codec.to_state(state)))
     session = again.open
     assert session is not None
     session.close(ENDED, at_ms)
@@ -185,7 +186,7 @@ def history_entry(
 
 
 def as_dicts(states: Iterable[KeyState]) -> list[dict[str, Any]]:
-    return [s.to_state() for s in states]
+    return [codec.to_state(s) for s in states]
 
 
 def ids(records: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -800,7 +801,7 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
     assert set(value(k.states(0))) == {keyid(alice).encode(), keyid(bob).encode(),
                                          keyid(user_key("alice", "blog")).encode()}
     assert set(value(k.states(5))) == {keyid(manual).encode(), keyid(carol).encode(), keyid(anon).encode()}
-    stored = KeyState.from_state(orjson.loads(value(k.states(0))[keyid(alice).encode()]))
+    stored = codec.key_state_from_state(orjson.loads(value(k.states(0))[keyid(alice).encode()]))
     assert stored.open is None
     assert [c.session_id for c in stored.closed] == ["shop-alice"]
 

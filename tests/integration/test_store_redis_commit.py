@@ -25,6 +25,7 @@ from pipeline.core.event import Event, SessionKey
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import ENDED, KeyState, Session
 from pipeline.exceptions import FencedError
+from pipeline.store import codec
 from pipeline.store.base import Commit
 from pipeline.store.keys import keyid, parse_index_entry
 from pipeline.store.redis import RedisStore
@@ -139,7 +140,6 @@ async def drive(url: str, store: RedisStore, seed: int, steps: int) -> None:
                 st.open = None
             elif st.open is not None and r < 0.7:
                 st.open.user_id = rng.choice(["ann", "bob", "cy"])
-                st.open.changed()
             elif r < 0.8:
                 del held[key]
                 st = None
@@ -218,7 +218,7 @@ def test_a_commit_whose_kept_entries_are_stale_is_refused_and_goes_again(redis_s
             assert await store.commit(0, epoch, Commit(
                 states={key: state}, due_ms={}, offsets={"events": 1}, clock_ms=T0, token="a", expect=("",)))
             # another handle, same epoch: the key's session closes there
-            ended = KeyState.from_state(state.to_state())
+            ended = codec.key_state_from_state(codec.to_state(state))
             assert ended.open is not None
             ended.open.close(ENDED, T0 + 1)
             ended.closed, ended.open = [ended.open], None
@@ -240,7 +240,7 @@ def test_a_commit_whose_kept_entries_are_stale_is_refused_and_goes_again(redis_s
             assert found is not None and found["session_id"] == "s1"
             assert [r["session_id"] for r in await store.open_sessions(project="shop", user_id="alice")] == ["s1"]
             [loaded] = await store.load(0, [key], None, 0)
-            assert loaded.to_state() == state.to_state()
+            assert codec.to_state(loaded) == codec.to_state(state)
         finally:
             await store.close()
             await other.close()
@@ -269,7 +269,6 @@ def test_unchanged_entries_are_checked_once_then_left_out(redis_server: Any) -> 
             moved = states[keys[1]].open
             assert moved is not None
             moved.user_id = "bob"
-            moved.changed()
             await commit(dict(states), 3)
             await commit({keys[2]: None}, 4)
             assert spy.checked() == [[keyid(k) for k in keys], [], [keyid(keys[1])], [keyid(keys[2])]]
@@ -307,7 +306,6 @@ def test_a_commit_that_raises_or_was_applied_already_keeps_nothing(redis_server:
             # the session's user changes in a batch applied already: nothing written
             assert state.open is not None
             state.open.user_id = "bob"
-            state.open.changed()
             assert not await store.commit(0, epoch, Commit(
                 states={key: state}, due_ms={}, offsets={"events": 1}, clock_ms=T0, token="b",
                 expect=("a",)))
@@ -373,7 +371,7 @@ def test_a_long_event_log_is_appended_as_one_chunk_per_batch_in_order(redis_serv
             for n in range(1, 1300):  # past the 1000-event cap: drop marks too
                 session.add(event(key, T0 + n, n), RULES)
             state = KeyState(key, open=session)
-            expected = state.to_state()
+            expected = codec.to_state(state)
             items = len(session.log)
             epoch = (await store.claim(0)).epoch
             assert await store.commit(0, epoch, Commit(
@@ -382,15 +380,15 @@ def test_a_long_event_log_is_appended_as_one_chunk_per_batch_in_order(redis_serv
             assert len(log) == 1  # the batch's items, one JSON line each
             assert len(log[0].split(b"\n")) == items > 1000
             [loaded] = await store.load(0, [key], None, 0)
-            assert loaded.to_state() == expected
+            assert codec.to_state(loaded) == expected
             # a second batch appends a second chunk; the log replays both in order
             loaded.open.add(event(key, T0 + 5000, 5000), RULES)
-            after = loaded.to_state()
+            after = codec.to_state(loaded)
             assert await store.commit(0, epoch, Commit(
                 states={key: loaded}, due_ms={key: T0 + 10**6}, offsets={"events": 2}, clock_ms=T0))
             assert await store.client.llen(store.keys.events(0, keyid(key), "s1")) == 2
             [again] = await store.load(0, [key], None, 0)
-            assert again.to_state() == after
+            assert codec.to_state(again) == after
             assert await store.client.zscore(store.keys.due(0), keyid(key)) == T0 + 10**6
         finally:
             await store.close()

@@ -17,6 +17,7 @@ from pipeline.core.event import Event, SessionKey
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import KeyState, Session
 from pipeline.core.timefmt import format_ms
+from pipeline.store import codec
 
 T0 = 1_764_237_600_000  # 2025-11-27T10:00:00.000Z
 SEC = 1000
@@ -97,7 +98,7 @@ def open_session(eng: Sessionizer, key: SessionKey = USER_KEY) -> Session:
 
 def roundtrip(state: KeyState) -> KeyState:
     """A key state through the store's encoding (orjson), as Redis keeps it."""
-    return KeyState.from_state(orjson.loads(orjson.dumps(state.to_state())))
+    return codec.key_state_from_state(orjson.loads(orjson.dumps(codec.to_state(state))))
 
 
 def canonical(records: Iterable[Record]) -> list[bytes]:

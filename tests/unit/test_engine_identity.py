@@ -20,6 +20,7 @@ from helpers import (
 
 from pipeline.core.engine import Record, auto_session_id
 from pipeline.core.event import END, START, Event
+from pipeline.store import codec
 
 SID = "client-session-0001"
 SID_KEY = (PROJECT, "s", SID)
@@ -30,10 +31,10 @@ SID_KEY = (PROJECT, "s", SID)
 def test_duplicate_id_in_open_session_is_ignored_and_counted() -> None:
     eng = engine()
     eng.apply(ev(at=0, id="e1"))
-    before = open_session(eng).to_state()
+    before = codec.to_state(open_session(eng))
     out = eng.apply(ev("error", at=2 * MIN, arrival=3 * MIN, id="e1", data={"k": 1}))
     assert out.records == [] and out.rejection is None
-    after = open_session(eng).to_state()
+    after = codec.to_state(open_session(eng))
     assert after.pop("dc") == 1
     before.pop("dc")
     assert after == before  # no new activity, arrival, type, data or event
@@ -56,19 +57,19 @@ def test_each_duplicate_is_counted() -> None:
 def test_duplicate_id_in_recently_closed_session_changes_nothing() -> None:
     eng = engine()
     feed(eng, [ev(at=0, id="e1"), ev(END, at=MIN, id="e2")])
-    before = state_of(eng).to_state()
+    before = codec.to_state(state_of(eng))
     out = eng.apply(ev(at=30 * 1000, arrival=3 * MIN, id="e1"))
     assert out.records == [] and out.rejection is None
-    assert state_of(eng).to_state() == before
+    assert codec.to_state(state_of(eng)) == before
 
 
 def test_duplicate_id_does_not_reopen_an_idle_closed_session() -> None:
     eng = engine()
     eng.apply(ev(at=0, id="e1"))
     advance(eng, TIMEOUT_MS + 1)
-    before = state_of(eng).to_state()
+    before = codec.to_state(state_of(eng))
     assert feed(eng, [ev(at=0, arrival=6 * MIN, id="e1")]) == []
-    assert state_of(eng).to_state() == before
+    assert codec.to_state(state_of(eng)) == before
 
 
 def test_duplicate_sessionend_of_closed_session_is_not_rejected() -> None:

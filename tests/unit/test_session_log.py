@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from pipeline.core.event import Event
 from pipeline.core.rules import SessionRules
-from pipeline.core.session import HEAD_FIELDS, KeyState, Session
+from pipeline.core.session import Session
+from pipeline.store import codec
 
 RULES = SessionRules(max_events_per_session=3)
 
@@ -37,7 +38,7 @@ def test_replaying_the_log_rebuilds_events_and_ids(times: list[int], cuts: list[
             stored += [orjson.dumps(item) for item in session.take_log()]
     stored += [orjson.dumps(item) for item in session.take_log()]
 
-    rebuilt = Session.from_state(orjson.loads(orjson.dumps(session.to_state(with_log=False))))
+    rebuilt = codec.session_from_state(orjson.loads(orjson.dumps(codec.to_state(session, with_log=False))))
     rebuilt.replay_log([orjson.loads(item) for item in stored])
     assert rebuilt.events == session.events
     assert list(rebuilt.ids) == list(session.ids)
@@ -48,7 +49,7 @@ def test_replaying_the_log_rebuilds_events_and_ids(times: list[int], cuts: list[
 def test_state_without_log_leaves_out_events_and_ids() -> None:
     session = Session.begin("s1", event(0, 10))
     session.add(event(0, 10), RULES)
-    state = session.to_state(with_log=False)
+    state = codec.to_state(session, with_log=False)
     assert "ev" not in state and "ids" not in state
     assert session.take_log() == [[10, "e0", "usage", None, None, None, 0, 0, 1]]
     assert session.take_log() == []
@@ -68,14 +69,14 @@ def test_cached_head_always_equals_a_fresh_serialization(steps: list[tuple[int, 
                    id=f"e{n % 7}", offset=n)
         engine.apply(ev)
         for state in engine.states.values():
-            fresh = orjson.loads(orjson.dumps(state.to_state(with_log=False)))
-            head = orjson.loads(state.head_json())
-            assert KeyState.from_state(head).to_state(with_log=False) == fresh
+            fresh = orjson.loads(orjson.dumps(codec.to_state(state, with_log=False)))
+            head = orjson.loads(codec.head_json(state))
+            assert codec.to_state(codec.key_state_from_state(head), with_log=False) == fresh
             for session, row in zip(state.sessions(), [head["o"]] * (state.open is not None) + head["c"],
                                     strict=True):
-                assert list(session.to_state(with_log=False)) == list(HEAD_FIELDS)
-                assert dict(zip(HEAD_FIELDS, row, strict=True)) == orjson.loads(
-                    orjson.dumps(session.to_state(with_log=False)))
+                assert list(codec.to_state(session, with_log=False)) == list(codec.HEAD_FIELDS)
+                assert dict(zip(codec.HEAD_FIELDS, row, strict=True)) == orjson.loads(
+                    orjson.dumps(codec.to_state(session, with_log=False)))
 
 
 @settings(max_examples=80, deadline=None)
@@ -97,6 +98,6 @@ def test_data_keeps_the_earliest_value_of_each_name(steps: list[tuple[int, dict[
                 expected[name] = (t, value)
     assert session.data == {name: value for name, (_, value) in expected.items()}
     assert session.data_ms == {name: t for name, (t, _) in expected.items()}
-    rebuilt = Session.from_state(orjson.loads(session.head_json()))
+    rebuilt = codec.session_from_state(orjson.loads(orjson.dumps(codec.head_fields(session))))
     rebuilt.replay_log(orjson.loads(orjson.dumps(session.take_log())))
     assert rebuilt.data == session.data and rebuilt.data_ms == session.data_ms

@@ -19,6 +19,7 @@ from pipeline.core.event import Event, SessionKey
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import KeyState, Session
 from pipeline.exceptions import FencedError
+from pipeline.store import codec
 from pipeline.store.base import Commit
 from pipeline.store.keys import keyid
 from pipeline.store.memory import MemoryStore
@@ -56,7 +57,7 @@ def test_states_are_kept_serialized_and_loaded_as_copies() -> None:
 
         blob = store.shards[0].states[keyid(ALICE)]
         assert isinstance(blob, bytes)
-        assert orjson.loads(blob) == original.to_state()
+        assert orjson.loads(blob) == codec.to_state(original)
 
         original.open.event_count = 99  # type: ignore[union-attr]
         [first] = await store.load(0, [ALICE], None, 0)

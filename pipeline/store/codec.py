@@ -1,0 +1,127 @@
+"""How a store keeps the core's :class:`~pipeline.core.session.Session` and
+:class:`~pipeline.core.session.KeyState`: plain JSON-able data with short field names.
+
+Two forms:
+
+- the *state* (:func:`to_state` / :func:`key_state_from_state`): a dict per session,
+  ``with_log=False`` leaving out the event list, the held ids and the data values (a
+  store that keeps those as an append-only log, from ``Session.take_log``);
+- the *head* (:func:`head_json`): a key state whose sessions are arrays of their
+  :data:`HEAD_FIELDS` values, what the Redis store writes for every key a batch touched.
+
+Both read back with :func:`key_state_from_state`, which takes either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from pipeline.core.session import KeyState, Session
+
+#: the fields of a session's head (its state without events, ids and data), in the
+#: order :func:`head_fields` lists them
+HEAD_FIELDS = ("sid", "p", "m", "s", "la", "ar", "u", "ut", "n", "nt", "hs", "st", "cr", "e", "ca",
+               "r", "ec", "hc", "dc", "tc", "he", "tr", "q")
+
+
+def head_fields(s: Session) -> list[Any]:
+    """The session's head as the list of its values in :data:`HEAD_FIELDS` order."""
+    return [
+        s.session_id, s.project, s.manual, s.start_ms, s.last_activity_ms,
+        s.last_arrival_ms, s.user_id, s.user_id_ms, s.user_name,
+        s.user_name_ms, s.has_start, s.status, s.close_reason, s.end_ms,
+        s.closed_at_ms, s.revision, s.event_count, s.heartbeat_count,
+        s.duplicate_events, s.type_counts, s.has_error, s.events_truncated,
+        s.seq,
+    ]
+
+
+def session_state(s: Session, *, with_log: bool = True) -> dict[str, Any]:
+    """A session as plain data. ``with_log=False`` leaves out ``events``, ``ids`` and
+    ``data``."""
+    state = {
+        "sid": s.session_id, "p": s.project, "m": s.manual,
+        "s": s.start_ms, "la": s.last_activity_ms, "ar": s.last_arrival_ms,
+        "u": s.user_id, "ut": s.user_id_ms, "n": s.user_name, "nt": s.user_name_ms,
+        "hs": s.has_start, "st": s.status, "cr": s.close_reason, "e": s.end_ms,
+        "ca": s.closed_at_ms, "r": s.revision, "ec": s.event_count,
+        "hc": s.heartbeat_count, "dc": s.duplicate_events, "tc": s.type_counts,
+        "he": s.has_error, "d": s.data, "dt": s.data_ms, "ev": s.events,
+        "tr": s.events_truncated, "ids": list(s.ids), "q": s.seq,
+    }
+    if not with_log:
+        del state["ev"], state["ids"], state["d"], state["dt"]
+    return state
+
+
+def session_from_state(s: dict[str, Any] | list[Any]) -> Session:
+    """A session from :func:`session_state`'s dict or :func:`head_fields`' array."""
+    if isinstance(s, list):
+        s = dict(zip(HEAD_FIELDS, s, strict=True))
+    return Session(
+        session_id=s["sid"], project=s["p"], manual=s["m"], start_ms=s["s"],
+        last_activity_ms=s["la"], last_arrival_ms=s["ar"], user_id=s["u"], user_id_ms=s["ut"],
+        user_name=s["n"], user_name_ms=s["nt"], has_start=s["hs"], status=s["st"],
+        close_reason=s["cr"], end_ms=s["e"], closed_at_ms=s["ca"], revision=s["r"],
+        event_count=s["ec"], heartbeat_count=s["hc"], duplicate_events=s["dc"],
+        type_counts=s["tc"], has_error=s["he"], data=s.get("d", {}), data_ms=s.get("dt", {}),
+        events=s.get("ev", []), events_truncated=s["tr"], ids=dict.fromkeys(s.get("ids", ())),
+        seq=s["q"],
+    )
+
+
+def to_state(obj: KeyState | Session, *, with_log: bool = True) -> dict[str, Any]:
+    """A key state (or one session) as plain data."""
+    if isinstance(obj, Session):
+        return session_state(obj, with_log=with_log)
+    return {
+        "k": list(obj.key),
+        "o": session_state(obj.open, with_log=with_log) if obj.open is not None else None,
+        "c": [session_state(c, with_log=with_log) for c in obj.closed],
+    }
+
+
+def head_json(state: KeyState) -> bytes:
+    """``to_state(state, with_log=False)`` as JSON, the sessions as :func:`head_fields`
+    arrays."""
+    opened = state.open
+    return orjson.dumps({
+        "k": state.key,
+        "o": None if opened is None else head_fields(opened),
+        "c": [head_fields(c) for c in state.closed],
+    })
+
+
+def key_state_from_state(s: dict[str, Any]) -> KeyState:
+    """A key state from :func:`to_state`'s dict or :func:`head_json`'s (decoded)."""
+    project, kind, ident = s["k"]
+    return KeyState(
+        key=(project, kind, ident),
+        open=session_from_state(s["o"]) if s["o"] is not None else None,
+        closed=[session_from_state(c) for c in s["c"]],
+    )
+
+
+def decode(blob: bytes | str) -> KeyState:
+    """A key state from the JSON a store holds (either form)."""
+    return key_state_from_state(orjson.loads(blob))
+
+
+def encode(state: KeyState) -> bytes:
+    """The whole key state (its log included) as JSON."""
+    return orjson.dumps(to_state(state))
+
+
+__all__ = [
+    "HEAD_FIELDS",
+    "decode",
+    "encode",
+    "head_fields",
+    "head_json",
+    "key_state_from_state",
+    "session_from_state",
+    "session_state",
+    "to_state",
+]
