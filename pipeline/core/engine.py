@@ -6,11 +6,15 @@ the worker, those the current batch touches or that fall due during it).
 
     engine.advance(clock_ms)  -> closed-session records due by that clock
     engine.apply(event)       -> Applied(records, rejection)
-    engine.apply_to(event, records) -> rejection or None (records appended; the worker's)
+    engine.apply_to(event, out) -> rejection or None (Emitted appended; the worker's)
+    engine.advance_to(clock_ms, out) -> the same for the clock (Emitted appended)
     engine.take_changes()     -> keys whose state changed since the last call
 
-Records are SPEC section 4 dicts, ready to serialize. Nothing here reads a
-clock, a socket or a random number: the same calls give the same results.
+Records are SPEC section 4 dicts, ready to serialize. The worker's calls hand out
+:class:`Emitted`: the record with what the worker needs of it (its end in ms, the
+idle deadline an inactivity close was dated by), so no session rule is worked out
+again outside this module. Nothing here reads a clock, a socket or a random number:
+the same calls give the same results.
 """
 
 from __future__ import annotations
@@ -27,6 +31,31 @@ from pipeline.core.rules import SessionRules
 from pipeline.core.session import ENDED, MAX_DURATION, TIMEOUT, KeyState, Session
 
 Record = dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class Emitted:
+    """A session record the engine gives out, and what the worker needs of it."""
+
+    #: the SPEC section 4 record (serialized once, by the worker)
+    record: Record
+    session_id: str
+    project: str
+    #: the session's end (its last activity while open), epoch ms: the record's ``end``
+    end_ms: int
+    #: the record's ``close_reason`` (None: an update of an open session)
+    close_reason: str | None
+    #: for a session this call closed for inactivity: the stream-clock deadline it passed
+    #: (last arrival + inactivity timeout; the close is dated a millisecond after it)
+    idle_deadline_ms: int | None = None
+
+
+def _emitted(session: Session, idle_deadline_ms: int | None = None) -> Emitted:
+    return Emitted(
+        session.to_record(), session.session_id, session.project,
+        session.last_activity_ms if session.end_ms is None else session.end_ms,
+        session.close_reason, idle_deadline_ms,
+    )
 
 
 @dataclass(slots=True)
@@ -146,13 +175,17 @@ class Sessionizer:
     # -- the clock -----------------------------------------------------------------
     def advance(self, clock_ms: int) -> list[Record]:
         """Move the stream clock forward (never back); close what falls due."""
+        out: list[Emitted] = []
+        self.advance_to(clock_ms, out)
+        return [e.record for e in out]
+
+    def advance_to(self, clock_ms: int, out: list[Emitted]) -> None:
+        """:meth:`advance`, what it closes appended to ``out``: the worker's call."""
         if clock_ms > self.clock_ms:
             self.clock_ms = clock_ms
-        records: list[Record] = []
-        self._close_due(records)
-        return records
+        self._close_due(out)
 
-    def _close_due(self, records: list[Record]) -> None:
+    def _close_due(self, records: list[Emitted]) -> None:
         """Attend to every key due by the stream clock, in deadline order."""
         heap, due_of = self._heap, self._due
         while heap and heap[0][0] <= self.clock_ms:
@@ -162,16 +195,17 @@ class Sessionizer:
             state = self.states[key]
             self._on_due(state, due, records)
 
-    def _on_due(self, state: KeyState, due: int, records: list[Record]) -> None:
+    def _on_due(self, state: KeyState, due: int, records: list[Emitted]) -> None:
         rules, clock = self.rules_for(state.key[0]), self.clock_ms
         opened = state.open
         if opened is not None and clock > opened.idle_deadline_ms(rules):
             # end = last activity, not the moment it was noticed; the close is
             # dated at its deadline so a replay expires the grace identically
             state.open = None
-            opened.close(TIMEOUT, opened.idle_deadline_ms(rules) + 1)
+            deadline = opened.idle_deadline_ms(rules)
+            opened.close(TIMEOUT, deadline + 1)
             state.closed.append(opened)
-            records.append(opened.to_record())
+            records.append(_emitted(opened, deadline))
             self.counters["closed_timeout"] += 1
         self._expire_closed(state)
         self._touch(state)
@@ -196,14 +230,14 @@ class Sessionizer:
     # -- events --------------------------------------------------------------------
     def apply(self, ev: Event) -> Applied:
         """Place one event (SPEC section 3, rules 1-5), after advancing to its arrival."""
-        out = Applied()
-        out.rejection = self.apply_to(ev, out.records)
-        return out
+        emitted: list[Emitted] = []
+        rejection = self.apply_to(ev, emitted)
+        return Applied([e.record for e in emitted], rejection)
 
     def apply_to(
-        self, ev: Event, records: list[Record], key: SessionKey | None = None
+        self, ev: Event, records: list[Emitted], key: SessionKey | None = None
     ) -> Rejection | None:
-        """:meth:`apply`, the records appended to ``records`` and the rejection (or
+        """:meth:`apply`, what it emits appended to ``records`` and the rejection (or
         None) returned: the worker's call, one object fewer per event. ``key`` is
         ``ev.key`` when the caller has it already."""
         if ev.arrival_ms > self.clock_ms:
@@ -225,7 +259,7 @@ class Sessionizer:
         self._touch(state)
         return rejection
 
-    def _place(self, state: KeyState, ev: Event, records: list[Record]) -> Rejection | None:
+    def _place(self, state: KeyState, ev: Event, records: list[Emitted]) -> Rejection | None:
         rules, t = self.rules_for(ev.project), ev.time_ms
         opened = state.open
 
@@ -272,7 +306,7 @@ class Sessionizer:
                     if ev.ends_session:
                         self._close(state, amended, ENDED, records)
                 else:
-                    records.append(amended.to_record())
+                    records.append(_emitted(amended))
                 return None
 
         if opened is not None:
@@ -285,13 +319,13 @@ class Sessionizer:
                 own.add(ev, rules)
                 own.close(TIMEOUT, self.clock_ms)
                 state.closed.append(own)
-                records.append(own.to_record())
+                records.append(_emitted(own))
                 self.counters["closed_timeout"] += 1
                 return None
         return self._open(state, ev, rules, records)
 
     def _open(
-        self, state: KeyState, ev: Event, rules: SessionRules, records: list[Record]
+        self, state: KeyState, ev: Event, rules: SessionRules, records: list[Emitted]
     ) -> Rejection | None:
         """Rule 5: the event opens a new session."""
         if ev.type == END:
@@ -304,12 +338,12 @@ class Sessionizer:
             self._close(state, session, ENDED, records)
         return None
 
-    def _close(self, state: KeyState, session: Session, reason: str, records: list[Record]) -> None:
+    def _close(self, state: KeyState, session: Session, reason: str, records: list[Emitted]) -> None:
         session.close(reason, self.clock_ms)
         if state.open is session:
             state.open = None
         state.closed.append(session)
-        records.append(session.to_record())
+        records.append(_emitted(session))
         self.counters[f"closed_{reason}"] += 1
 
     def _reject(self, ev: Event, detail: str) -> Rejection:

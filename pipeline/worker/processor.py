@@ -35,13 +35,12 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.core.deadletter import dead_letter_record
-from pipeline.core.engine import Sessionizer, revision_marks
+from pipeline.core.engine import Emitted, Sessionizer, revision_marks
 from pipeline.core.event import Event, RejectCode, Rejection
 from pipeline.core.fit import DEFAULT_MAX_RECORD_BYTES, encode_session
 from pipeline.core.parse import EventParser
 from pipeline.core.rules import SessionRules
 from pipeline.core.session import KeyState
-from pipeline.core.timefmt import parse_timestamp_ms
 from pipeline.exceptions import FencedError
 from pipeline.store.base import Claim, Commit, SessionStore
 from pipeline.worker.outbox import DEAD_LETTER, FORWARD, ORIGIN_HEADER, SESSION, UPDATE, Outgoing
@@ -432,7 +431,7 @@ class PartitionProcessor:
         if fresh:
             engine.revision_floors.update(await self.store.revisions(fresh))
         sessions_out: list[Outgoing] = []
-        records: list[dict[str, Any]] = []
+        records: list[Emitted] = []
         apply_to = engine.apply_to
         for ev, source, key in zip(events, sources, keys, strict=True):
             rej = apply_to(ev, records, key)
@@ -448,7 +447,8 @@ class PartitionProcessor:
                            if ev.index is not None and source.topic == events_topic else value)
                 stats.rejected[rej.code] = stats.rejected.get(rej.code, 0) + 1
                 outgoing.append(self._dead_letter_raw(rej, source.key, ev.arrival_ms))
-        for rec in engine.advance(clock_ms):
+        engine.advance_to(clock_ms, records)
+        for rec in records:
             sessions_out.append(self._session(rec, engine.clock_ms, stats))
         outgoing.extend(sessions_out)
         history = [
@@ -502,8 +502,6 @@ class PartitionProcessor:
         self.clock_ms = engine.clock_ms
         stats.counters = dict(engine.counters)
         engine.counters.clear()
-        if stats.counters.get("closed_timeout"):
-            stats.idle_deadlines_ms = self._idle_deadlines(changes, sessions_out)
         if self.updates_interval_s is not None:
             for changed_key, changed in changes.items():
                 if changed is not None and changed.open is not None:
@@ -523,20 +521,6 @@ class PartitionProcessor:
             if revision > marked.get(ref, 0)
         }
 
-    def _idle_deadlines(self, changes: Mapping[Any, Any], sessions_out: list[Outgoing]) -> list[int]:
-        """The stream-clock deadlines (last arrival + inactivity timeout) of the sessions
-        this batch closed for inactivity: an idle close is dated at its deadline + 1 ms."""
-        emitted = {message.key for message in sessions_out}
-        deadlines = []
-        for state in changes.values():
-            for session in state.closed if state is not None else ():
-                if session.close_reason == "timeout" and session.session_id.encode() in emitted:
-                    deadline = session.last_arrival_ms + self.engine.rules_for(
-                        session.project).inactivity_timeout_ms
-                    if session.closed_at_ms == deadline + 1:
-                        deadlines.append(deadline)
-        return deadlines
-
     def _evict(self, touched: Iterable[Any]) -> None:
         """Keep at most ``cache_keys`` key states in memory, least recently used out."""
         recent = self._recent
@@ -554,13 +538,15 @@ class PartitionProcessor:
                     self.engine.forget(key)
 
     # -- outgoing messages ------------------------------------------------------------
-    def _session(self, record: dict[str, Any], clock_ms: int, stats: BatchStats) -> Outgoing:
-        reason = record.get("close_reason", "open")
+    def _session(self, emitted: Emitted, clock_ms: int, stats: BatchStats) -> Outgoing:
+        reason = emitted.close_reason or "open"
         stats.closed[reason] = stats.closed.get(reason, 0) + 1
-        message = Outgoing(SESSION, record["session_id"].encode(),
-                           encode_session(record, self.max_record_bytes), clock_ms)
-        message.end_ms = parse_timestamp_ms(record["end"])
-        message.project = record["project"]
+        if emitted.idle_deadline_ms is not None:
+            stats.idle_deadlines_ms.append(emitted.idle_deadline_ms)
+        message = Outgoing(SESSION, emitted.session_id.encode(),
+                           encode_session(emitted.record, self.max_record_bytes), clock_ms)
+        message.end_ms = emitted.end_ms
+        message.project = emitted.project
         return message
 
     def _dead_letter(self, rej: Rejection, record: RecordLike, arrival: int) -> Outgoing:
