@@ -32,8 +32,6 @@ class Outgoing:
     timestamp_ms: int
     partition: int | None = None
     origin: str | None = None
-    end_ms: int = 0  # a session's end (for the history), not sent
-    project: str = ""  # a session's project (for the history), not sent
 
     def encode(self) -> bytes:
         head = orjson.dumps(

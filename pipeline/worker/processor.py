@@ -431,13 +431,15 @@ class PartitionProcessor:
         if fresh:
             engine.revision_floors.update(await self.store.revisions(fresh))
         sessions_out: list[Outgoing] = []
+        #: the closed sessions' history entries: (session id, project, end ms, record)
+        history: list[tuple[str, str, int, bytes]] = []
         records: list[Emitted] = []
         apply_to = engine.apply_to
         for ev, source, key in zip(events, sources, keys, strict=True):
             rej = apply_to(ev, records, key)
             if records:
                 for rec in records:
-                    sessions_out.append(self._session(rec, engine.clock_ms, stats))
+                    sessions_out.append(self._session(rec, engine.clock_ms, stats, history))
                 records.clear()
             if rej is not None:
                 # the event as it came: a batch record's element, else the whole value (a
@@ -449,11 +451,8 @@ class PartitionProcessor:
                 outgoing.append(self._dead_letter_raw(rej, source.key, ev.arrival_ms))
         engine.advance_to(clock_ms, records)
         for rec in records:
-            sessions_out.append(self._session(rec, engine.clock_ms, stats))
+            sessions_out.append(self._session(rec, engine.clock_ms, stats, history))
         outgoing.extend(sessions_out)
-        history = [
-            (m.key.decode(), m.project, m.end_ms, m.value) for m in sessions_out if m.key is not None
-        ]
         changes = engine.take_changes()
         marks = self._revision_marks(changes, engine.forgotten_revisions)
         engine.revision_floors.clear()
@@ -538,16 +537,15 @@ class PartitionProcessor:
                     self.engine.forget(key)
 
     # -- outgoing messages ------------------------------------------------------------
-    def _session(self, emitted: Emitted, clock_ms: int, stats: BatchStats) -> Outgoing:
+    def _session(self, emitted: Emitted, clock_ms: int, stats: BatchStats,
+                 history: list[tuple[str, str, int, bytes]]) -> Outgoing:
         reason = emitted.close_reason or "open"
         stats.closed[reason] = stats.closed.get(reason, 0) + 1
         if emitted.idle_deadline_ms is not None:
             stats.idle_deadlines_ms.append(emitted.idle_deadline_ms)
-        message = Outgoing(SESSION, emitted.session_id.encode(),
-                           encode_session(emitted.record, self.max_record_bytes), clock_ms)
-        message.end_ms = emitted.end_ms
-        message.project = emitted.project
-        return message
+        value = encode_session(emitted.record, self.max_record_bytes)
+        history.append((emitted.session_id, emitted.project, emitted.end_ms, value))
+        return Outgoing(SESSION, emitted.session_id.encode(), value, clock_ms)
 
     def _dead_letter(self, rej: Rejection, record: RecordLike, arrival: int) -> Outgoing:
         rej.partition, rej.offset = record.partition, record.offset
