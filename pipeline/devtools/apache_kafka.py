@@ -217,6 +217,9 @@ def process_rss_bytes(pid: int | None) -> int:
 
 
 def _cluster_id() -> str:
+    """A cluster id as ``kafka-storage random-uuid`` makes one (a UUID in URL-safe base64).
+    One in 64 begins with ``-``: it is passed as ``--cluster-id=<id>`` so the storage
+    tool does not read it as an option."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
@@ -316,7 +319,7 @@ class EmbeddedKafka(_KafkaService):
     def _format(self, properties: Path) -> None:
         if (self.data_dir / "meta.properties").exists():
             return  # formatted before: keep the data (a restart)
-        command = [*self._jvm(), "kafka.tools.StorageTool", "format", "--cluster-id", _cluster_id(),
+        command = [*self._jvm(), "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
                    "--config", str(properties), "--ignore-formatted"]
         proc = subprocess.run(command, cwd=self._workdir(), stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=self.start_timeout, check=False)
