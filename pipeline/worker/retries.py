@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from redis.exceptions import ClusterError, ReadOnlyError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -24,7 +25,10 @@ from pipeline.worker.state import RuntimeState
 
 log = logging.getLogger("pipeline.worker")
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+#: Redis Cluster's answers while it fails over (the cluster down, a slot moving or not
+#: yet covered, a write reaching a master just made a replica) are Redis faults too
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError,
+             ClusterError, TryAgainError, SlotNotCoveredError, ReadOnlyError)
 
 
 def is_infrastructure(exc: BaseException) -> bool:

@@ -176,3 +176,20 @@ def test_the_router_follows_the_events_topic_and_grows_the_repartition_topic() -
         await runtime.stop()
 
     asyncio.run(main())
+
+
+def test_redis_cluster_failover_answers_are_infrastructure() -> None:
+    # while a master fails over: retried as a Redis fault, never taken for a poison batch
+    # (which would rebuild and then run the failed batch past what Redis lost)
+    from redis.exceptions import (
+        ClusterDownError,
+        MasterDownError,
+        ReadOnlyError,
+        SlotNotCoveredError,
+        TryAgainError,
+    )
+
+    for exc in (ClusterDownError("The cluster is down"), MasterDownError("MASTERDOWN"),
+                TryAgainError("TRYAGAIN"), SlotNotCoveredError("slot 12 not covered"),
+                ReadOnlyError("READONLY You can't write against a read only replica.")):
+        assert is_infrastructure(exc), exc
