@@ -44,6 +44,10 @@ _POSTGRES_TYPES = {
 }
 
 
+#: the PostgreSQL advisory lock taken while the tables are created ("session" in ASCII)
+SCHEMA_LOCK = 0x73657373696F6E
+
+
 def _quoted(name: str) -> str:
     return f'"{name}"'
 
@@ -95,6 +99,11 @@ class SessionTable:
             "PRIMARY KEY (table_name, topic, kafka_partition))",
         ]
         with self._transaction() as cur:
+            if self.dialect == "postgresql":
+                # CREATE ... IF NOT EXISTS is not safe against itself: two exporters that
+                # start together both see no table and one fails on the catalog's unique
+                # index. One schema change at a time (the lock ends with the transaction).
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             for statement in statements:
                 cur.execute(statement)
 
