@@ -27,10 +27,9 @@ The root and the client's errors are those of the light client
 ``except SessionizerError`` catches the client's errors too. The errors that are also
 ``ValueError`` keep that base so code catching bad values keeps working.
 
-Two classes live elsewhere, on purpose: ``pipeline.core.timefmt.TimestampError``
+One class lives elsewhere, on purpose: ``pipeline.core.timefmt.TimestampError``
 (a ``ValueError``: the pure core may not import this module, whose root loads the light
-client and with it asyncio) and ``pipeline.store.redis._Recheck`` (a private signal
-that never leaves its module).
+client and with it asyncio).
 
 Every message says what was wrong and what to do about it.
 """

@@ -109,7 +109,7 @@ class Sessionizer:
         self._heap: list[tuple[int, SessionKey]] = []
         self._due: dict[SessionKey, int] = {}
         self._changed: set[SessionKey] = set()
-        self._dropped: list[tuple[SessionKey, str]] = []
+        self._dropped: list[tuple[SessionKey, Session]] = []
         #: (session_id, project) -> the highest revision already given to that client-chosen
         #: id by sessions this engine does not hold (another partition's, or ones it forgot):
         #: a new session with the id starts above it. The caller adds what its store knows;
@@ -153,8 +153,8 @@ class Sessionizer:
         self._changed.clear()
         return changes
 
-    def take_dropped(self) -> list[tuple[SessionKey, str]]:
-        """Sessions forgotten (past the reopen grace) since the last call."""
+    def take_dropped(self) -> list[tuple[SessionKey, Session]]:
+        """Sessions forgotten (past the reopen grace) since the last call, with their key."""
         dropped, self._dropped = self._dropped, []
         return dropped
 
@@ -218,7 +218,7 @@ class Sessionizer:
                 if c.closed_at_ms is not None and clock - c.closed_at_ms < grace:
                     kept.append(c)
                 else:
-                    self._dropped.append((state.key, c.session_id))
+                    self._dropped.append((state.key, c))
                     if c.manual:
                         ref = (c.session_id, c.project)
                         if self.revision_floors.get(ref, 0) < c.revision:

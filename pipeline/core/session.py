@@ -58,6 +58,9 @@ class Session:
     seq: int = 0
     # what changed in ``events``/``ids`` since the store last took it (see ``take_log``)
     log: list[Any] = field(default_factory=list, compare=False, repr=False)
+    #: opaque to the core: what the store that read or wrote this session keeps about
+    #: where it is (the Redis store: its event log's handle and number of chunks)
+    stored: Any = field(default=None, compare=False, repr=False)
 
     # -- the span of SPEC section 3 -----------------------------------------
     def floor_ms(self, rules: SessionRules) -> int:
@@ -181,6 +184,15 @@ class Session:
         self.data, self.data_ms = data, data_ms
         events.sort(key=lambda e: (e[_E_TIME], e[_E_SEQ]))
         self.events, self.ids, self.log = events, ids, []
+
+    def full_log(self) -> list[Any]:
+        """Log items that rebuild ``events``, ``ids`` and ``data`` from nothing with
+        :meth:`replay_log`, for a store that does not hold this session's log."""
+        listed = {e[_E_ID] for e in self.events if e[_E_ID] is not None}
+        items: list[Any] = list(self.events)
+        items += [i for i in self.ids if i not in listed]
+        items += [{"n": n, "v": v, "t": self.data_ms.get(n, 0)} for n, v in self.data.items()]
+        return items
 
     def close(self, reason: str, closed_at_ms: int) -> None:
         self.status = CLOSED

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.core.event import SessionKey
-from pipeline.core.session import KeyState
+from pipeline.core.session import KeyState, Session
 
 
 @dataclass(slots=True)
@@ -32,12 +32,14 @@ class Commit:
     """Everything one batch changes, written in one atomic step."""
 
     states: Mapping[SessionKey, KeyState | None]  # None: the key has nothing left
+    #: each key's deadline (None: none); it may name keys not in ``states`` (their
+    #: deadline alone is written: a key looked at when due, found not due yet)
     due_ms: Mapping[SessionKey, int | None]
     offsets: Mapping[str, int]  # topic -> last offset this batch applied
     clock_ms: int
     outgoing: list[bytes] = field(default_factory=list)  # appended to the outbox, in order
     acked: int = 0  # messages at the outbox head the broker has acknowledged (trimmed)
-    dropped: list[tuple[SessionKey, str]] = field(default_factory=list)  # sessions past the grace
+    dropped: list[tuple[SessionKey, Session]] = field(default_factory=list)  # sessions past the grace
     # closed session records for the history: (session_id, project, end_ms, record)
     history: list[tuple[str, str, int, bytes]] = field(default_factory=list)
     #: written with the commit, so the next one can tell the store is where it left it

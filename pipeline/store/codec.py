@@ -83,15 +83,19 @@ def to_state(obj: KeyState | Session, *, with_log: bool = True) -> dict[str, Any
     }
 
 
-def head_json(state: KeyState) -> bytes:
+def head_json(state: KeyState, logs: list[Any] | None = None) -> bytes:
     """``to_state(state, with_log=False)`` as JSON, the sessions as :func:`head_fields`
-    arrays."""
+    arrays; with ``logs``, also where each session's event log is, in
+    ``state.sessions()`` order (``"l"``, the store's own, ignored when read back)."""
     opened = state.open
-    return orjson.dumps({
+    head: dict[str, Any] = {
         "k": state.key,
         "o": None if opened is None else head_fields(opened),
         "c": [head_fields(c) for c in state.closed],
-    })
+    }
+    if logs is not None:
+        head["l"] = logs
+    return orjson.dumps(head)
 
 
 def key_state_from_state(s: dict[str, Any]) -> KeyState:

@@ -1,8 +1,8 @@
 """Every Redis key of the sessionizer, in one place.
 
 All state of input partition P lives under one hash tag, ``{prefix}:{pP}:...``,
-so that one atomic script can touch all of it, on a single Redis or on
-Redis Cluster (the tag keeps a partition's keys in one slot).
+so that one MULTI/EXEC (and the read before it) can touch all of it, on a single
+Redis or on Redis Cluster (the tag keeps a partition's keys in one slot).
 
 =====================================  =======  ============================================
 key                                    type     holds (TTL: none unless said)
@@ -23,24 +23,35 @@ key                                    type     holds (TTL: none unless said)
                                                 ``off:<topic>`` (last applied input offset),
                                                 ``token`` (written by every commit; the next
                                                 one checks it: lost writes show)
-``sz:{pP}:states``                     hash     keyid -> one session key's state (orjson), without the
-                                                event lists (see ``e:``): its open
-                                                session with its events, and the sessions
-                                                closed less than ``reopen_grace`` ago
-``sz:{pP}:e:<keyid>|<session_id>``     list     a session's event log: one element per
-                                                batch that changed it, its log items
-                                                (event entries, ids, dropped-entry marks)
-                                                as JSON lines; replayed on load, never
-                                                rewritten
+``sz:{pP}:states``                     hash     keyid -> one session key's head (orjson): its
+                                                open session and the sessions closed less
+                                                than ``reopen_grace`` ago, without their
+                                                events, ids and data, plus where each one's
+                                                event log is (``"l"``: ``[handle, chunks]``
+                                                per session)
+``sz:{pP}:log``                        hash     ``<handle>.<n>`` -> chunk ``n`` (hex) of a
+                                                session's event log: its log items of one
+                                                batch (event entries, ids, dropped-entry
+                                                marks, data values) as JSON lines; replayed
+                                                on load, never rewritten. A handle is
+                                                ``<epoch>.<i>`` (hex): the i-th session
+                                                begun under that claim of the partition
+``sz:{pP}:e:<keyid>|<session_id>``     list     the event log of a session whose head has no
+                                                ``"l"`` (written before the log hash): read
+                                                as it is, moved into the log hash by the
+                                                next commit that writes its key
 ``sz:{pP}:due``                        zset     keyid -> stream-clock ms when the key needs
-                                                attention (idle close or grace expiry)
+                                                attention (idle close or grace expiry), or
+                                                earlier: a deadline that moved later is
+                                                rewritten only once the one held is early
+                                                by more than half the time left
 ``sz:{pP}:open``                       hash     ``<session_id>:<project>`` of an open session -> keyid
 ``sz:{pP}:idx``                        hash     keyid -> what the indexes hold for it
                                                 (:func:`index_entry`)
 ``sz:{pP}:proj:<project>``             set      open session ids of a project
 ``sz:{pP}:user:<n>:<project>:<user>``  set      open session ids of a user (``n``: the
-                                                length of ``project`` in UTF-8 bytes, as the
-                                                commit script counts it, so that names
+                                                length of ``project`` in UTF-8 bytes, so
+                                                that names
                                                 holding ``:`` cannot meet)
 ``sz:{pP}:hist``                       zset     ``<session_id>:<project>`` of a closed session -> end
                                                 (ms): the bounded history
@@ -145,7 +156,12 @@ class Keys:
     def open(self, partition: int) -> str:
         return self.shard(partition) + "open"
 
-    def events(self, partition: int, kid: str, session_id: str) -> str:
+    def log(self, partition: int) -> str:
+        """The partition's event logs, one field per chunk (see the table above)."""
+        return self.shard(partition) + "log"
+
+    def legacy_events(self, partition: int, kid: str, session_id: str) -> str:
+        """A session's event log as a list of its own (the layout before the log hash)."""
         return self.shard(partition) + "e:" + kid + "|" + session_id
 
     def history(self, partition: int) -> str:

@@ -6,6 +6,7 @@ Redis, so a test through this store also proves the state round-trips.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,11 +116,12 @@ class MemoryStore:
                 shard.states[kid] = bytes(memoryview(codec.encode(state)))
                 for session in state.sessions():
                     session.take_log()  # the full state above holds events and ids
+        for key in itertools.chain(commit.states, (k for k in commit.due_ms if k not in commit.states)):
             due = commit.due_ms.get(key)
             if due is None:
-                shard.due.pop(kid, None)
+                shard.due.pop(keyid(key), None)
             else:
-                shard.due[kid] = due
+                shard.due[keyid(key)] = due
         del shard.outbox[: commit.acked]
         shard.outbox.extend(commit.outgoing)
         for sid, project, end_ms, record in commit.history:

@@ -2,28 +2,32 @@
 
 The key layout is in :mod:`pipeline.store.keys`. Each batch costs one read
 round trip (a pipeline: the batch's key states plus the keys falling due) and
-one write round trip (the commit script, ``commit.lua`` beside this module, atomic: it checks the epoch
-and the applied offsets, then writes states, deadlines, indexes, outbox and
-offsets together, or nothing; a second one only when the index entries the
-store kept from its last commit turn out not to be Redis's, see
-:meth:`RedisStore.commit`).
+one commit (:meth:`RedisStore.commit`): it WATCHes the partition's ``meta``
+hash, reads what the checks need in one script (:data:`READ_LUA`: epoch, token,
+applied offsets, the index entries to compare), checks them here, and writes
+everything the batch changed in one MULTI/EXEC, which Redis applies only if
+nobody wrote ``meta`` since the WATCH (a new owner's claim does; so does every
+commit). The writes are plain commands, many fields each: no script unpacks
+them, so Redis spends its time storing the batch, not converting it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterable, Mapping
-from importlib import resources
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.core.event import SessionKey
-from pipeline.core.session import KeyState
+from pipeline.core.session import KeyState, Session
 from pipeline.exceptions import FencedError, RedisUnavailable, StaleStateError
 from pipeline.store import codec
 from pipeline.store.base import Claim, Commit, latest
@@ -35,11 +39,65 @@ from pipeline.store.keys import (
     session_ref,
     session_ref_pattern,
 )
-from pipeline.store.payload import CommitPayload, log_chunk, split_log
 
-#: the commit script (package data beside this module): checks the epoch, the token and
-#: the applied offsets, then writes a :class:`CommitPayload` or nothing
-COMMIT_LUA = (resources.files("pipeline.store") / "commit.lua").read_text(encoding="utf-8")
+# KEYS: meta, idx, hist. ARGV: number of topics, the topics, number of keyids, the keyids,
+# the history's oldest end kept (ms, exclusive), its bound, the refs the commit adds to it.
+# Reads only (the commit WATCHes meta before): {meta's epoch, token and applied offset of
+# each topic; the keyids' index entries; the history's size once the new refs are in, and
+# its oldest members with their ends, as many as the commit may have to forget (ended
+# before the oldest kept, or past the bound; at most 1000 a commit)}.
+READ_LUA = """
+local meta, idx, hist = KEYS[1], KEYS[2], KEYS[3]
+local fields, at = {'epoch', 'token'}, 2
+for x = at, at + tonumber(ARGV[1]) - 1 do fields[#fields + 1] = 'off:' .. ARGV[x] end
+at = at + tonumber(ARGV[1])
+local held = redis.call('HMGET', meta, unpack(fields))
+local n, olds = tonumber(ARGV[at]), {}
+for y = at + 1, at + n, 500 do
+  local got = redis.call('HMGET', idx, unpack(ARGV, y, math.min(y + 499, at + n)))
+  for z = 1, #got do olds[#olds + 1] = got[z] end
+end
+at = at + n + 1
+local size = redis.call('ZCARD', hist)
+for x = at + 2, #ARGV do
+  if not redis.call('ZSCORE', hist, ARGV[x]) then size = size + 1 end
+end
+local old = redis.call('ZCOUNT', hist, '-inf', '(' .. ARGV[at])
+local count = math.min(1000, math.max(old, size - tonumber(ARGV[at + 1])))
+local oldest = {}
+if count > 0 then oldest = redis.call('ZRANGE', hist, 0, count - 1, 'WITHSCORES') end
+return {held, olds, size, oldest}
+"""
+
+# KEYS: open, idx. ARGV: one msgpack array, the query index writes of a commit, removals
+# first: {open refs to delete, [key, members..] of sets to remove members from (flat: key,
+# count, members), open [ref, keyid] to set, [key, count, members] of sets to add to,
+# idx keyids to delete, idx [keyid, entry] to set}. Run inside the commit's MULTI/EXEC
+# (EVAL, not EVALSHA: a script missing at EXEC would fail alone, the rest applied): few
+# writes a batch, but one per set, which one script call carries at no cost per command.
+INDEX_LUA = """
+local p = cmsgpack.unpack(ARGV[1])
+local function chunked(command, key, args, from, to)
+  for y = from, to, 500 do
+    redis.call(command, key, unpack(args, y, math.min(y + 499, to)))
+  end
+end
+local function sets(command, flat)
+  local x = 1
+  while x <= #flat do
+    local n = flat[x + 1]
+    chunked(command, flat[x], flat, x + 2, x + 1 + n)
+    x = x + 2 + n
+  end
+end
+chunked('HDEL', KEYS[1], p[1], 1, #p[1])
+sets('SREM', p[2])
+chunked('HSET', KEYS[1], p[3], 1, #p[3])
+sets('SADD', p[4])
+chunked('HDEL', KEYS[2], p[5], 1, #p[5])
+chunked('HSET', KEYS[2], p[6], 1, #p[6])
+return 1
+"""
 
 # KEYS: revisions hash, their times (zset); ARGV: cutoff ms, now ms, then field, revision, ...:
 # each revision kept if higher, its time set to now; up to 100 entries older than the cutoff go
@@ -67,9 +125,23 @@ return {epoch, redis.call('HGETALL', KEYS[1])}
 #: keys per HSCAN page and per pipeline of event logs in ``load_all``
 LOAD_ALL_CHUNK = 1000
 
+#: fields (or members) per write command of a commit
+WRITE_CHUNK = 1000
 
-class _Recheck(Exception):
-    """The commit script's RECHECK: the index entries the store kept are not Redis's."""
+#: times a commit starts again when ``meta`` changed between its WATCH and its EXEC
+#: (a claim in between: the next attempt finds the new epoch and is fenced)
+WATCH_ATTEMPTS = 3
+
+
+def log_chunk(items: list[bytes]) -> bytes:
+    """One batch's log items of a session (each one JSON value, as orjson writes it: no
+    raw newline) as JSON lines, the unit the store appends."""
+    return b"\n".join(items)
+
+
+def split_log(chunks: list[bytes]) -> list[bytes]:
+    """The log items of a session's chunks, in order."""
+    return b"\n".join(chunks).split(b"\n") if chunks else []
 
 
 def _index_of(state: KeyState | None) -> str:
@@ -78,6 +150,70 @@ def _index_of(state: KeyState | None) -> str:
         return ""
     s = state.open
     return index_entry(s.session_id, s.project, s.user_id)
+
+
+def _split_entry(entry: bytes | str) -> tuple[str, str, str]:
+    raw = entry.encode() if isinstance(entry, str) else entry
+    return parse_index_entry(raw)
+
+
+def _due_holds(written: int, due: int, clock_ms: int) -> bool:
+    """Whether the deadline Redis holds (``written``) may stay for a key now due at
+    ``due``: not after it (an early one only costs a look at the key when it comes),
+    still ahead of the stream clock, and at least half way from the clock to ``due``.
+    A key active every few seconds has its deadline rewritten once per half its
+    inactivity timeout instead of with every event."""
+    return clock_ms < written <= due and 2 * (written - clock_ms) >= due - clock_ms
+
+
+def _history_forgets(
+    oldest: list[bytes], size: int, refs: list[str], ends: list[int], min_ms: int, bound: int
+) -> list[str]:
+    """The history refs a commit forgets: of the history's oldest members (``oldest``:
+    member, end, ...) and the refs it adds (with their ends), lowest end first, those that
+    ended before ``min_ms`` and those past ``bound`` entries (``size``: the entries once
+    the new refs are in), at most 1000."""
+    ending = {oldest[i].decode(): float(oldest[i + 1]) for i in range(0, len(oldest), 2)}
+    ending.update(zip(refs, ends, strict=True))
+    forget: list[str] = []
+    for ref, end in sorted(ending.items(), key=lambda item: (item[1], item[0])):
+        if len(forget) == 1000 or (end >= min_ms and size - len(forget) <= bound):
+            break
+        forget.append(ref)
+    return forget
+
+
+def _flat_sets(sets: dict[str, list[str]]) -> list[Any]:
+    """``{key: members}`` as ``[key, count, members..., ...]`` (see :data:`INDEX_LUA`)."""
+    flat: list[Any] = []
+    for key, members in sets.items():
+        flat += (key, len(members), *members)
+    return flat
+
+
+def _chunked(command: Any, key: str, members: list[Any]) -> None:
+    for start in range(0, len(members), WRITE_CHUNK):
+        command(key, *members[start:start + WRITE_CHUNK])
+
+
+def _chunked_items(pipe: Any, key: str, items: list[Any]) -> None:
+    """HSET ``key`` from a flat ``[field, value, ...]`` list, WRITE_CHUNK fields a command."""
+    for start in range(0, len(items), 2 * WRITE_CHUNK):
+        pipe.hset(key, items=items[start:start + 2 * WRITE_CHUNK])
+
+
+@dataclass(slots=True)
+class _Writes:
+    """What a commit writes whatever the read before it finds (see :meth:`RedisStore.commit`)."""
+
+    logs: list[Any] = field(default_factory=list)  # [field, chunk, ...] of the log hash
+    heads: list[Any] = field(default_factory=list)  # [keyid, head, ...] of the states hash
+    gone: list[str] = field(default_factory=list)  # keyids whose state goes
+    dropped_fields: list[str] = field(default_factory=list)  # log chunks of sessions past the grace
+    dropped_keys: list[str] = field(default_factory=list)  # their event lists (the older layout)
+    checked: list[str] = field(default_factory=list)  # keyids whose index entry may have changed...
+    entries: list[str] = field(default_factory=list)  # ...and their new entries ("" = none)
+    deadlines: list[tuple[str, int | None]] = field(default_factory=list)  # keyid, deadline
 
 
 class RedisStore:
@@ -96,18 +232,23 @@ class RedisStore:
         self.history_retention_ms = history_retention_ms
         self.revision_retention_ms = revision_retention_ms
         self.history_max = history_max
-        # per partition: the token of the last commit that applied, and the index entry
-        # (idx) it left for each key it wrote: a commit whose token Redis still holds
-        # leaves the keys whose entry is unchanged out of the index checks
+        # per partition: the token of the last commit that applied, and what it left for
+        # each key it wrote: the index entry (idx) and the deadline (due). While Redis
+        # holds that token nothing else wrote there since (every commit writes its own
+        # token; a token names one commit, a new owner has its own): keys whose entry is
+        # unchanged are left out of the index checks, and deadlines are written only when
+        # the one Redis holds is too early by more than half (see :func:`_due_holds`)
         self.index_memory = index_memory
         self._indexed: dict[int, tuple[str, dict[str, str]]] = {}
+        self._dues: dict[int, dict[str, int]] = {}
+        # per partition: the epoch and the number of event logs begun under it
+        self._logs_begun: dict[int, tuple[int, int]] = {}
         # decode_responses=False: every reply is bytes (typed loosely by redis-py)
         self.client: Any = client
         self.keys = Keys(prefix)
-        self._commit = client.register_script(COMMIT_LUA)
         self._claim = client.register_script(CLAIM_LUA)
         self._raise = client.register_script(RAISE_LUA)
-
+        self._read_sha = hashlib.sha1(READ_LUA.encode()).hexdigest()
     @classmethod
     def from_url(cls, url: str, prefix: str = "sz", **options: int) -> RedisStore:
         """A store on ``url`` with the other Redis settings from the environment."""
@@ -125,7 +266,7 @@ class RedisStore:
             ) from None
 
     async def claim(self, partition: int) -> Claim:
-        self._indexed.pop(partition, None)
+        self.release(partition)
         epoch, flat = await self._claim(keys=[self.keys.meta(partition)], args=[])
         # the list of partitions with state, for queries: its own slot, so not in the script
         await self.client.sadd(self.keys.shards, partition)
@@ -135,8 +276,10 @@ class RedisStore:
                      fields.get("token", ""), int(fields.get("clock_at_ms", 0)))
 
     def release(self, partition: int) -> None:
-        """Forget the partition's index entries kept from its last commit."""
+        """Forget what the partition's last commit left (index entries, deadlines)."""
         self._indexed.pop(partition, None)
+        self._dues.pop(partition, None)
+        self._logs_begun.pop(partition, None)
 
     async def revisions(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         wanted = list(refs)
@@ -150,7 +293,7 @@ class RedisStore:
             args: list[Any] = [now_ms - self.revision_retention_ms, now_ms]
             for (sid, project), revision in marks.items():
                 args += [session_ref(sid, project), revision]
-            # their own slot: not part of a partition's commit script
+            # their own slot: not part of a partition's commit
             await self._raise(keys=[self.keys.revisions, self.keys.revisions_at], args=args)
 
     async def load(
@@ -191,131 +334,361 @@ class RedisStore:
     async def _states(
         self, partition: int, kids: list[str], blobs: list[bytes | None]
     ) -> list[KeyState]:
-        """Key states from their blobs plus their sessions' event logs (one round trip)."""
-        states = [
-            (kid, codec.decode(blob))
-            for kid, blob in zip(kids, blobs, strict=True)
-            if blob is not None
-        ]
-        sessions = [(kid, s) for kid, state in states for s in state.sessions()]
-        if sessions:
-            pipe = self.client.pipeline(transaction=False)
-            for kid, session in sessions:
-                pipe.lrange(self.keys.events(partition, kid, session.session_id), 0, -1)
-            loads = orjson.loads
-            for (_, session), chunks in zip(sessions, await pipe.execute(), strict=True):
-                session.replay_log([loads(item) for item in split_log(chunks)])
-        return [state for _, state in states]
+        """Key states from their heads plus their sessions' event logs (one round trip).
+
+        A head names each session's log (``"l"``: its handle and number of chunks in the
+        partition's log hash). A head without one was written before the log hash: its
+        sessions' logs are lists of their own (``keys.legacy_events``), read as they are
+        and moved into the log hash by the next commit that writes the key."""
+        k = self.keys
+        states: list[KeyState] = []
+        fields: list[str] = []
+        hashed: list[tuple[Session, int]] = []  # a session and its number of chunks
+        listed: list[tuple[Session, str]] = []  # a session and its list (older layout)
+        for kid, blob in zip(kids, blobs, strict=True):
+            if blob is None:
+                continue
+            data = orjson.loads(blob)
+            state = codec.key_state_from_state(data)
+            states.append(state)
+            refs = data.get("l")
+            if refs is None:
+                listed += [(s, k.legacy_events(partition, kid, s.session_id)) for s in state.sessions()]
+                continue
+            for session, ref in zip(state.sessions(), refs, strict=True):
+                handle, chunks = ref
+                session.stored = ref
+                fields += [f"{handle}.{n:x}" for n in range(chunks)]
+                hashed.append((session, chunks))
+        if not fields and not listed:
+            return states
+        pipe = self.client.pipeline(transaction=False)
+        log_key = k.log(partition)
+        for start in range(0, len(fields), LOAD_ALL_CHUNK):
+            pipe.hmget(log_key, fields[start:start + LOAD_ALL_CHUNK])
+        for _, legacy in listed:
+            pipe.lrange(legacy, 0, -1)
+        replies = await pipe.execute()
+        loads = orjson.loads
+        chunks_found: list[bytes | None] = []
+        for _ in range(0, len(fields), LOAD_ALL_CHUNK):
+            chunks_found += replies.pop(0)
+        at = 0
+        for session, count in hashed:
+            found = [c for c in chunks_found[at:at + count] if c is not None]
+            at += count
+            session.replay_log([loads(item) for item in split_log(found)])
+        for (session, _), chunks in zip(listed, replies, strict=True):
+            session.replay_log([loads(item) for item in split_log(chunks)])
+            session.stored = [None, 0, chunks]  # moved into the log hash by the next commit
+        return states
 
     async def has_due(self, partition: int, until_ms: int) -> bool:
         return bool(await self.client.zcount(self.keys.due(partition), "-inf", until_ms))
 
+    # -- the commit --------------------------------------------------------------------
     async def commit(self, partition: int, epoch: int, commit: Commit) -> bool:
-        """Apply ``commit`` with the ``COMMIT`` script.
+        """Apply ``commit``: WATCH ``meta``, read and check, then MULTI/EXEC the writes.
 
         The query indexes change only where a key's entry (its open session and user)
         does, and finding out costs Redis a read of the key's entry. So the store keeps,
         per partition, the entries its last applied commit left and that commit's token:
-        while Redis holds that token nothing else wrote there since (every commit writes
-        its own token; a token names one commit, a new owner has its own), and the keys
-        whose entry is unchanged are left out of the checks. Redis holding another token,
-        the script refuses before writing anything, and the commit goes again with every
-        key checked. A commit that raises or was applied already keeps nothing.
+        while Redis holds that token nothing else wrote there since, and the keys whose
+        entry is unchanged are left out of the read. Redis holding another token, every
+        key's entry is read. The same memory spares most deadline writes: a key's
+        deadline moves with each of its events, and the one Redis holds is rewritten
+        only once it is early by more than half the time left (:func:`_due_holds`; an
+        early deadline costs one look at the key, never a late close). A commit that
+        raises or was applied already keeps nothing.
         """
-        k = self.keys
-        dumps = orjson.dumps
-        due_ms = commit.due_ms
-        # taken out while the commit is under way: back (with its entries) once applied;
-        # none for a commit without a token (the next one could not tell)
         kept = self._indexed.pop(partition, None)
-        since, indexed = kept if kept is not None and commit.token else ("", {})
-        payload = CommitPayload(
-            since=since, outgoing=commit.outgoing, acked=commit.acked,
-            history_min_ms=commit.clock_ms - self.history_retention_ms,
-            history_max=self.history_max, at_ms=commit.at_ms,
-        )
-        logs, heads, gone = payload.logs, payload.states, payload.gone
-        dues, undue, checked, entries = payload.dues, payload.undue, payload.checked, payload.entries
+        known_dues = self._dues.pop(partition, None)
+        since: str = ""
+        indexed: dict[str, str] = {}
+        if kept is not None and commit.token:
+            since, indexed = kept
+        if not since:
+            known_dues = None
+        writes = self._gather(partition, epoch, commit, indexed)
+        for attempt in range(WATCH_ATTEMPTS):
+            try:
+                applied, indexed, known_dues = await self._watched(
+                    partition, epoch, commit, writes, since, indexed, dict(known_dues or {}))
+                break
+            except WatchError:
+                if attempt + 1 == WATCH_ATTEMPTS:
+                    raise RedisConnectionError(
+                        f"partition {partition}: its meta hash changed under {WATCH_ATTEMPTS} "
+                        "commits in a row (or the connection broke while it was watched)"
+                    ) from None
+        if applied and commit.token and known_dues is not None:
+            self._keep(partition, commit.token, indexed, known_dues)
+        return applied
+
+    def _gather(
+        self, partition: int, epoch: int, commit: Commit, indexed: dict[str, str]
+    ) -> _Writes:
+        """The commit's key states, logs and index candidates, as the writes will carry
+        them; the deadlines and index entries to write are decided after the read."""
+        k = self.keys
+        w = _Writes()
+        logs, heads, gone, checked, entries = w.logs, w.heads, w.gone, w.checked, w.entries
+        dumps = orjson.dumps
+        begun_epoch, begun = self._logs_begun.get(partition, (epoch, 0))
+        if begun_epoch != epoch:
+            begun = 0
+        due_ms, deadlines = commit.due_ms, w.deadlines
         for key, state in commit.states.items():
             kid = keyid(key)
+            deadlines.append((kid, due_ms.get(key)))
             if state is None:
                 gone.append(kid)
                 if indexed.pop(kid, None) != "":
                     checked.append(kid)
                     entries.append("")
-            else:
-                entry = _index_of(state)
-                for session in state.sessions():
-                    items = session.take_log()
-                    if items:
-                        logs += (k.events(partition, kid, session.session_id),
-                                 log_chunk(list(map(dumps, items))))
-                heads += (kid, codec.head_json(state))
-                if indexed.get(kid) != entry:
-                    checked.append(kid)
-                    entries.append(entry)
-                    indexed[kid] = entry
-            due = due_ms.get(key)
-            if due is None or due < 0:
-                undue.append(kid)
-            else:
-                dues += (str(due), kid)  # a string: Lua formats a number slowly
-        for topic, offset in commit.offsets.items():
-            payload.offsets += (topic, offset)
-        payload.dropped = [k.events(partition, keyid(key), sid) for key, sid in commit.dropped]
-        for sid, project, end_ms, record in commit.history:
-            payload.history += (session_ref(sid, project), end_ms, record)
-        keys = [k.meta(partition), k.due(partition), k.open(partition), k.outbox(partition),
-                k.index(partition), k.history(partition), k.states(partition)]
-        args = [epoch, commit.clock_ms, k.shard(partition), b"", commit.token or "", *commit.expect]
-        try:
-            applied = await self._run_commit(partition, keys, args, payload)
-        except _Recheck:  # nothing written: again, every key's entry checked
-            indexed = {}
-            checked.clear()
-            entries.clear()
-            for key, state in commit.states.items():
-                kid, entry = keyid(key), _index_of(state)
+                continue
+            refs = []
+            for session in state.sessions():
+                ref = session.stored
+                items = session.take_log()
+                if ref is None or ref[0] is None:  # a new session (or one in a list of its own)
+                    # unique while this epoch lasts: one writer per epoch
+                    handle = f"{epoch:x}.{begun:x}"
+                    begun += 1
+                    chunks = 0
+                    if ref is not None:  # its list becomes the first chunk
+                        if ref[2]:
+                            logs += (f"{handle}.0", log_chunk(ref[2]))
+                            chunks = 1
+                        w.dropped_keys.append(k.legacy_events(partition, kid, session.session_id))
+                    elif not items:
+                        # not begun since the load, yet not from this store either (a copy):
+                        # its whole log, so that none of it is lost
+                        items = session.full_log()
+                    ref = session.stored = [handle, chunks]
+                if items:
+                    logs += (f"{ref[0]}.{ref[1]:x}", log_chunk(list(map(dumps, items))))
+                    ref[1] += 1
+                refs.append(ref)
+            heads += (kid, codec.head_json(state, refs))
+            entry = _index_of(state)
+            if indexed.get(kid) != entry:
                 checked.append(kid)
                 entries.append(entry)
-                if state is not None:
-                    indexed[kid] = entry
-            payload.since = ""
-            applied = await self._run_commit(partition, keys, args, payload)
-        if applied and commit.token:
-            self._keep_indexed(partition, commit.token, indexed)
-        return bool(applied)
+                indexed[kid] = entry
+        self._logs_begun[partition] = (epoch, begun)
+        for key, due in due_ms.items():
+            if key not in commit.states:  # a deadline alone
+                deadlines.append((keyid(key), due))
+        for key, session in commit.dropped:
+            ref = session.stored
+            if ref is None:
+                continue
+            if ref[0] is None:
+                w.dropped_keys.append(k.legacy_events(partition, keyid(key), session.session_id))
+            else:
+                w.dropped_fields += [f"{ref[0]}.{n:x}" for n in range(ref[1])]
+        return w
 
-    async def _run_commit(
-        self, partition: int, keys: list[str], args: list[Any], payload: CommitPayload
-    ) -> Any:
-        args[3] = payload.pack()
+    async def _read(
+        self, pipe: Any, partition: int, topics: list[str], checked: list[str], refs: list[str],
+        ends: list[int], history_min_ms: int,
+    ) -> tuple[list[Any], list[Any], list[str]]:
+        """Under the WATCH: ``meta``'s epoch, token and the topics' offsets, the index
+        entries of ``checked``, and the history refs to forget (see :data:`READ_LUA` and
+        :func:`_history_forgets`)."""
+        k = self.keys
+        keys = [k.meta(partition), k.index(partition), k.history(partition)]
+        args = [len(topics), *topics, len(checked), *checked,
+                history_min_ms, self.history_max, *refs]
         try:
-            return await self._commit(keys=keys, args=args)
-        except ResponseError as exc:
-            if str(exc).startswith("RECHECK"):
-                raise _Recheck() from None
-            if "FENCED" in str(exc):
-                raise FencedError(
-                    f"partition {partition}: another worker took it over ({exc}); "
-                    "this worker's writes for it are refused"
-                ) from None
-            if "STALE" in str(exc):
-                raise StaleStateError(
-                    f"partition {partition}: Redis lost writes ({exc}); nothing written"
-                ) from None
-            raise
+            reply = await pipe.evalsha(self._read_sha, len(keys), *keys, *args)
+        except NoScriptError:
+            reply = await pipe.eval(READ_LUA, len(keys), *keys, *args)
+        held, olds, size, oldest = reply
+        return held, olds, _history_forgets(oldest, size, refs, ends, history_min_ms, self.history_max)
 
-    def _keep_indexed(self, partition: int, token: str, indexed: dict[str, str]) -> None:
-        """Keep the index entries a commit left: at most ``index_memory`` in all, the
-        longest kept going first."""
+    async def _watched(
+        self,
+        partition: int,
+        epoch: int,
+        commit: Commit,
+        w: _Writes,
+        since: str,
+        indexed: dict[str, str],
+        known_dues: dict[str, int],
+    ) -> tuple[bool, dict[str, str], dict[str, int]]:
+        k = self.keys
+        meta = k.meta(partition)
+        topics = list(commit.offsets)
+        refs = [session_ref(sid, project) for sid, project, _, _ in commit.history]
+        ends = [end_ms for _, _, end_ms, _ in commit.history]
+        history_min_ms = commit.clock_ms - self.history_retention_ms
+        checked, entries = list(w.checked), list(w.entries)
+        async with self.client.pipeline(transaction=True) as pipe:
+            await pipe.watch(meta)
+            held, olds, forget = await self._read(pipe, partition, topics, checked, refs, ends, history_min_ms)
+            stored_epoch, token = held[0], (held[1] or b"").decode()
+            if stored_epoch is None or int(stored_epoch) < epoch:
+                # epochs only grow: a lower one (or none) is Redis having lost the claim
+                raise StaleStateError(
+                    f"partition {partition}: Redis lost writes (STALE epoch "
+                    f"{None if stored_epoch is None else int(stored_epoch)} < {epoch}); nothing written"
+                )
+            if int(stored_epoch) != epoch:
+                raise FencedError(
+                    f"partition {partition}: another worker took it over (FENCED epoch "
+                    f"{int(stored_epoch)} ~= {epoch}); this worker's writes for it are refused"
+                )
+            if commit.token and token != commit.token and token not in commit.expect:
+                raise StaleStateError(
+                    f"partition {partition}: Redis lost writes (STALE commit token {token} is not "
+                    "one this worker wrote last); nothing written"
+                )
+            for topic, stored in zip(topics, held[2:], strict=True):
+                if stored is not None and int(stored) >= commit.offsets[topic]:
+                    # applied already (this very commit, resent after its reply was lost,
+                    # or the same input again): nothing written but the token
+                    if commit.token and token != commit.token:
+                        pipe.multi()
+                        pipe.hset(meta, "token", commit.token)
+                        await pipe.execute()
+                    return False, {}, {}
+            if since and token != since:
+                # something else wrote since the commit whose entries were kept: every
+                # key's entry is read, every deadline written
+                indexed, known_dues = {}, {}
+                checked, entries = [], []
+                for key, state in commit.states.items():
+                    kid, entry = keyid(key), _index_of(state)
+                    checked.append(kid)
+                    entries.append(entry)
+                    if state is not None:
+                        indexed[kid] = entry
+                held, olds, forget = await self._read(pipe, partition, topics, checked, refs, ends, history_min_ms)
+            pipe.multi()
+            self._write(pipe, partition, commit, w, checked, entries, olds, forget, refs, known_dues)
+            await pipe.execute()
+        return True, indexed, known_dues
+
+    def _write(
+        self,
+        pipe: Any,
+        partition: int,
+        commit: Commit,
+        w: _Writes,
+        checked: list[str],
+        entries: list[str],
+        olds: list[bytes | None],
+        forget: list[str],
+        refs: list[str],
+        known_dues: dict[str, int],
+    ) -> None:
+        """Queue the commit's writes (after MULTI)."""
+        k = self.keys
+        meta_fields: dict[str, Any] = {f"off:{t}": o for t, o in commit.offsets.items()}
+        meta_fields["clock_ms"] = commit.clock_ms
+        if commit.at_ms > 0:
+            meta_fields["clock_at_ms"] = commit.at_ms
+        if commit.token:
+            meta_fields["token"] = commit.token
+        pipe.hset(k.meta(partition), mapping=meta_fields)
+        log_key, states_key, due_key = k.log(partition), k.states(partition), k.due(partition)
+        _chunked(pipe.hdel, log_key, w.dropped_fields)
+        for legacy in w.dropped_keys:
+            pipe.delete(legacy)
+        _chunked_items(pipe, log_key, w.logs)
+        _chunked_items(pipe, states_key, w.heads)
+        _chunked(pipe.hdel, states_key, w.gone)
+        # deadlines: every key the commit names, rewritten only when the one Redis holds
+        # (as this store last wrote it) is too early
+        clock = commit.clock_ms
+        dues: dict[str, int] = {}
+        undue: list[str] = []
+        for kid, due in w.deadlines:
+            if due is None or due < 0:
+                undue.append(kid)
+                known_dues.pop(kid, None)
+            else:
+                written = known_dues.get(kid)
+                if written is None or not _due_holds(written, due, clock):
+                    dues[kid] = due
+                    known_dues[kid] = due
+        for start in range(0, len(dues), WRITE_CHUNK):
+            pipe.zadd(due_key, dict(itertools.islice(dues.items(), start, start + WRITE_CHUNK)))
+        _chunked(pipe.zrem, due_key, undue)
+        self._write_index(pipe, partition, checked, entries, olds)
+        outbox = k.outbox(partition)
+        if commit.acked > 0:
+            pipe.ltrim(outbox, commit.acked, -1)
+        for start in range(0, len(commit.outgoing), WRITE_CHUNK):
+            pipe.rpush(outbox, *commit.outgoing[start:start + WRITE_CHUNK])
+        hist = k.history(partition)
+        _chunked(pipe.zrem, hist, forget)
+        for ref in forget:
+            pipe.delete(k.history_record(partition, ref))
+        forgotten = set(forget)
+        added = {ref: (end_ms, record) for ref, (_, _, end_ms, record) in zip(refs, commit.history, strict=True)
+                 if ref not in forgotten}
+        if added:
+            pipe.zadd(hist, {ref: end_ms for ref, (end_ms, _) in added.items()})
+            for ref, (_, record) in added.items():
+                pipe.set(k.history_record(partition, ref), record)
+
+    def _write_index(
+        self, pipe: Any, partition: int, checked: list[str], entries: list[str], olds: list[bytes | None]
+    ) -> None:
+        """The query indexes, where a key's entry changed: removals first, then additions
+        (a key whose session changed leaves the old one's entries, and the same ref or set
+        member may be in both)."""
+        k = self.keys
+        open_set: dict[str, str] = {}
+        open_del: list[str] = []
+        idx_set: dict[str, str] = {}
+        idx_del: list[str] = []
+        set_add: dict[str, list[str]] = {}
+        set_rem: dict[str, list[str]] = {}
+        for kid, new, old_raw in zip(checked, entries, olds, strict=True):
+            old = old_raw.decode() if old_raw else ""
+            if old == new:
+                continue
+            if old:
+                sid, project, user = _split_entry(old_raw or b"")
+                open_del.append(session_ref(sid, project))
+                set_rem.setdefault(k.project(partition, project), []).append(sid)
+                if user:
+                    set_rem.setdefault(k.user(partition, project, user), []).append(sid)
+            if new:
+                sid, project, user = _split_entry(new)
+                open_set[session_ref(sid, project)] = kid
+                set_add.setdefault(k.project(partition, project), []).append(sid)
+                if user:
+                    set_add.setdefault(k.user(partition, project, user), []).append(sid)
+                idx_set[kid] = new
+            else:
+                idx_del.append(kid)
+        if not (open_del or set_rem or open_set or set_add or idx_del or idx_set):
+            return
+        payload = [open_del, _flat_sets(set_rem), [x for pair in open_set.items() for x in pair],
+                   _flat_sets(set_add), idx_del, [x for pair in idx_set.items() for x in pair]]
+        pipe.eval(INDEX_LUA, 2, k.open(partition), k.index(partition), msgpack.packb(payload))
+
+    def _keep(
+        self, partition: int, token: str, indexed: dict[str, str], dues: dict[str, int]
+    ) -> None:
+        """Keep the index entries and deadlines a commit left: at most ``index_memory``
+        of each in all, the longest kept going first."""
         self._indexed[partition] = (token, indexed)
+        self._dues[partition] = dues
         room = self.index_memory // len(self._indexed)
         if room <= 0:
             del self._indexed[partition]
-        elif len(indexed) > room:
-            for kid in list(itertools.islice(indexed, len(indexed) - room * 3 // 4)):
-                del indexed[kid]
+            del self._dues[partition]
+            return
+        for kept in (indexed, dues):
+            if len(kept) > room:
+                for kid in list(itertools.islice(kept, len(kept) - room * 3 // 4)):
+                    del kept[kid]
 
     async def outbox(self, partition: int) -> list[bytes]:
         return list(await self.client.lrange(self.keys.outbox(partition), 0, -1))

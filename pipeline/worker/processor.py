@@ -36,7 +36,7 @@ import orjson
 
 from pipeline.core.deadletter import dead_letter_record
 from pipeline.core.engine import Emitted, Sessionizer, revision_marks
-from pipeline.core.event import Event, RejectCode, Rejection
+from pipeline.core.event import Event, RejectCode, Rejection, SessionKey
 from pipeline.core.fit import DEFAULT_MAX_RECORD_BYTES, encode_session
 from pipeline.core.parse import EventParser
 from pipeline.core.rules import SessionRules
@@ -419,9 +419,14 @@ class PartitionProcessor:
         held = engine.states
         events_topic = self.topics.events
         keys = [ev.key for ev in events]
+        #: keys Redis listed as due: its deadline may be early (the store rewrites a
+        #: deadline that moved later only now and then), so each gets the engine's own
+        due_listed: list[SessionKey] = []
         if not self.complete:
             missing = {key for key in keys if key not in held}
             for state in await self.store.load(self.partition, missing, clock_ms, self.due_limit):
+                if state.key not in missing:
+                    due_listed.append(state.key)
                 if state.key not in held:
                     engine.load(state)
         # client-chosen session ids that may begin a session here: the revisions they had
@@ -460,9 +465,13 @@ class PartitionProcessor:
         if marks:  # before the commit that emits or holds them
             await self.store.raise_revisions(marks, int(self.wall() * 1000))
         await self._flush()  # the commit trims what the broker acknowledged so far
+        due_ms = engine.deadlines(changes)
+        for key in due_listed:
+            if key not in changes:
+                due_ms[key] = engine.due_ms(key)
         commit = Commit(
             states=changes,
-            due_ms=engine.deadlines(changes),
+            due_ms=due_ms,
             offsets=offsets,
             clock_ms=engine.clock_ms,
             outgoing=[message.encode() for message in outgoing],

@@ -20,13 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_processor_memory import (
     MIN,
     SCENARIOS,
+    SEC,
+    T0,
     Env,
     World,
     run,
 )
 
 from pipeline.core.session import KeyState
-from pipeline.store.keys import Keys
+from pipeline.core.timefmt import format_ms
+from pipeline.store.keys import Keys, keyid
 from pipeline.store.redis import RedisStore
 
 
@@ -114,5 +117,38 @@ def test_live_state_in_redis_follows_the_sessions(world: RedisWorld) -> None:
         assert isinstance(alice, KeyState) and alice.open is None
         assert [c.session_id for c in alice.closed] == [ended["session_id"]]
         assert [orjson.loads(b.split(b"\n", 1)[1]) for b in dump[k.outbox(0).encode()]] == [ended]
+
+    run(world, scenario)  # type: ignore[arg-type]
+
+
+def test_a_key_redis_lists_as_due_too_early_gets_the_engines_deadline(world: RedisWorld) -> None:
+    """Redis may hold a deadline earlier than a key's real one (the store rewrites one
+    that moved later only now and then). A key that does not fit the cache, listed as due
+    by that early deadline, is looked at, left open, and given its real deadline; past
+    that, it closes by timeout, once."""
+    async def scenario(world: RedisWorld) -> None:
+        env = Env(world)
+        env.wall.advance(60 * MIN)  # the events' times are not ahead of the wall clock
+        store = world.open_store()
+        alice = keyid(("default", "u", "alice"))
+        proc = await env.processor(store=store, warm=True, cache_keys=2)
+        for i in range(5):  # active every 30 s for 2 min
+            await proc.process([env.event("session" if i == 0 else "usage", user="alice",
+                                          at=i * 30 * SEC, id=f"a{i}")])
+        due = world.keys.due(0)
+        assert await store.client.zscore(due, alice) == T0 + 5 * MIN + 1  # her first deadline
+        await proc.process([env.event("session", user="bob", at=2 * MIN + 1, id="b0"),
+                            env.event("session", user="carol", at=2 * MIN + 2, id="c0")])
+        assert not proc.complete and ("default", "u", "alice") not in proc.engine.states
+
+        # the stream clock passes the deadline Redis holds, not hers
+        await proc.process([env.event("usage", user="carol", at=5 * MIN + 10 * SEC, id="c1")])
+        assert not [r for r in env.sink.sessions() if r["user_id"] == "alice"]
+        assert await store.client.zscore(due, alice) == T0 + 7 * MIN + 1
+
+        await proc.process([env.event("usage", user="carol", at=7 * MIN + 5 * SEC, id="c2")])
+        [closed] = [r for r in env.sink.sessions() if r["user_id"] == "alice"]
+        assert (closed["close_reason"], closed["event_count"]) == ("timeout", 5)
+        assert closed["end"] == format_ms(T0 + 2 * MIN)
 
     run(world, scenario)  # type: ignore[arg-type]

@@ -714,8 +714,12 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
     epoch0 = (await store.claim(0)).epoch
     alice, bob = user_key("alice"), user_key("bob")
     [state] = await store.load(0, [alice], None, 0)
+    session = state.open  # closed as the worker closes it: the session it loaded
+    assert session is not None
+    session.close(ENDED, T0 + 9 * MIN)
+    state.open, state.closed = None, [session]
     assert await put(
-        store, 0, epoch0, {alice: closed(state, T0 + 9 * MIN)},
+        store, 0, epoch0, {alice: state},
         due={alice: T0 + 24 * MIN, bob: T0 + 7 * MIN}, offsets={"events": 12}, outgoing=[b"msg"],
         history=[history_entry(alice, "shop-alice", T0 + MIN, T0 + 9 * MIN)],
     )
@@ -751,12 +755,8 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
         k.user(5, "shop", "alice"): b"set",
         k.user(5, "shop", "carol"): b"set",
     }
-    # every session with events has its event log (a list), named after key and session
-    for partition, key, sid in [
-        (0, alice, "shop-alice"), (0, bob, "shop-bob"), (0, user_key("alice", "blog"), "blog-alice"),
-        (5, manual, "manual-0001"), (5, carol, "shop-carol"), (5, anon, "anon-0001"),
-    ]:
-        expected[k.events(partition, keyid(key), sid)] = b"list"
+    # the sessions' event logs: one hash per partition, one field per chunk
+    expected[k.log(0)] = expected[k.log(5)] = b"hash"
     assert {key.decode(): kind for key, (kind, _) in dump.items()} == expected
 
     for raw in dump:
@@ -776,7 +776,9 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
     assert meta0[b"epoch"] == str(epoch0).encode()
     assert meta0[b"off:events"] == b"12"
     assert meta0[b"clock_ms"] == str(T0).encode()
-    assert value(k.due(0)) == [(keyid(alice).encode(), float(T0 + 24 * MIN))]
+    # a deadline for a key whose state the commit leaves as it is: written all the same
+    assert value(k.due(0)) == [(keyid(bob).encode(), float(T0 + 7 * MIN)),
+                               (keyid(alice).encode(), float(T0 + 24 * MIN))]
     assert value(k.due(5)) == [(keyid(carol).encode(), float(T0 + 11 * MIN))]
     assert value(k.open(0)) == {
         b"shop-bob:shop": keyid(bob).encode(),
@@ -804,6 +806,15 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
     stored = codec.key_state_from_state(orjson.loads(value(k.states(0))[keyid(alice).encode()]))
     assert stored.open is None
     assert [c.session_id for c in stored.closed] == ["shop-alice"]
+    # each head names its sessions' logs: handle and number of chunks, every chunk in the
+    # partition's log hash, and nothing else there
+    for partition in (0, 5):
+        named = set()
+        for head in value(k.states(partition)).values():
+            data = orjson.loads(head)
+            assert len(data["l"]) == len(codec.key_state_from_state(data).sessions())
+            named |= {f"{handle}.{n:x}".encode() for handle, chunks in data["l"] for n in range(chunks)}
+        assert named and set(value(k.log(partition))) == named
 
 
 @redis_only

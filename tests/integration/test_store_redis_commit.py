@@ -4,8 +4,7 @@
 unchanged since its last applied commit, trusting what it kept while Redis holds
 that commit's token. These tests check that this writes exactly what checking
 every key writes (over random batches, with refused, skipped and foreign
-commits between), that the script refuses and the commit goes again when the
-token moved on, and that the entries kept stay bounded and are dropped when
+commits between), that every key is checked when the token moved on, and that the entries kept stay bounded and are dropped when
 they cannot be trusted. Also: long event logs go in chunks, in order.
 """
 
@@ -17,7 +16,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import msgpack
+import orjson
 import pytest
 from test_store_contract import dump_keys
 
@@ -32,7 +31,6 @@ from pipeline.store.redis import RedisStore
 
 T0 = 1_764_237_600_000
 RULES = SessionRules()
-CHECKED = 7  # the payload's list of keys whose index entry is checked
 
 
 def run(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -60,20 +58,22 @@ def opened(key: SessionKey, session_id: str, at_ms: int, user: str | None = None
 
 
 class Spy:
-    """Records the payload of every commit script call of a store."""
+    """Records, for every read a commit makes under its WATCH, the keys whose index
+    entries it reads."""
 
     def __init__(self, store: RedisStore) -> None:
-        self.payloads: list[list[Any]] = []
-        inner = store._commit
+        self.reads: list[list[str]] = []
+        inner = store._read
 
-        async def call(keys: list[str], args: list[Any]) -> Any:
-            self.payloads.append(msgpack.unpackb(args[3], raw=False))
-            return await inner(keys=keys, args=args)
+        async def read(pipe: Any, partition: int, topics: list[str], checked: list[str],
+                       *rest: Any) -> Any:
+            self.reads.append(list(checked))
+            return await inner(pipe, partition, topics, checked, *rest)
 
-        store._commit = call  # type: ignore[assignment]
+        store._read = read  # type: ignore[method-assign]
 
     def checked(self) -> list[list[str]]:
-        return [p[CHECKED] for p in self.payloads]
+        return self.reads
 
 
 async def dump(store: RedisStore, name: str) -> dict[bytes, Any]:
@@ -229,13 +229,13 @@ def test_a_commit_whose_kept_entries_are_stale_is_refused_and_goes_again(redis_s
 
             # the store's own state for the key is unchanged: its entry too, as it kept it
             state.open.add(event(key, T0 + 2, 1), RULES)  # type: ignore[union-attr]
-            spy.payloads.clear()
+            spy.reads.clear()
             assert await store.commit(0, epoch, Commit(
                 states={key: state}, due_ms={}, offsets={"events": 3}, clock_ms=T0 + 2,
                 token="c", expect=("b",)))
-            # first without the key (refused: RECHECK), then with every key checked
+            # first without the key; Redis holding another token than the one kept, then
+            # with every key checked
             assert spy.checked() == [[], [keyid(key)]]
-            assert spy.payloads[0][9] == "a" and spy.payloads[1][9] == ""
             found = await store.get_session("s1")
             assert found is not None and found["session_id"] == "s1"
             assert [r["session_id"] for r in await store.open_sessions(project="shop", user_id="alice")] == ["s1"]
@@ -317,7 +317,6 @@ def test_a_commit_that_raises_or_was_applied_already_keeps_nothing(redis_server:
             assert await store.open_sessions(user_id="ann") == []
             assert [r["session_id"] for r in await store.open_sessions(user_id="bob")] == ["s1"]
             assert spy.checked() == [[keyid(key)], [keyid(key)], [keyid(key)]]
-            assert [p[9] for p in spy.payloads] == ["", "a", ""]
 
             # fenced: refused, and nothing kept either
             other = RedisStore.from_url(redis_server.url, prefix=name)
@@ -362,6 +361,12 @@ def test_the_entries_kept_are_bounded(redis_server: Any) -> None:
 # -- event logs ----------------------------------------------------------------------------
 
 
+def log_of(head: bytes) -> list[list[Any]]:
+    """The ``[handle, chunks]`` of each session of a stored head."""
+    logs: list[list[Any]] = orjson.loads(head)["l"]
+    return logs
+
+
 def test_a_long_event_log_is_appended_as_one_chunk_per_batch_in_order(redis_server: Any) -> None:
     async def body() -> None:
         store = RedisStore.from_url(redis_server.url, prefix=prefix())
@@ -376,9 +381,11 @@ def test_a_long_event_log_is_appended_as_one_chunk_per_batch_in_order(redis_serv
             epoch = (await store.claim(0)).epoch
             assert await store.commit(0, epoch, Commit(
                 states={key: state}, due_ms={key: T0 + 10**6}, offsets={"events": 1}, clock_ms=T0))
-            log = await store.client.lrange(store.keys.events(0, keyid(key), "s1"), 0, -1)
-            assert len(log) == 1  # the batch's items, one JSON line each
-            assert len(log[0].split(b"\n")) == items > 1000
+            [[handle, chunks]] = log_of(await store.client.hget(store.keys.states(0), keyid(key)))
+            assert chunks == 1
+            log = await store.client.hgetall(store.keys.log(0))
+            assert list(log) == [f"{handle}.0".encode()]  # the batch's items, one JSON line each
+            assert len(log[f"{handle}.0".encode()].split(b"\n")) == items > 1000
             [loaded] = await store.load(0, [key], None, 0)
             assert codec.to_state(loaded) == expected
             # a second batch appends a second chunk; the log replays both in order
@@ -386,7 +393,8 @@ def test_a_long_event_log_is_appended_as_one_chunk_per_batch_in_order(redis_serv
             after = codec.to_state(loaded)
             assert await store.commit(0, epoch, Commit(
                 states={key: loaded}, due_ms={key: T0 + 10**6}, offsets={"events": 2}, clock_ms=T0))
-            assert await store.client.llen(store.keys.events(0, keyid(key), "s1")) == 2
+            assert log_of(await store.client.hget(store.keys.states(0), keyid(key))) == [[handle, 2]]
+            assert await store.client.hlen(store.keys.log(0)) == 2
             [again] = await store.load(0, [key], None, 0)
             assert codec.to_state(again) == after
             assert await store.client.zscore(store.keys.due(0), keyid(key)) == T0 + 10**6
@@ -412,10 +420,176 @@ def test_a_commit_sent_again_after_it_applied_answers_already_applied(redis_serv
                               clock_ms=T0, token="t-1", expect=("",))
 
             assert await store.commit(0, epoch, commit()) is True
-            log_key = store.keys.events(0, keyid(key), "s1")
-            before = await store.client.lrange(log_key, 0, -1)
+            before = await dump(store, "p")
             assert await store.commit(0, epoch, commit()) is False
-            assert await store.client.lrange(log_key, 0, -1) == before
+            assert await dump(store, "p") == before
+        finally:
+            await store.close()
+
+    run(body)
+
+
+# -- deadlines -------------------------------------------------------------------------
+
+
+def test_a_deadline_that_moves_later_is_rewritten_once_early_by_more_than_half(redis_server: Any) -> None:
+    """Each event moves its key's idle deadline later; Redis keeps the one it holds while
+    that is at least half way from the stream clock to the real one (a key looked at too
+    early is only looked at again, never closed late), and takes every other change."""
+    async def body() -> None:
+        name = prefix()
+        store = RedisStore.from_url(redis_server.url, prefix=name)
+        try:
+            key: SessionKey = ("shop", "u", "alice")
+            state = KeyState(key, open=opened(key, "s1", T0))
+            epoch = (await store.claim(0)).epoch
+            n = 0
+
+            async def commit(clock: int, due: int | None) -> float | None:
+                nonlocal n
+                n += 1
+                assert await store.commit(0, epoch, Commit(
+                    states={key: state}, due_ms={key: due}, offsets={"events": n}, clock_ms=clock,
+                    token=f"t{n}", expect=(f"t{n - 1}" if n > 1 else "",)))
+                score: float | None = await store.client.zscore(store.keys.due(0), keyid(key))
+                return score
+
+            assert await commit(T0, T0 + 100_000) == T0 + 100_000
+            # 60 s of the 100 s left: held
+            assert await commit(T0 + 40_000, T0 + 140_000) == T0 + 100_000
+            assert await commit(T0 + 50_000, T0 + 150_000) == T0 + 100_000
+            # 20 s of the 100 s left: rewritten
+            assert await commit(T0 + 80_000, T0 + 180_000) == T0 + 180_000
+            # earlier than the one held: rewritten at once
+            assert await commit(T0 + 80_000, T0 + 150_000) == T0 + 150_000
+            # none: removed
+            assert await commit(T0 + 90_000, None) is None
+            assert await commit(T0 + 90_000, T0 + 190_000) == T0 + 190_000
+
+            # Redis holding another commit's token: what this store wrote may not be there,
+            # every deadline is written
+            other = RedisStore.from_url(redis_server.url, prefix=name)
+            try:
+                n += 1
+                assert await other.commit(0, epoch, Commit(
+                    states={}, due_ms={key: T0 + 500_000}, offsets={"events": n},
+                    clock_ms=T0 + 90_000, token=f"t{n}", expect=(f"t{n - 1}",)))
+            finally:
+                await other.close()
+            assert await commit(T0 + 100_000, T0 + 200_000) == T0 + 200_000
+            # claimed again: nothing kept, written
+            epoch = (await store.claim(0)).epoch
+            assert await commit(T0 + 110_000, T0 + 210_000) == T0 + 210_000
+            assert await commit(T0 + 120_000, T0 + 220_000) == T0 + 210_000
+        finally:
+            await store.close()
+
+    run(body)
+
+
+# -- event logs: sessions dropped, copies, the layout before the log hash ---------------
+
+
+def test_a_session_past_the_grace_takes_its_log_chunks_with_it(redis_server: Any) -> None:
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix())
+        try:
+            alice: SessionKey = ("shop", "u", "alice")
+            bob: SessionKey = ("shop", "u", "bob")
+            epoch = (await store.claim(0)).epoch
+            states = {alice: KeyState(alice, open=opened(alice, "s1", T0)),
+                      bob: KeyState(bob, open=opened(bob, "s2", T0))}
+            assert await store.commit(0, epoch, Commit(
+                states=states, due_ms={}, offsets={"events": 1}, clock_ms=T0))
+            session = states[alice].open
+            assert session is not None
+            session.add(event(alice, T0 + 1, 1), RULES)
+            assert await store.commit(0, epoch, Commit(
+                states={alice: states[alice]}, due_ms={}, offsets={"events": 2}, clock_ms=T0))
+            assert await store.client.hlen(store.keys.log(0)) == 3
+            # alice's session ends, and is forgotten past the grace: her key goes
+            assert await store.commit(0, epoch, Commit(
+                states={alice: None}, due_ms={}, offsets={"events": 3}, clock_ms=T0,
+                dropped=[(alice, session)]))
+            [[handle, chunks]] = log_of(await store.client.hget(store.keys.states(0), keyid(bob)))
+            assert await store.client.hkeys(store.keys.log(0)) == [f"{handle}.0".encode()]
+            assert chunks == 1
+        finally:
+            await store.close()
+
+    run(body)
+
+
+def test_a_session_the_store_did_not_hand_out_is_written_whole(redis_server: Any) -> None:
+    """A commit's sessions are normally the ones the store loaded or that began since.
+    A copy (rebuilt from its data) carries no log of what changed: its whole log is
+    written, so nothing of it is lost."""
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix())
+        try:
+            key: SessionKey = ("shop", "u", "alice")
+            session = opened(key, "s1", T0)
+            session.add(event(key, T0 + 1, 1), RULES)
+            session.data, session.data_ms = {"plan": "pro"}, {"plan": T0}
+            state = KeyState(key, open=session)
+            copy = codec.key_state_from_state(codec.to_state(state))
+            epoch = (await store.claim(0)).epoch
+            assert await store.commit(0, epoch, Commit(
+                states={key: copy}, due_ms={}, offsets={"events": 1}, clock_ms=T0))
+            [loaded] = await store.load(0, [key], None, 0)
+            assert codec.to_state(loaded) == codec.to_state(state)
+        finally:
+            await store.close()
+
+    run(body)
+
+
+def test_state_in_the_layout_before_the_log_hash_loads_and_moves_into_it(redis_server: Any) -> None:
+    """A partition written when each session's log was a list of its own (a head without
+    ``"l"``): its sessions load whole, and the next commit of a key moves their lists
+    into the log hash; the lists of sessions dropped go too."""
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix())
+        k = store.keys
+        try:
+            alice: SessionKey = ("shop", "u", "alice")
+            bob: SessionKey = ("shop", "u", "bob")
+            states: dict[SessionKey, KeyState] = {}
+            for key, sid in ((alice, "s1"), (bob, "s2")):
+                session = opened(key, sid, T0)
+                first = session.take_log()
+                session.add(event(key, T0 + 1, 1), RULES)
+                second = session.take_log()
+                states[key] = KeyState(key, open=session)
+                # as the earlier layout wrote it: the head alone, and a list of chunks
+                await store.client.hset(k.states(0), keyid(key), codec.head_json(states[key]))
+                await store.client.rpush(
+                    k.legacy_events(0, keyid(key), sid),
+                    b"\n".join(map(orjson.dumps, first)), b"\n".join(map(orjson.dumps, second)))
+            epoch = (await store.claim(0)).epoch
+            loaded = {s.key: s for s in await store.load(0, [alice, bob], None, 0)}
+            for key in (alice, bob):
+                assert codec.to_state(loaded[key]) == codec.to_state(states[key])
+
+            # alice is written: her list moves into the log hash, one chunk, then hers
+            session = loaded[alice].open
+            assert session is not None
+            session.add(event(alice, T0 + 2, 2), RULES)
+            expected = codec.to_state(loaded[alice])
+            assert await store.commit(0, epoch, Commit(
+                states={alice: loaded[alice]}, due_ms={}, offsets={"events": 1}, clock_ms=T0))
+            assert not await store.client.exists(k.legacy_events(0, keyid(alice), "s1"))
+            [[_, chunks]] = log_of(await store.client.hget(k.states(0), keyid(alice)))
+            assert chunks == 2
+            [again] = await RedisStore.from_url(redis_server.url, prefix=k.prefix).load(0, [alice], None, 0)
+            assert codec.to_state(again) == expected
+            # bob's session is dropped while still in its list: the list goes
+            bob_session = loaded[bob].open
+            assert bob_session is not None
+            assert await store.commit(0, epoch, Commit(
+                states={bob: None}, due_ms={}, offsets={"events": 2}, clock_ms=T0,
+                dropped=[(bob, bob_session)]))
+            assert not await store.client.exists(k.legacy_events(0, keyid(bob), "s2"))
         finally:
             await store.close()
 

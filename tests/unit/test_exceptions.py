@@ -15,10 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "pipeline"
 
 #: Defined elsewhere on purpose (the module docstring says why): the pure core may not
-#: import the exception module, and a private signal never leaves its module.
+#: import the exception module.
 ELSEWHERE = {
     ("pipeline/core/timefmt.py", "TimestampError"),
-    ("pipeline/store/redis.py", "_Recheck"),
 }
 
 
