@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.event import SessionKey
 from pipeline.core.session import KeyState, Session
 
 #: the fields of a session's head (its state without events, ids and data), in the
@@ -83,24 +84,28 @@ def to_state(obj: KeyState | Session, *, with_log: bool = True) -> dict[str, Any
     }
 
 
-def head_json(state: KeyState, logs: list[Any] | None = None) -> bytes:
+def head_json(state: KeyState, logs: list[Any] | None = None, *, with_key: bool = True) -> bytes:
     """``to_state(state, with_log=False)`` as JSON, the sessions as :func:`head_fields`
     arrays; with ``logs``, also where each session's event log is, in
-    ``state.sessions()`` order (``"l"``, the store's own, ignored when read back)."""
+    ``state.sessions()`` order (``"l"``, the store's own, ignored when read back).
+    ``with_key=False`` leaves the key out (a store that files the head under its key:
+    :func:`key_state_from_state` is then given it)."""
     opened = state.open
     head: dict[str, Any] = {
-        "k": state.key,
         "o": None if opened is None else head_fields(opened),
         "c": [head_fields(c) for c in state.closed],
     }
+    if with_key:
+        head["k"] = state.key
     if logs is not None:
         head["l"] = logs
     return orjson.dumps(head)
 
 
-def key_state_from_state(s: dict[str, Any]) -> KeyState:
-    """A key state from :func:`to_state`'s dict or :func:`head_json`'s (decoded)."""
-    project, kind, ident = s["k"]
+def key_state_from_state(s: dict[str, Any], key: SessionKey | None = None) -> KeyState:
+    """A key state from :func:`to_state`'s dict or :func:`head_json`'s (decoded); ``key``
+    for a head written without it."""
+    project, kind, ident = key if key is not None else s["k"]
     return KeyState(
         key=(project, kind, ident),
         open=session_from_state(s["o"]) if s["o"] is not None else None,

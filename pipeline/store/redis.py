@@ -36,6 +36,7 @@ from pipeline.store.keys import (
     index_entry,
     keyid,
     parse_index_entry,
+    parse_keyid,
     session_ref,
     session_ref_pattern,
 )
@@ -349,7 +350,9 @@ class RedisStore:
             if blob is None:
                 continue
             data = orjson.loads(blob)
-            state = codec.key_state_from_state(data)
+            # a head is filed under its keyid, and written without its key (earlier
+            # versions wrote it in: "k")
+            state = codec.key_state_from_state(data, None if "k" in data else parse_keyid(kid))
             states.append(state)
             refs = data.get("l")
             if refs is None:
@@ -470,7 +473,7 @@ class RedisStore:
                     logs += (f"{ref[0]}.{ref[1]:x}", log_chunk(list(map(dumps, items))))
                     ref[1] += 1
                 refs.append(ref)
-            heads += (kid, codec.head_json(state, refs))
+            heads += (kid, codec.head_json(state, refs, with_key=False))
             entry = _index_of(state)
             if indexed.get(kid) != entry:
                 checked.append(kid)

@@ -29,7 +29,7 @@ from pipeline.core.timefmt import format_ms
 from pipeline.exceptions import FencedError
 from pipeline.store import codec
 from pipeline.store.base import Commit, SessionStore
-from pipeline.store.keys import Keys, keyid
+from pipeline.store.keys import Keys, keyid, parse_keyid
 from pipeline.store.memory import MemoryStore
 from pipeline.store.redis import RedisStore
 
@@ -803,16 +803,19 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
     assert set(value(k.states(0))) == {keyid(alice).encode(), keyid(bob).encode(),
                                          keyid(user_key("alice", "blog")).encode()}
     assert set(value(k.states(5))) == {keyid(manual).encode(), keyid(carol).encode(), keyid(anon).encode()}
-    stored = codec.key_state_from_state(orjson.loads(value(k.states(0))[keyid(alice).encode()]))
+    head = orjson.loads(value(k.states(0))[keyid(alice).encode()])
+    assert "k" not in head  # filed under its keyid
+    stored = codec.key_state_from_state(head, alice)
     assert stored.open is None
     assert [c.session_id for c in stored.closed] == ["shop-alice"]
     # each head names its sessions' logs: handle and number of chunks, every chunk in the
     # partition's log hash, and nothing else there
     for partition in (0, 5):
         named = set()
-        for head in value(k.states(partition)).values():
+        for kid, head in value(k.states(partition)).items():
             data = orjson.loads(head)
-            assert len(data["l"]) == len(codec.key_state_from_state(data).sessions())
+            sessions = codec.key_state_from_state(data, parse_keyid(kid.decode())).sessions()
+            assert len(data["l"]) == len(sessions)
             named |= {f"{handle}.{n:x}".encode() for handle, chunks in data["l"] for n in range(chunks)}
         assert named and set(value(k.log(partition))) == named
 

@@ -72,6 +72,10 @@ def test_cached_head_always_equals_a_fresh_serialization(steps: list[tuple[int, 
             fresh = orjson.loads(orjson.dumps(codec.to_state(state, with_log=False)))
             head = orjson.loads(codec.head_json(state))
             assert codec.to_state(codec.key_state_from_state(head), with_log=False) == fresh
+            # filed under its key, written without it
+            keyless = orjson.loads(codec.head_json(state, with_key=False))
+            assert "k" not in keyless
+            assert codec.to_state(codec.key_state_from_state(keyless, state.key), with_log=False) == fresh
             for session, row in zip(state.sessions(), [head["o"]] * (state.open is not None) + head["c"],
                                     strict=True):
                 assert list(codec.to_state(session, with_log=False)) == list(codec.HEAD_FIELDS)
