@@ -105,3 +105,36 @@ def test_the_worker_accepts_an_evicting_redis_when_told(
     lines = _worker(monkeypatch, evicting_redis.url, SESSIONIZER_REDIS_ALLOW_EVICTION="true")
     assert "maxmemory-policy" not in lines[-1]
     assert "cannot reach Kafka" in lines[-1]
+
+
+def test_commands_are_packed_as_redis_py_packs_them(redis_server: EmbeddedRedis) -> None:
+    """The single-node client packs commands with hiredis from the arguments as given:
+    the same bytes as redis-py's own packer, the same refusals, and the values round-trip."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    from pipeline.store.connection import _PackInC
+
+    settings = Settings(redis_url=redis_server.url)
+
+    async def body() -> None:
+        client = redis_client(settings)
+        try:
+            connection = client.connection_pool.make_connection()
+            assert isinstance(connection, _PackInC)
+            plain = Connection()
+            for args in [
+                ("HSET", "k", "f", b"\x00\xff bytes", "f2", "zoë ✓", "n", 12, "x", 2.5, "big", 2**70),
+                ("CLIENT SETNAME", "worker-1"),
+                (b"GET", b"k"),
+            ]:
+                assert b"".join(connection.pack_command(*args)) == b"".join(plain.pack_command(*args))
+            with pytest.raises(DataError):
+                connection.pack_command("SET", "k", True)
+            await client.hset("sz-pack:h", items=["a", b"\x00\xff", "b", "zoë", "c", 7])
+            assert await client.hgetall("sz-pack:h") == {b"a": b"\x00\xff", b"b": "zoë".encode(), b"c": b"7"}
+        finally:
+            await client.delete("sz-pack:h")
+            await client.aclose()
+
+    asyncio.run(body())
