@@ -414,7 +414,7 @@ def _capacity(results: dict[str, Any]) -> list[str]:
         per_redis = 100_000 / redis
         workers = f", about {per_redis / (100_000 / cpu):.1f} workers per Redis master" if cpu else ""
         out.append(f"- **Per Redis core.** Redis spent {redis:.2f} CPU seconds per 100k events (one "
-                   f"read and one Lua commit per partition batch): one Redis core takes about "
+                   f"read and one watched MULTI/EXEC commit per partition batch): one Redis core takes about "
                    f"{_round(per_redis)} events/s{workers}.")
     points = (results.get("memory") or {}).get("points") or []
     if points:

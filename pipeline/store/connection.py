@@ -22,7 +22,9 @@ The worker's store, the gateway's Sessions report, ``sessionizer status`` /
   node, sends each key to the master that holds its slot, and follows MOVED/ASK
   and failovers by refreshing the map and retrying. Every key of a partition
   shares the hash tag ``{pP}`` (:mod:`pipeline.store.keys`), so a partition's
-  commit script runs on one node in one slot.
+  commit (one MULTI/EXEC) runs on one node in one slot;
+- on one server, commands packed by hiredis from their arguments as given
+  (:class:`_PackInC`).
 
 Nothing connects until the first command, except the ``auto`` probe. Closing the
 client closes its pool(s).
