@@ -215,6 +215,7 @@ class _Writes:
     checked: list[str] = field(default_factory=list)  # keyids whose index entry may have changed...
     entries: list[str] = field(default_factory=list)  # ...and their new entries ("" = none)
     deadlines: list[tuple[str, int | None]] = field(default_factory=list)  # keyid, deadline
+    opened: dict[str, Session] = field(default_factory=dict)  # checked keyid -> its open session
 
 
 class RedisStore:
@@ -479,6 +480,8 @@ class RedisStore:
                 checked.append(kid)
                 entries.append(entry)
                 indexed[kid] = entry
+                if state.open is not None:
+                    w.opened[kid] = state.open
         self._logs_begun[partition] = (epoch, begun)
         for key, due in due_ms.items():
             if key not in commit.states:  # a deadline alone
@@ -568,6 +571,8 @@ class RedisStore:
                     entries.append(entry)
                     if state is not None:
                         indexed[kid] = entry
+                        if state.open is not None:
+                            w.opened[kid] = state.open
                 held, olds, forget = await self._read(pipe, partition, topics, checked, refs, ends, history_min_ms)
             pipe.multi()
             self._write(pipe, partition, commit, w, checked, entries, olds, forget, refs, known_dues)
@@ -620,7 +625,7 @@ class RedisStore:
         for start in range(0, len(dues), WRITE_CHUNK):
             pipe.zadd(due_key, dict(itertools.islice(dues.items(), start, start + WRITE_CHUNK)))
         _chunked(pipe.zrem, due_key, undue)
-        self._write_index(pipe, partition, checked, entries, olds)
+        self._write_index(pipe, partition, checked, entries, olds, w.opened)
         outbox = k.outbox(partition)
         if commit.acked > 0:
             pipe.ltrim(outbox, commit.acked, -1)
@@ -639,7 +644,8 @@ class RedisStore:
                 pipe.set(k.history_record(partition, ref), record)
 
     def _write_index(
-        self, pipe: Any, partition: int, checked: list[str], entries: list[str], olds: list[bytes | None]
+        self, pipe: Any, partition: int, checked: list[str], entries: list[str],
+        olds: list[bytes | None], opened: dict[str, Session],
     ) -> None:
         """The query indexes, where a key's entry changed: removals first, then additions
         (a key whose session changed leaves the old one's entries, and the same ref or set
@@ -662,7 +668,8 @@ class RedisStore:
                 if user:
                     set_rem.setdefault(k.user(partition, project, user), []).append(sid)
             if new:
-                sid, project, user = _split_entry(new)
+                session = opened[kid]
+                sid, project, user = session.session_id, session.project, session.user_id or ""
                 open_set[session_ref(sid, project)] = kid
                 set_add.setdefault(k.project(partition, project), []).append(sid)
                 if user:
