@@ -149,12 +149,11 @@ class _PackInC:
         first = args[0]
         if not isinstance(first, str | bytes) or (" " in first if isinstance(first, str) else b" " in first):
             return cast(list[bytes], super().pack_command(*args))  # type: ignore[misc]
-        for arg in args:
-            if isinstance(arg, bool):  # as redis-py: a bool is refused, not sent as 1/0
-                return cast(list[bytes], super().pack_command(*args))  # type: ignore[misc]
         try:
             return [hiredis.pack_command(args)]
-        except TypeError:  # a type hiredis does not take: redis-py's packer says which
+        except TypeError:
+            # a type hiredis does not take (a bool among them, which redis-py refuses
+            # too rather than send 1/0): redis-py's packer says which
             return cast(list[bytes], super().pack_command(*args))  # type: ignore[misc]
 
 

@@ -153,9 +153,29 @@ def _index_of(state: KeyState | None) -> str:
     return index_entry(s.session_id, s.project, s.user_id)
 
 
-def _split_entry(entry: bytes | str) -> tuple[str, str, str]:
-    raw = entry.encode() if isinstance(entry, str) else entry
-    return parse_index_entry(raw)
+def _index_changes(
+    keyed: list[tuple[str, KeyState | None]], indexed: dict[str, str]
+) -> tuple[list[str], list[str], dict[str, Session]]:
+    """The keys whose index entry may differ from what ``indexed`` says Redis holds
+    (updated in place to the new entries), their new entries ("" = none), and the open
+    session of each that has one."""
+    checked: list[str] = []
+    entries: list[str] = []
+    opened: dict[str, Session] = {}
+    for kid, state in keyed:
+        if state is None:
+            if indexed.pop(kid, None) != "":
+                checked.append(kid)
+                entries.append("")
+            continue
+        entry = _index_of(state)
+        if indexed.get(kid) != entry:
+            checked.append(kid)
+            entries.append(entry)
+            indexed[kid] = entry
+            if state.open is not None:
+                opened[kid] = state.open
+    return checked, entries, opened
 
 
 def _due_holds(written: int, due: int, clock_ms: int) -> bool:
@@ -212,10 +232,11 @@ class _Writes:
     gone: list[str] = field(default_factory=list)  # keyids whose state goes
     dropped_fields: list[str] = field(default_factory=list)  # log chunks of sessions past the grace
     dropped_keys: list[str] = field(default_factory=list)  # their event lists (the older layout)
+    keyed: list[tuple[str, KeyState | None]] = field(default_factory=list)  # keyid, state
     checked: list[str] = field(default_factory=list)  # keyids whose index entry may have changed...
     entries: list[str] = field(default_factory=list)  # ...and their new entries ("" = none)
-    deadlines: list[tuple[str, int | None]] = field(default_factory=list)  # keyid, deadline
     opened: dict[str, Session] = field(default_factory=dict)  # checked keyid -> its open session
+    deadlines: list[tuple[str, int | None]] = field(default_factory=list)  # keyid, deadline
 
 
 class RedisStore:
@@ -251,6 +272,7 @@ class RedisStore:
         self._claim = client.register_script(CLAIM_LUA)
         self._raise = client.register_script(RAISE_LUA)
         self._read_sha = hashlib.sha1(READ_LUA.encode()).hexdigest()
+
     @classmethod
     def from_url(cls, url: str, prefix: str = "sz", **options: int) -> RedisStore:
         """A store on ``url`` with the other Redis settings from the environment."""
@@ -436,7 +458,7 @@ class RedisStore:
         them; the deadlines and index entries to write are decided after the read."""
         k = self.keys
         w = _Writes()
-        logs, heads, gone, checked, entries = w.logs, w.heads, w.gone, w.checked, w.entries
+        logs, heads, gone = w.logs, w.heads, w.gone
         dumps = orjson.dumps
         begun_epoch, begun = self._logs_begun.get(partition, (epoch, 0))
         if begun_epoch != epoch:
@@ -444,12 +466,10 @@ class RedisStore:
         due_ms, deadlines = commit.due_ms, w.deadlines
         for key, state in commit.states.items():
             kid = keyid(key)
+            w.keyed.append((kid, state))
             deadlines.append((kid, due_ms.get(key)))
             if state is None:
                 gone.append(kid)
-                if indexed.pop(kid, None) != "":
-                    checked.append(kid)
-                    entries.append("")
                 continue
             refs = []
             for session in state.sessions():
@@ -475,13 +495,7 @@ class RedisStore:
                     ref[1] += 1
                 refs.append(ref)
             heads += (kid, codec.head_json(state, refs, with_key=False))
-            entry = _index_of(state)
-            if indexed.get(kid) != entry:
-                checked.append(kid)
-                entries.append(entry)
-                indexed[kid] = entry
-                if state.open is not None:
-                    w.opened[kid] = state.open
+        w.checked, w.entries, w.opened = _index_changes(w.keyed, indexed)
         self._logs_begun[partition] = (epoch, begun)
         for key, due in due_ms.items():
             if key not in commit.states:  # a deadline alone
@@ -530,7 +544,7 @@ class RedisStore:
         refs = [session_ref(sid, project) for sid, project, _, _ in commit.history]
         ends = [end_ms for _, _, end_ms, _ in commit.history]
         history_min_ms = commit.clock_ms - self.history_retention_ms
-        checked, entries = list(w.checked), list(w.entries)
+        checked, entries, opened = w.checked, w.entries, w.opened
         async with self.client.pipeline(transaction=True) as pipe:
             await pipe.watch(meta)
             held, olds, forget = await self._read(pipe, partition, topics, checked, refs, ends, history_min_ms)
@@ -564,18 +578,11 @@ class RedisStore:
                 # something else wrote since the commit whose entries were kept: every
                 # key's entry is read, every deadline written
                 indexed, known_dues = {}, {}
-                checked, entries = [], []
-                for key, state in commit.states.items():
-                    kid, entry = keyid(key), _index_of(state)
-                    checked.append(kid)
-                    entries.append(entry)
-                    if state is not None:
-                        indexed[kid] = entry
-                        if state.open is not None:
-                            w.opened[kid] = state.open
+                checked, entries, opened = _index_changes(w.keyed, indexed)
                 held, olds, forget = await self._read(pipe, partition, topics, checked, refs, ends, history_min_ms)
             pipe.multi()
-            self._write(pipe, partition, commit, w, checked, entries, olds, forget, refs, known_dues)
+            self._write(pipe, partition, commit, w, checked, entries, opened, olds, forget, refs,
+                        known_dues)
             await pipe.execute()
         return True, indexed, known_dues
 
@@ -587,6 +594,7 @@ class RedisStore:
         w: _Writes,
         checked: list[str],
         entries: list[str],
+        opened: dict[str, Session],
         olds: list[bytes | None],
         forget: list[str],
         refs: list[str],
@@ -625,7 +633,7 @@ class RedisStore:
         for start in range(0, len(dues), WRITE_CHUNK):
             pipe.zadd(due_key, dict(itertools.islice(dues.items(), start, start + WRITE_CHUNK)))
         _chunked(pipe.zrem, due_key, undue)
-        self._write_index(pipe, partition, checked, entries, olds, w.opened)
+        self._write_index(pipe, partition, checked, entries, olds, opened)
         outbox = k.outbox(partition)
         if commit.acked > 0:
             pipe.ltrim(outbox, commit.acked, -1)
@@ -661,8 +669,8 @@ class RedisStore:
             old = old_raw.decode() if old_raw else ""
             if old == new:
                 continue
-            if old:
-                sid, project, user = _split_entry(old_raw or b"")
+            if old_raw:
+                sid, project, user = parse_index_entry(old_raw)
                 open_del.append(session_ref(sid, project))
                 set_rem.setdefault(k.project(partition, project), []).append(sid)
                 if user:
