@@ -123,6 +123,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         info = await store.client.info("cpu")
         stats = await store.client.info("commandstats")
         memory = await store.client.info("memory")
+        net = await store.client.info("stats")
         await store.close()
     events = work.events_total
     result = {
@@ -130,11 +131,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_us_per_event": cpu / events * 1e6,
         "redis_cpu_us_per_event": (info["used_cpu_user"] + info["used_cpu_sys"]) / events * 1e6,
         "redis_used_memory": memory["used_memory"], "sent": sink.sent,
+        "redis_input_bytes_per_event": net["total_net_input_bytes"] / events,
         "commandstats": {k[8:]: (v["calls"], v["usec"]) for k, v in stats.items()},
     }
     print(f"{events:,} events in {wall:.2f} s: {events / wall:,.0f} events/s, "
           f"worker CPU {result['cpu_us_per_event']:.1f} µs/event, "
           f"Redis CPU {result['redis_cpu_us_per_event']:.1f} µs/event (whole run), "
+          f"{result['redis_input_bytes_per_event']:,.0f} bytes/event to Redis, "
           f"{sink.sent:,} messages out")
     top = sorted(result["commandstats"].items(), key=lambda kv: -kv[1][1])[:8]
     print("Redis commands: " + ", ".join(f"{name} {calls:,}x {usec / 1e6:.2f} s" for name, (calls, usec) in top))

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -68,36 +67,6 @@ local count = math.min(1000, math.max(old, size - tonumber(ARGV[at + 1])))
 local oldest = {}
 if count > 0 then oldest = redis.call('ZRANGE', hist, 0, count - 1, 'WITHSCORES') end
 return {held, olds, size, oldest}
-"""
-
-# KEYS: open, idx. ARGV: one msgpack array, the query index writes of a commit, removals
-# first: {open refs to delete, [key, members..] of sets to remove members from (flat: key,
-# count, members), open [ref, keyid] to set, [key, count, members] of sets to add to,
-# idx keyids to delete, idx [keyid, entry] to set}. Run inside the commit's MULTI/EXEC
-# (EVAL, not EVALSHA: a script missing at EXEC would fail alone, the rest applied): few
-# writes a batch, but one per set, which one script call carries at no cost per command.
-INDEX_LUA = """
-local p = cmsgpack.unpack(ARGV[1])
-local function chunked(command, key, args, from, to)
-  for y = from, to, 500 do
-    redis.call(command, key, unpack(args, y, math.min(y + 499, to)))
-  end
-end
-local function sets(command, flat)
-  local x = 1
-  while x <= #flat do
-    local n = flat[x + 1]
-    chunked(command, flat[x], flat, x + 2, x + 1 + n)
-    x = x + 2 + n
-  end
-end
-chunked('HDEL', KEYS[1], p[1], 1, #p[1])
-sets('SREM', p[2])
-chunked('HSET', KEYS[1], p[3], 1, #p[3])
-sets('SADD', p[4])
-chunked('HDEL', KEYS[2], p[5], 1, #p[5])
-chunked('HSET', KEYS[2], p[6], 1, #p[6])
-return 1
 """
 
 # KEYS: revisions hash, their times (zset); ARGV: cutoff ms, now ms, then field, revision, ...:
@@ -202,14 +171,6 @@ def _history_forgets(
             break
         forget.append(ref)
     return forget
-
-
-def _flat_sets(sets: dict[str, list[str]]) -> list[Any]:
-    """``{key: members}`` as ``[key, count, members..., ...]`` (see :data:`INDEX_LUA`)."""
-    flat: list[Any] = []
-    for key, members in sets.items():
-        flat += (key, len(members), *members)
-    return flat
 
 
 def _chunked(command: Any, key: str, members: list[Any]) -> None:
@@ -685,11 +646,15 @@ class RedisStore:
                 idx_set[kid] = new
             else:
                 idx_del.append(kid)
-        if not (open_del or set_rem or open_set or set_add or idx_del or idx_set):
-            return
-        payload = [open_del, _flat_sets(set_rem), [x for pair in open_set.items() for x in pair],
-                   _flat_sets(set_add), idx_del, [x for pair in idx_set.items() for x in pair]]
-        pipe.eval(INDEX_LUA, 2, k.open(partition), k.index(partition), msgpack.packb(payload))
+        open_key, idx_key = k.open(partition), k.index(partition)
+        _chunked(pipe.hdel, open_key, open_del)
+        for key, members in set_rem.items():
+            _chunked(pipe.srem, key, members)
+        _chunked_items(pipe, open_key, [x for pair in open_set.items() for x in pair])
+        for key, members in set_add.items():
+            _chunked(pipe.sadd, key, members)
+        _chunked(pipe.hdel, idx_key, idx_del)
+        _chunked_items(pipe, idx_key, [x for pair in idx_set.items() for x in pair])
 
     def _keep(
         self, partition: int, token: str, indexed: dict[str, str], dues: dict[str, int]
