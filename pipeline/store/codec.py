@@ -10,6 +10,14 @@ Two forms:
   :data:`HEAD_FIELDS` values, what the Redis store writes for every key a batch touched.
 
 Both read back with :func:`key_state_from_state`, which takes either.
+
+The Redis store writes a third, smaller form for every key a batch touched: the
+*row* head (:func:`row_head`, read back with :func:`key_state_from_row`), a JSON
+array ``[open, [closed...], logs]`` whose sessions are :func:`session_row` arrays.
+A row leaves out what the key it is filed under already says (the project, a user
+key's user id), keeps times as offsets from the session's start and the flags as
+one number: a head is rewritten with every batch that touches its key, so its size
+is paid again and again.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any
 import orjson
 
 from pipeline.core.event import SessionKey
-from pipeline.core.session import KeyState, Session
+from pipeline.core.session import CLOSED, OPEN, KeyState, Session
 
 #: the fields of a session's head (its state without events, ids and data), in the
 #: order :func:`head_fields` lists them
@@ -102,6 +110,78 @@ def head_json(state: KeyState, logs: list[Any] | None = None, *, with_key: bool 
     return orjson.dumps(head)
 
 
+# the flags of a session row, one bit each
+_MANUAL, _HAS_START, _HAS_ERROR, _TRUNCATED, _CLOSED = 1, 2, 4, 8, 16
+
+
+def session_row(s: Session, key: SessionKey) -> list[Any]:
+    """A session's head as a compact array (see the module doc), for the key it is
+    filed under: ``0`` stands for the key's project and, under a user key, for its
+    identity as the user id; times are offsets from ``start_ms`` (a time never set,
+    0, as null)."""
+    project, kind, ident = key
+    start = s.start_ms
+    user_ms, name_ms = s.user_id_ms, s.user_name_ms
+    flags = (
+        (_MANUAL if s.manual else 0) | (_HAS_START if s.has_start else 0)
+        | (_HAS_ERROR if s.has_error else 0) | (_TRUNCATED if s.events_truncated else 0)
+    )
+    if s.status == CLOSED:
+        flags |= _CLOSED
+    elif s.status != OPEN:
+        raise ValueError(f"a session's status is open or closed, not {s.status!r}")
+    return [
+        s.session_id, 0 if s.project == project else s.project, start,
+        s.last_activity_ms - start, s.last_arrival_ms - start,
+        0 if kind == "u" and s.user_id == ident else s.user_id,
+        user_ms - start if user_ms else None, s.user_name, name_ms - start if name_ms else None,
+        flags, s.close_reason, None if s.end_ms is None else s.end_ms - start,
+        None if s.closed_at_ms is None else s.closed_at_ms - start,
+        s.revision, s.event_count, s.heartbeat_count, s.duplicate_events, s.type_counts, s.seq,
+    ]
+
+
+def session_from_row(row: list[Any], key: SessionKey) -> Session:
+    """The session of a :func:`session_row` filed under ``key`` (no events, ids or data:
+    the store replays its log into it)."""
+    (sid, project, start, activity, arrival, user, user_ms, name, name_ms, flags, reason,
+     end, closed_at, revision, count, heartbeats, duplicates, types, seq) = row
+    return Session(
+        session_id=sid, project=key[0] if project == 0 else project, manual=bool(flags & _MANUAL),
+        start_ms=start, last_activity_ms=start + activity, last_arrival_ms=start + arrival,
+        user_id=key[2] if user == 0 else user, user_id_ms=0 if user_ms is None else start + user_ms,
+        user_name=name, user_name_ms=0 if name_ms is None else start + name_ms,
+        has_start=bool(flags & _HAS_START), status=CLOSED if flags & _CLOSED else OPEN,
+        close_reason=reason, end_ms=None if end is None else start + end,
+        closed_at_ms=None if closed_at is None else start + closed_at, revision=revision,
+        event_count=count, heartbeat_count=heartbeats, duplicate_events=duplicates,
+        type_counts=types, has_error=bool(flags & _HAS_ERROR),
+        events_truncated=bool(flags & _TRUNCATED), seq=seq,
+    )
+
+
+def row_head(state: KeyState, logs: list[Any]) -> bytes:
+    """A key's head as the Redis store writes it: ``[open, [closed...], logs]``, the
+    sessions as :func:`session_row` arrays and ``logs`` (the store's own) in
+    ``state.sessions()`` order."""
+    key, opened = state.key, state.open
+    return orjson.dumps([
+        None if opened is None else session_row(opened, key),
+        [session_row(c, key) for c in state.closed],
+        logs,
+    ])
+
+
+def key_state_from_row(head: list[Any], key: SessionKey) -> KeyState:
+    """The key state of a decoded :func:`row_head` filed under ``key``."""
+    opened, closed, _ = head
+    return KeyState(
+        key=key,
+        open=None if opened is None else session_from_row(opened, key),
+        closed=[session_from_row(c, key) for c in closed],
+    )
+
+
 def key_state_from_state(s: dict[str, Any], key: SessionKey | None = None) -> KeyState:
     """A key state from :func:`to_state`'s dict or :func:`head_json`'s (decoded); ``key``
     for a head written without it."""
@@ -129,8 +209,12 @@ __all__ = [
     "encode",
     "head_fields",
     "head_json",
+    "key_state_from_row",
     "key_state_from_state",
+    "row_head",
+    "session_from_row",
     "session_from_state",
+    "session_row",
     "session_state",
     "to_state",
 ]

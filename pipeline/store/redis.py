@@ -334,11 +334,15 @@ class RedisStore:
             if blob is None:
                 continue
             data = orjson.loads(blob)
-            # a head is filed under its keyid, and written without its key (earlier
-            # versions wrote it in: "k")
-            state = codec.key_state_from_state(data, None if "k" in data else parse_keyid(kid))
+            if isinstance(data, list):  # a row head, filed under its keyid
+                state = codec.key_state_from_row(data, parse_keyid(kid))
+                refs = data[2]
+            else:
+                # the heads of earlier versions: a dict, with the key ("k") or without,
+                # with the logs ("l") or without (their lists)
+                state = codec.key_state_from_state(data, None if "k" in data else parse_keyid(kid))
+                refs = data.get("l")
             states.append(state)
-            refs = data.get("l")
             if refs is None:
                 listed += [(s, k.legacy_events(partition, kid, s.session_id)) for s in state.sessions()]
                 continue
@@ -455,7 +459,7 @@ class RedisStore:
                     logs += (f"{ref[0]}.{ref[1]:x}", log_chunk(list(map(dumps, items))))
                     ref[1] += 1
                 refs.append(ref)
-            heads += (kid, codec.head_json(state, refs, with_key=False))
+            heads += (kid, codec.row_head(state, refs))
         w.checked, w.entries, w.opened = _index_changes(w.keyed, indexed)
         self._logs_begun[partition] = (epoch, begun)
         for key, due in due_ms.items():

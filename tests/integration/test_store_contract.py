@@ -804,8 +804,8 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
                                          keyid(user_key("alice", "blog")).encode()}
     assert set(value(k.states(5))) == {keyid(manual).encode(), keyid(carol).encode(), keyid(anon).encode()}
     head = orjson.loads(value(k.states(0))[keyid(alice).encode()])
-    assert "k" not in head  # filed under its keyid
-    stored = codec.key_state_from_state(head, alice)
+    assert isinstance(head, list)  # a row head, filed under its keyid
+    stored = codec.key_state_from_row(head, alice)
     assert stored.open is None
     assert [c.session_id for c in stored.closed] == ["shop-alice"]
     # each head names its sessions' logs: handle and number of chunks, every chunk in the
@@ -814,9 +814,9 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
         named = set()
         for kid, head in value(k.states(partition)).items():
             data = orjson.loads(head)
-            sessions = codec.key_state_from_state(data, parse_keyid(kid.decode())).sessions()
-            assert len(data["l"]) == len(sessions)
-            named |= {f"{handle}.{n:x}".encode() for handle, chunks in data["l"] for n in range(chunks)}
+            sessions = codec.key_state_from_row(data, parse_keyid(kid.decode())).sessions()
+            assert len(data[2]) == len(sessions)
+            named |= {f"{handle}.{n:x}".encode() for handle, chunks in data[2] for n in range(chunks)}
         assert named and set(value(k.log(partition))) == named
 
 

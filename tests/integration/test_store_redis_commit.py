@@ -362,8 +362,8 @@ def test_the_entries_kept_are_bounded(redis_server: Any) -> None:
 
 
 def log_of(head: bytes) -> list[list[Any]]:
-    """The ``[handle, chunks]`` of each session of a stored head."""
-    logs: list[list[Any]] = orjson.loads(head)["l"]
+    """The ``[handle, chunks]`` of each session of a stored head (a row: its third item)."""
+    logs: list[list[Any]] = orjson.loads(head)[2]
     return logs
 
 

@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 
 from pipeline.core.event import Event
 from pipeline.core.rules import SessionRules
-from pipeline.core.session import Session
+from pipeline.core.session import KeyState, Session
 from pipeline.store import codec
 
 RULES = SessionRules(max_events_per_session=3)
+T0 = 1_767_225_600_000
 
 
 def event(i: int, t: int, type_: str = "usage", with_id: bool = True) -> Event:
@@ -76,6 +77,9 @@ def test_cached_head_always_equals_a_fresh_serialization(steps: list[tuple[int, 
             keyless = orjson.loads(codec.head_json(state, with_key=False))
             assert "k" not in keyless
             assert codec.to_state(codec.key_state_from_state(keyless, state.key), with_log=False) == fresh
+            # the row head the Redis store writes, filed under its key
+            rows = orjson.loads(codec.row_head(state, [["1.0", 0]] * len(state.sessions())))
+            assert codec.to_state(codec.key_state_from_row(rows, state.key), with_log=False) == fresh
             for session, row in zip(state.sessions(), [head["o"]] * (state.open is not None) + head["c"],
                                     strict=True):
                 assert list(codec.to_state(session, with_log=False)) == list(codec.HEAD_FIELDS)
@@ -105,3 +109,34 @@ def test_data_keeps_the_earliest_value_of_each_name(steps: list[tuple[int, dict[
     rebuilt = codec.session_from_state(orjson.loads(orjson.dumps(codec.head_fields(session))))
     rebuilt.replay_log(orjson.loads(orjson.dumps(session.take_log())))
     assert rebuilt.data == session.data and rebuilt.data_ms == session.data_ms
+
+
+def test_a_row_head_names_only_what_its_key_does_not_say() -> None:
+    """A row leaves out the key's project and a user key's user id, and keeps a session
+    whose names differ from its key's (a client session id key with a user) as it is."""
+    session = Session(
+        session_id="c1", project="shop", manual=True, start_ms=T0, last_activity_ms=T0 + 5,
+        last_arrival_ms=T0 - 3, user_id="alice", user_id_ms=T0 + 1, has_start=True,
+        status="closed", close_reason="ended", end_ms=T0 + 5, closed_at_ms=T0 + 9, revision=3,
+        event_count=2, type_counts={"session": 1, "sessionend": 1}, has_error=True,
+        events_truncated=True, seq=4,
+    )
+    fresh = codec.to_state(session, with_log=False)
+    for key in [("shop", "s", "c1"), ("shop", "u", "alice"), ("blog", "u", "bob")]:
+        state = KeyState(key=key, closed=[session])
+        row = orjson.loads(codec.row_head(state, [["1.0", 2]]))
+        again = codec.key_state_from_row(row, key)
+        assert again.open is None and codec.to_state(again.closed[0], with_log=False) == fresh
+        written = row[1][0]
+        assert (written[1] == 0) == (key[0] == "shop")
+        assert (written[5] == 0) == (key[1:] == ("u", "alice"))
+        assert row[2] == [["1.0", 2]]
+    # a user name and user id never set stay unset; an open session has no end
+    bare = Session(session_id="s2", project="shop", manual=False, start_ms=T0, last_activity_ms=T0,
+                   last_arrival_ms=T0)
+    row = orjson.loads(codec.row_head(KeyState(key=("shop", "u", "x"), open=bare), []))
+    assert codec.to_state(codec.key_state_from_row(row, ("shop", "u", "x")).open, with_log=False) \
+        == codec.to_state(bare, with_log=False)
+    # and a row is about a third smaller than the head earlier versions wrote
+    state = KeyState(key=("shop", "u", "x"), open=bare)
+    assert len(codec.row_head(state, [])) < len(codec.head_json(state, [], with_key=False)) * 2 // 3
