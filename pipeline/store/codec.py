@@ -7,11 +7,12 @@ Two forms:
   ``with_log=False`` leaving out the event list, the held ids and the data values (a
   store that keeps those as an append-only log, from ``Session.take_log``);
 - the *head* (:func:`head_json`): a key state whose sessions are arrays of their
-  :data:`HEAD_FIELDS` values, what the Redis store writes for every key a batch touched.
+  :data:`HEAD_FIELDS` values, what earlier versions of the Redis store wrote for
+  every key a batch touched (it still reads them).
 
 Both read back with :func:`key_state_from_state`, which takes either.
 
-The Redis store writes a third, smaller form for every key a batch touched: the
+The Redis store now writes a third, smaller form for every key a batch touched: the
 *row* head (:func:`row_head`, read back with :func:`key_state_from_row`), a JSON
 array ``[open, [closed...], logs]`` whose sessions are :func:`session_row` arrays.
 A row leaves out what the key it is filed under already says (the project, a user

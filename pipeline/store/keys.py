@@ -23,12 +23,14 @@ key                                    type     holds (TTL: none unless said)
                                                 ``off:<topic>`` (last applied input offset),
                                                 ``token`` (written by every commit; the next
                                                 one checks it: lost writes show)
-``sz:{pP}:states``                     hash     keyid -> one session key's head (orjson): its
+``sz:{pP}:states``                     hash     keyid -> one session key's head
+                                                (:func:`~pipeline.store.codec.row_head`): its
                                                 open session and the sessions closed less
                                                 than ``reopen_grace`` ago, without their
                                                 events, ids and data, plus where each one's
-                                                event log is (``"l"``: ``[handle, chunks]``
-                                                per session)
+                                                event log is (``[handle, chunks]`` per
+                                                session); earlier versions wrote a JSON
+                                                object (``"o"``, ``"c"``, ``"l"``)
 ``sz:{pP}:log``                        hash     ``<handle>.<n>`` -> chunk ``n`` (hex) of a
                                                 session's event log: its log items of one
                                                 batch (event entries, ids, dropped-entry
@@ -37,7 +39,7 @@ key                                    type     holds (TTL: none unless said)
                                                 ``<epoch>.<i>`` (hex): the i-th session
                                                 begun under that claim of the partition
 ``sz:{pP}:e:<keyid>|<session_id>``     list     the event log of a session whose head has no
-                                                ``"l"`` (written before the log hash): read
+                                                logs (``"l"``; written before the log hash): read
                                                 as it is, moved into the log hash by the
                                                 next commit that writes its key
 ``sz:{pP}:due``                        zset     keyid -> stream-clock ms when the key needs
