@@ -578,7 +578,7 @@ def _area(frame: str) -> str:
                          ("pipeline/core", "pipeline.core (sessionizer engine, parse)"),
                          ("pipeline/store", "pipeline.store (Redis store)"),
                          ("pipeline/worker", "pipeline.worker (processor, sink, app)"),
-                         ("orjson", "orjson"), ("fastjsonschema", "fastjsonschema"), ("msgpack", "msgpack"),
+                         ("orjson", "orjson"), ("fastjsonschema", "fastjsonschema"),
                          ("redis/", "redis-py"), ("aiokafka", "aiokafka"), ("faust", "faust"),
                          ("mode/", "mode"), ("asyncio", "asyncio"), ("selectors.py", "asyncio"),
                          ("hashlib", "hashlib"), ("json", "json")):
