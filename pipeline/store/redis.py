@@ -69,6 +69,24 @@ if count > 0 then oldest = redis.call('ZRANGE', hist, 0, count - 1, 'WITHSCORES'
 return {held, olds, size, oldest}
 """
 
+# KEYS: the sets a commit removes members from, then those it adds to (all in the
+# partition's slot). ARGV: the number of sets removed from, then per set its number of
+# members and the members. Run inside the commit's MULTI/EXEC (EVAL, not EVALSHA: a
+# script missing at EXEC would fail alone, the rest applied). A set per user is a command
+# per user: one script call carries them all (a plain command each costs the worker more
+# to queue and read back than the script costs Redis).
+SETS_LUA = """
+local removed, x = tonumber(ARGV[1]), 2
+for i = 1, #KEYS do
+  local command, n = i <= removed and 'SREM' or 'SADD', tonumber(ARGV[x])
+  for y = x + 1, x + n, 500 do
+    redis.call(command, KEYS[i], unpack(ARGV, y, math.min(y + 499, x + n)))
+  end
+  x = x + 1 + n
+end
+return 1
+"""
+
 # KEYS: revisions hash, their times (zset); ARGV: cutoff ms, now ms, then field, revision, ...:
 # each revision kept if higher, its time set to now; up to 100 entries older than the cutoff go
 RAISE_LUA = """
@@ -652,11 +670,12 @@ class RedisStore:
                 idx_del.append(kid)
         open_key, idx_key = k.open(partition), k.index(partition)
         _chunked(pipe.hdel, open_key, open_del)
-        for key, members in set_rem.items():
-            _chunked(pipe.srem, key, members)
         _chunked_items(pipe, open_key, [x for pair in open_set.items() for x in pair])
-        for key, members in set_add.items():
-            _chunked(pipe.sadd, key, members)
+        if set_rem or set_add:
+            args: list[Any] = [len(set_rem)]
+            for members in itertools.chain(set_rem.values(), set_add.values()):
+                args += (len(members), *members)
+            pipe.eval(SETS_LUA, len(set_rem) + len(set_add), *set_rem, *set_add, *args)
         _chunked(pipe.hdel, idx_key, idx_del)
         _chunked_items(pipe, idx_key, [x for pair in idx_set.items() for x in pair])
 
