@@ -624,8 +624,9 @@ class RedisStore:
             pipe.rpush(outbox, *commit.outgoing[start:start + WRITE_CHUNK])
         hist = k.history(partition)
         _chunked(pipe.zrem, hist, forget)
-        for ref in forget:
-            pipe.delete(k.history_record(partition, ref))
+        records = [k.history_record(partition, ref) for ref in forget]
+        for start in range(0, len(records), WRITE_CHUNK):  # one DEL for many (one slot)
+            pipe.delete(*records[start:start + WRITE_CHUNK])
         forgotten = set(forget)
         added = {ref: (end_ms, record) for ref, (_, _, end_ms, record) in zip(refs, commit.history, strict=True)
                  if ref not in forgotten}
