@@ -594,3 +594,37 @@ def test_state_in_the_layout_before_the_log_hash_loads_and_moves_into_it(redis_s
             await store.close()
 
     run(body)
+
+
+def test_a_head_written_as_an_object_with_its_logs_loads_and_is_rewritten_as_a_row(
+    redis_server: Any,
+) -> None:
+    """A head as the version before rows wrote it (a JSON object without the key, its
+    sessions' logs named in ``"l"``) loads whole; the next commit of the key writes a row."""
+    async def body() -> None:
+        store = RedisStore.from_url(redis_server.url, prefix=prefix())
+        k = store.keys
+        try:
+            alice: SessionKey = ("shop", "u", "alice")
+            session = opened(alice, "s1", T0)
+            first = session.take_log()
+            state = KeyState(alice, open=session)
+            await store.client.hset(k.log(0), "1.0.0", b"\n".join(map(orjson.dumps, first)))
+            await store.client.hset(
+                k.states(0), keyid(alice), codec.head_json(state, [["1.0", 1]], with_key=False))
+            epoch = (await store.claim(0)).epoch
+            [loaded] = await store.load(0, [alice], None, 0)
+            assert codec.to_state(loaded) == codec.to_state(state)
+            assert loaded.open is not None
+            loaded.open.add(event(alice, T0 + 1, 1), RULES)
+            expected = codec.to_state(loaded)
+            assert await store.commit(0, epoch, Commit(
+                states={alice: loaded}, due_ms={}, offsets={"events": 1}, clock_ms=T0))
+            head = orjson.loads(await store.client.hget(k.states(0), keyid(alice)))
+            assert isinstance(head, list) and head[2] == [["1.0", 2]]
+            [again] = await RedisStore.from_url(redis_server.url, prefix=k.prefix).load(0, [alice], None, 0)
+            assert codec.to_state(again) == expected
+        finally:
+            await store.close()
+
+    run(body)
