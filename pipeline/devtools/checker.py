@@ -168,6 +168,7 @@ def consumer_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[tupl
 def redis_leftovers(redis_url: str, prefix: str) -> dict[str, int]:
     """What Redis still holds after a drain: open sessions (the open index, and key
     states holding an open session) and outbox messages, summed over partitions."""
+    from pipeline.store.codec import head_has_open
     from pipeline.store.connection import redis_client_sync
     from pipeline.store.keys import Keys
 
@@ -181,7 +182,7 @@ def redis_leftovers(redis_url: str, prefix: str) -> dict[str, int]:
             outbox += client.llen(keys.outbox(p))
             if hasattr(keys, "states"):  # key states in one hash per partition
                 for blob in client.hvals(keys.states(p)):
-                    open_states += orjson.loads(blob).get("o") is not None
+                    open_states += head_has_open(blob)
         return {"open_sessions": open_index, "open_states": open_states, "outbox": outbox}
     finally:
         client.close()

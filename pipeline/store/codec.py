@@ -183,6 +183,13 @@ def key_state_from_row(head: list[Any], key: SessionKey) -> KeyState:
     )
 
 
+def head_has_open(blob: bytes | str) -> bool:
+    """Whether a head the Redis store holds (a row, or an object as earlier versions
+    wrote it) has an open session."""
+    head = orjson.loads(blob)
+    return (head[0] if isinstance(head, list) else head.get("o")) is not None
+
+
 def key_state_from_state(s: dict[str, Any], key: SessionKey | None = None) -> KeyState:
     """A key state from :func:`to_state`'s dict or :func:`head_json`'s (decoded); ``key``
     for a head written without it."""
@@ -209,6 +216,7 @@ __all__ = [
     "decode",
     "encode",
     "head_fields",
+    "head_has_open",
     "head_json",
     "key_state_from_row",
     "key_state_from_state",

@@ -137,6 +137,9 @@ def test_a_row_head_names_only_what_its_key_does_not_say() -> None:
     row = orjson.loads(codec.row_head(KeyState(key=("shop", "u", "x"), open=bare), []))
     assert codec.to_state(codec.key_state_from_row(row, ("shop", "u", "x")).open, with_log=False) \
         == codec.to_state(bare, with_log=False)
+    assert codec.head_has_open(codec.row_head(KeyState(key=("shop", "u", "x"), open=bare), []))
+    assert not codec.head_has_open(codec.row_head(KeyState(key=("shop", "s", "c1"), closed=[session]), []))
+    assert codec.head_has_open(codec.head_json(KeyState(key=("shop", "u", "x"), open=bare), with_key=False))
     # and a row is about a third smaller than the head earlier versions wrote
     state = KeyState(key=("shop", "u", "x"), open=bare)
     assert len(codec.row_head(state, [])) < len(codec.head_json(state, [], with_key=False)) * 2 // 3
