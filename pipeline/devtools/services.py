@@ -276,6 +276,21 @@ def redis_ping_ready(
 # -- the process wrapper ------------------------------------------------------
 
 
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until every thread of ``pid`` is stopped (state ``T`` in ``/proc``); gives up
+    quietly after ``timeout`` or where there is no ``/proc``."""
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        try:
+            states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()]
+        except (OSError, IndexError):
+            return
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.005)
+
+
 def _parent_death_hook() -> Callable[[], None] | None:
     """A preexec_fn that makes the child get SIGKILL when this process dies (Linux only).
 
@@ -409,11 +424,15 @@ class _Service(ClosesOnExit):
             self._forget()
 
     def pause(self) -> None:
-        """SIGSTOP: the process freezes; connections stay open but nothing is answered."""
+        """SIGSTOP: the process freezes; connections stay open but nothing is answered.
+        Returns once every thread of it is stopped (a signal is delivered when the kernel
+        next runs the process: on a busy machine, a request sent at once could still be
+        answered)."""
         with self._lock:
             proc = self._require_running()
             proc.send_signal(signal.SIGSTOP)
             self._paused = True
+            _wait_stopped(proc.pid)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
