@@ -191,9 +191,12 @@ def _history_forgets(
     return forget
 
 
-def _chunked(command: Any, key: str, members: list[Any]) -> None:
+def _chunked(command: Any, key: str | None, members: list[Any]) -> None:
+    """``command(key, *members)`` (without ``key``: ``command(*members)``), WRITE_CHUNK
+    members a command."""
+    lead = () if key is None else (key,)
     for start in range(0, len(members), WRITE_CHUNK):
-        command(key, *members[start:start + WRITE_CHUNK])
+        command(*lead, *members[start:start + WRITE_CHUNK])
 
 
 def _chunked_items(pipe: Any, key: str, items: list[Any]) -> None:
@@ -620,13 +623,10 @@ class RedisStore:
         outbox = k.outbox(partition)
         if commit.acked > 0:
             pipe.ltrim(outbox, commit.acked, -1)
-        for start in range(0, len(commit.outgoing), WRITE_CHUNK):
-            pipe.rpush(outbox, *commit.outgoing[start:start + WRITE_CHUNK])
+        _chunked(pipe.rpush, outbox, commit.outgoing)
         hist = k.history(partition)
         _chunked(pipe.zrem, hist, forget)
-        records = [k.history_record(partition, ref) for ref in forget]
-        for start in range(0, len(records), WRITE_CHUNK):  # one DEL for many (one slot)
-            pipe.delete(*records[start:start + WRITE_CHUNK])
+        _chunked(pipe.delete, None, [k.history_record(partition, ref) for ref in forget])
         forgotten = set(forget)
         added = {ref: (end_ms, record) for ref, (_, _, end_ms, record) in zip(refs, commit.history, strict=True)
                  if ref not in forgotten}
