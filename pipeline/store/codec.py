@@ -183,6 +183,16 @@ def key_state_from_row(head: list[Any], key: SessionKey) -> KeyState:
     )
 
 
+def key_state_from_head(head: Any, key: SessionKey) -> tuple[KeyState, list[Any] | None]:
+    """A decoded head the Redis store holds under ``key``'s keyid (a row, or an object as
+    earlier versions wrote it, with its key or without), and where its sessions' event
+    logs are: ``[handle, chunks]`` each, or None for a head written before the logs were
+    named (its sessions' logs are lists of their own)."""
+    if isinstance(head, list):
+        return key_state_from_row(head, key), head[2]
+    return key_state_from_state(head, None if "k" in head else key), head.get("l")
+
+
 def head_has_open(blob: bytes | str) -> bool:
     """Whether a head the Redis store holds (a row, or an object as earlier versions
     wrote it) has an open session."""
@@ -218,6 +228,7 @@ __all__ = [
     "head_fields",
     "head_has_open",
     "head_json",
+    "key_state_from_head",
     "key_state_from_row",
     "key_state_from_state",
     "row_head",

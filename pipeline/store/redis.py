@@ -342,8 +342,9 @@ class RedisStore:
     ) -> list[KeyState]:
         """Key states from their heads plus their sessions' event logs (one round trip).
 
-        A head names each session's log (``"l"``: its handle and number of chunks in the
-        partition's log hash). A head without one was written before the log hash: its
+        A head names each session's log (its handle and number of chunks in the
+        partition's log hash; :func:`codec.key_state_from_head`). A head without them was
+        written before the log hash: its
         sessions' logs are lists of their own (``keys.legacy_events``), read as they are
         and moved into the log hash by the next commit that writes the key."""
         k = self.keys
@@ -354,15 +355,7 @@ class RedisStore:
         for kid, blob in zip(kids, blobs, strict=True):
             if blob is None:
                 continue
-            data = orjson.loads(blob)
-            if isinstance(data, list):  # a row head, filed under its keyid
-                state = codec.key_state_from_row(data, parse_keyid(kid))
-                refs = data[2]
-            else:
-                # the heads of earlier versions: a dict, with the key ("k") or without,
-                # with the logs ("l") or without (their lists)
-                state = codec.key_state_from_state(data, None if "k" in data else parse_keyid(kid))
-                refs = data.get("l")
+            state, refs = codec.key_state_from_head(orjson.loads(blob), parse_keyid(kid))
             states.append(state)
             if refs is None:
                 listed += [(s, k.legacy_events(partition, kid, s.session_id)) for s in state.sessions()]
