@@ -6,9 +6,9 @@ Two forms:
 - the *state* (:func:`to_state` / :func:`key_state_from_state`): a dict per session,
   ``with_log=False`` leaving out the event list, the held ids and the data values (a
   store that keeps those as an append-only log, from ``Session.take_log``);
-- the *head* (:func:`head_json`): a key state whose sessions are arrays of their
-  :data:`HEAD_FIELDS` values, what earlier versions of the Redis store wrote for
-  every key a batch touched (it still reads them).
+- the *head* as earlier versions of the Redis store wrote it for every key a batch
+  touched: a key state whose sessions are arrays of their :data:`HEAD_FIELDS` values
+  (it still reads them).
 
 Both read back with :func:`key_state_from_state`, which takes either.
 
@@ -31,21 +31,9 @@ from pipeline.core.event import SessionKey
 from pipeline.core.session import CLOSED, OPEN, KeyState, Session
 
 #: the fields of a session's head (its state without events, ids and data), in the
-#: order :func:`head_fields` lists them
+#: order the heads of earlier versions list them
 HEAD_FIELDS = ("sid", "p", "m", "s", "la", "ar", "u", "ut", "n", "nt", "hs", "st", "cr", "e", "ca",
                "r", "ec", "hc", "dc", "tc", "he", "tr", "q")
-
-
-def head_fields(s: Session) -> list[Any]:
-    """The session's head as the list of its values in :data:`HEAD_FIELDS` order."""
-    return [
-        s.session_id, s.project, s.manual, s.start_ms, s.last_activity_ms,
-        s.last_arrival_ms, s.user_id, s.user_id_ms, s.user_name,
-        s.user_name_ms, s.has_start, s.status, s.close_reason, s.end_ms,
-        s.closed_at_ms, s.revision, s.event_count, s.heartbeat_count,
-        s.duplicate_events, s.type_counts, s.has_error, s.events_truncated,
-        s.seq,
-    ]
 
 
 def session_state(s: Session, *, with_log: bool = True) -> dict[str, Any]:
@@ -67,7 +55,8 @@ def session_state(s: Session, *, with_log: bool = True) -> dict[str, Any]:
 
 
 def session_from_state(s: dict[str, Any] | list[Any]) -> Session:
-    """A session from :func:`session_state`'s dict or :func:`head_fields`' array."""
+    """A session from :func:`session_state`'s dict or a head's array of
+    :data:`HEAD_FIELDS` values."""
     if isinstance(s, list):
         s = dict(zip(HEAD_FIELDS, s, strict=True))
     return Session(
@@ -91,24 +80,6 @@ def to_state(obj: KeyState | Session, *, with_log: bool = True) -> dict[str, Any
         "o": session_state(obj.open, with_log=with_log) if obj.open is not None else None,
         "c": [session_state(c, with_log=with_log) for c in obj.closed],
     }
-
-
-def head_json(state: KeyState, logs: list[Any] | None = None, *, with_key: bool = True) -> bytes:
-    """``to_state(state, with_log=False)`` as JSON, the sessions as :func:`head_fields`
-    arrays; with ``logs``, also where each session's event log is, in
-    ``state.sessions()`` order (``"l"``, the store's own, ignored when read back).
-    ``with_key=False`` leaves the key out (a store that files the head under its key:
-    :func:`key_state_from_state` is then given it)."""
-    opened = state.open
-    head: dict[str, Any] = {
-        "o": None if opened is None else head_fields(opened),
-        "c": [head_fields(c) for c in state.closed],
-    }
-    if with_key:
-        head["k"] = state.key
-    if logs is not None:
-        head["l"] = logs
-    return orjson.dumps(head)
 
 
 # the flags of a session row, one bit each
@@ -201,8 +172,8 @@ def head_has_open(blob: bytes | str) -> bool:
 
 
 def key_state_from_state(s: dict[str, Any], key: SessionKey | None = None) -> KeyState:
-    """A key state from :func:`to_state`'s dict or :func:`head_json`'s (decoded); ``key``
-    for a head written without it."""
+    """A key state from :func:`to_state`'s dict or a head as earlier versions wrote it
+    (decoded); ``key`` for a head written without it."""
     project, kind, ident = key if key is not None else s["k"]
     return KeyState(
         key=(project, kind, ident),
@@ -225,9 +196,7 @@ __all__ = [
     "HEAD_FIELDS",
     "decode",
     "encode",
-    "head_fields",
     "head_has_open",
-    "head_json",
     "key_state_from_head",
     "key_state_from_row",
     "key_state_from_state",

@@ -28,6 +28,7 @@ from pipeline.store import codec
 from pipeline.store.base import Commit
 from pipeline.store.keys import keyid, parse_index_entry
 from pipeline.store.redis import RedisStore
+from tests.unit.helpers import earlier_head
 
 T0 = 1_764_237_600_000
 RULES = SessionRules()
@@ -562,7 +563,7 @@ def test_state_in_the_layout_before_the_log_hash_loads_and_moves_into_it(redis_s
                 second = session.take_log()
                 states[key] = KeyState(key, open=session)
                 # as the earlier layout wrote it: the head alone, and a list of chunks
-                await store.client.hset(k.states(0), keyid(key), codec.head_json(states[key]))
+                await store.client.hset(k.states(0), keyid(key), earlier_head(states[key]))
                 await store.client.rpush(
                     k.legacy_events(0, keyid(key), sid),
                     b"\n".join(map(orjson.dumps, first)), b"\n".join(map(orjson.dumps, second)))
@@ -611,7 +612,7 @@ def test_a_head_written_as_an_object_with_its_logs_loads_and_is_rewritten_as_a_r
             state = KeyState(alice, open=session)
             await store.client.hset(k.log(0), "1.0.0", b"\n".join(map(orjson.dumps, first)))
             await store.client.hset(
-                k.states(0), keyid(alice), codec.head_json(state, [["1.0", 1]], with_key=False))
+                k.states(0), keyid(alice), earlier_head(state, [["1.0", 1]], with_key=False))
             epoch = (await store.claim(0)).epoch
             [loaded] = await store.load(0, [alice], None, 0)
             assert codec.to_state(loaded) == codec.to_state(state)

@@ -104,3 +104,36 @@ def roundtrip(state: KeyState) -> KeyState:
 def canonical(records: Iterable[Record]) -> list[bytes]:
     """Records as sorted canonical JSON, for comparing sets of records."""
     return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records)
+
+
+# -- the heads earlier versions of the Redis store wrote (the store still reads them) ---
+
+
+def earlier_head_fields(s: Session) -> list[Any]:
+    """A session's head as earlier versions wrote it: its values in
+    :data:`codec.HEAD_FIELDS` order."""
+    return [
+        s.session_id, s.project, s.manual, s.start_ms, s.last_activity_ms,
+        s.last_arrival_ms, s.user_id, s.user_id_ms, s.user_name,
+        s.user_name_ms, s.has_start, s.status, s.close_reason, s.end_ms,
+        s.closed_at_ms, s.revision, s.event_count, s.heartbeat_count,
+        s.duplicate_events, s.type_counts, s.has_error, s.events_truncated,
+        s.seq,
+    ]
+
+
+def earlier_head(state: KeyState, logs: list[Any] | None = None, *, with_key: bool = True) -> bytes:
+    """A key's head as earlier versions wrote it: an object, its sessions as
+    :func:`earlier_head_fields` arrays; with ``logs``, where each session's event log is
+    (``"l"``, in ``state.sessions()`` order); ``with_key=False``, without its key
+    (``"k"``: the version just before rows filed heads under their keyid only)."""
+    opened = state.open
+    head: dict[str, Any] = {
+        "o": None if opened is None else earlier_head_fields(opened),
+        "c": [earlier_head_fields(c) for c in state.closed],
+    }
+    if with_key:
+        head["k"] = state.key
+    if logs is not None:
+        head["l"] = logs
+    return orjson.dumps(head)

@@ -147,7 +147,7 @@ def test_cached_heads_keep_no_serialization_buffer() -> None:
     tracemalloc.start()
     try:
         for state in states:
-            codec.head_json(state)
+            codec.row_head(state, [])
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
