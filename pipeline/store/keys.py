@@ -22,7 +22,8 @@ key                                    type     holds (TTL: none unless said)
                                                 and ``clock_at_ms`` (wall time it was committed),
                                                 ``off:<topic>`` (last applied input offset),
                                                 ``token`` (written by every commit; the next
-                                                one checks it: lost writes show)
+                                                one checks it: lost writes show), ``who``
+                                                (the index is the ``who`` zset)
 ``sz:{pP}:states``                     hash     keyid -> one session key's head
                                                 (:func:`~pipeline.store.codec.row_head`): its
                                                 open session and the sessions closed less
@@ -50,11 +51,16 @@ key                                    type     holds (TTL: none unless said)
 ``sz:{pP}:open``                       hash     ``<session_id>:<project>`` of an open session -> keyid
 ``sz:{pP}:idx``                        hash     keyid -> what the indexes hold for it
                                                 (:func:`index_entry`)
-``sz:{pP}:proj:<project>``             set      open session ids of a project
-``sz:{pP}:user:<n>:<project>:<user>``  set      open session ids of a user (``n``: the
-                                                length of ``project`` in UTF-8 bytes, so
-                                                that names
-                                                holding ``:`` cannot meet)
+``sz:{pP}:who``                         zset     one member per open session,
+                                                :func:`who_member` (``<n>:<project><m>:<user>
+                                                <session_id>``, ``n`` and ``m`` lengths in
+                                                UTF-8 bytes), all scored 0: a project's or a
+                                                user's open sessions are the members with
+                                                its :func:`who_prefix` (``ZRANGEBYLEX``)
+``sz:{pP}:proj:<project>``             set      earlier versions' index of a project's open
+``sz:{pP}:user:<n>:<project>:<user>``  set      sessions and of a user's: moved into ``who``
+                                                by the first claim of the partition that finds
+                                                ``meta`` without ``who``, then deleted
 ``sz:{pP}:hist``                       zset     ``<session_id>:<project>`` of a closed session -> end
                                                 (ms): the bounded history
                                                 (``SESSIONIZER_HISTORY_RETENTION`` and
@@ -124,6 +130,39 @@ def parse_index_entry(entry: bytes) -> tuple[str, str, str]:
     return entry[head.end():cut].decode(), entry[cut:end].decode(), entry[end:].decode()
 
 
+def who_prefix(project: str, user_id: str | None = None) -> str:
+    """The start every :func:`who_member` of a project's open sessions shares (with
+    ``user_id``: of that user's in the project). Lengths lead each name, so no project's
+    (or user's) prefix is the start of another's."""
+    found = f"{utf8_len(project)}:{project}"
+    return found if user_id is None else f"{found}{utf8_len(user_id)}:{user_id}"
+
+
+def who_member(session_id: str, project: str, user_id: str | None) -> str:
+    """An open session's member of the ``who`` zset: :func:`who_prefix` of its project and
+    user (none: ``""``), then its id."""
+    return who_prefix(project, user_id or "") + session_id
+
+
+def who_range(prefix: str) -> tuple[bytes, bytes]:
+    """``ZRANGEBYLEX`` bounds of the members starting with ``prefix`` (UTF-8 has no byte
+    0xff, so every such member sorts below the prefix followed by it)."""
+    start = prefix.encode()
+    return b"[" + start, b"(" + start + b"\xff"
+
+
+def parse_who_member(member: bytes) -> tuple[str, str, str]:
+    """``(session_id, project, user_id)`` of a :func:`who_member` (``user_id`` "" for none)."""
+    names: list[bytes] = []
+    at = 0
+    for _ in range(2):
+        colon = member.index(b":", at)
+        end = colon + 1 + int(member[at:colon])
+        names.append(member[colon + 1:end])
+        at = end
+    return member[at:].decode(), names[0].decode(), names[1].decode()
+
+
 def parse_keyid(value: str) -> SessionKey:
     kind = value[0]
     length_text, _, rest = value[1:].partition(":")
@@ -182,8 +221,14 @@ class Keys:
     def states(self, partition: int) -> str:
         return self.shard(partition) + "states"
 
-    def project(self, partition: int, project: str) -> str:
+    def who(self, partition: int) -> str:
+        """The open sessions by project and user (:func:`who_member`)."""
+        return self.shard(partition) + "who"
+
+    def legacy_project(self, partition: int, project: str) -> str:
+        """A project's open session ids as earlier versions indexed them (a set)."""
         return f"{self.shard(partition)}proj:{project}"
 
-    def user(self, partition: int, project: str, user_id: str) -> str:
+    def legacy_user(self, partition: int, project: str, user_id: str) -> str:
+        """A user's open session ids as earlier versions indexed them (a set)."""
         return f"{self.shard(partition)}user:{utf8_len(project)}:{project}:{user_id}"

@@ -36,8 +36,12 @@ from pipeline.store.keys import (
     keyid,
     parse_index_entry,
     parse_keyid,
+    parse_who_member,
     session_ref,
     session_ref_pattern,
+    who_member,
+    who_prefix,
+    who_range,
 )
 
 # KEYS: meta, idx, hist. ARGV: number of topics, the topics, number of keyids, the keyids,
@@ -67,24 +71,6 @@ local count = math.min(1000, math.max(old, size - tonumber(ARGV[at + 1])))
 local oldest = {}
 if count > 0 then oldest = redis.call('ZRANGE', hist, 0, count - 1, 'WITHSCORES') end
 return {held, olds, size, oldest}
-"""
-
-# KEYS: the sets a commit removes members from, then those it adds to (all in the
-# partition's slot). ARGV: the number of sets removed from, then per set its number of
-# members and the members. Run inside the commit's MULTI/EXEC (EVAL, not EVALSHA: a
-# script missing at EXEC would fail alone, the rest applied). A set per user is a command
-# per user: one script call carries them all (a plain command each costs the worker more
-# to queue and read back than the script costs Redis).
-SETS_LUA = """
-local removed, x = tonumber(ARGV[1]), 2
-for i = 1, #KEYS do
-  local command, n = i <= removed and 'SREM' or 'SADD', tonumber(ARGV[x])
-  for y = x + 1, x + n, 500 do
-    redis.call(command, KEYS[i], unpack(ARGV, y, math.min(y + 499, x + n)))
-  end
-  x = x + 1 + n
-end
-return 1
 """
 
 # KEYS: revisions hash, their times (zset); ARGV: cutoff ms, now ms, then field, revision, ...:
@@ -277,9 +263,49 @@ class RedisStore:
         # the list of partitions with state, for queries: its own slot, so not in the script
         await self.client.sadd(self.keys.shards, partition)
         fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        if "who" not in fields:
+            await self._move_index(partition, int(epoch))
         offsets = {k[4:]: int(v) for k, v in fields.items() if k.startswith("off:")}
         return Claim(partition, int(epoch), offsets, int(fields.get("clock_ms", 0)),
                      fields.get("token", ""), int(fields.get("clock_at_ms", 0)))
+
+    async def _move_index(self, partition: int, epoch: int) -> None:
+        """Move the partition's open-session index from the sets earlier versions kept
+        (one per project, one per user) into the ``who`` zset, and mark ``meta`` with
+        ``who``: once, by the claim that finds it without. The sets hold the sessions the
+        ``idx`` hash names, so they are rebuilt from it. Under a WATCH of ``meta``: a
+        claim in between makes this one stale (the newer owner moves it)."""
+        k = self.keys
+        meta = k.meta(partition)
+        for _ in range(WATCH_ATTEMPTS):
+            try:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    await pipe.watch(meta)
+                    held_epoch, done = await pipe.hmget(meta, ["epoch", "who"])
+                    if done is not None or int(held_epoch or 0) != epoch:
+                        return
+                    members: dict[str, int] = {}
+                    legacy: set[str] = set()
+                    for entry in await pipe.hvals(k.index(partition)):
+                        sid, project, user = parse_index_entry(entry)
+                        members[who_member(sid, project, user)] = 0
+                        legacy.add(k.legacy_project(partition, project))
+                        if user:
+                            legacy.add(k.legacy_user(partition, project, user))
+                    pipe.multi()
+                    for start in range(0, len(members), WRITE_CHUNK):
+                        pipe.zadd(k.who(partition),
+                                  dict(itertools.islice(members.items(), start, start + WRITE_CHUNK)))
+                    _chunked(pipe.delete, None, sorted(legacy))
+                    pipe.hset(meta, "who", 1)
+                    await pipe.execute()
+                    return
+            except WatchError:
+                continue
+        raise RedisConnectionError(
+            f"partition {partition}: its meta hash changed under {WATCH_ATTEMPTS} attempts to "
+            "move its index"
+        )
 
     def release(self, partition: int) -> None:
         """Forget what the partition's last commit left (index entries, deadlines)."""
@@ -640,8 +666,8 @@ class RedisStore:
         open_del: list[str] = []
         idx_set: dict[str, str] = {}
         idx_del: list[str] = []
-        set_add: dict[str, list[str]] = {}
-        set_rem: dict[str, list[str]] = {}
+        who_add: dict[str, int] = {}
+        who_del: list[str] = []
         for kid, new, old_raw in zip(checked, entries, olds, strict=True):
             old = old_raw.decode() if old_raw else ""
             if old == new:
@@ -649,27 +675,21 @@ class RedisStore:
             if old_raw:
                 sid, project, user = parse_index_entry(old_raw)
                 open_del.append(session_ref(sid, project))
-                set_rem.setdefault(k.project(partition, project), []).append(sid)
-                if user:
-                    set_rem.setdefault(k.user(partition, project, user), []).append(sid)
+                who_del.append(who_member(sid, project, user))
             if new:
                 session = opened[kid]
-                sid, project, user = session.session_id, session.project, session.user_id or ""
+                sid, project = session.session_id, session.project
                 open_set[session_ref(sid, project)] = kid
-                set_add.setdefault(k.project(partition, project), []).append(sid)
-                if user:
-                    set_add.setdefault(k.user(partition, project, user), []).append(sid)
+                who_add[who_member(sid, project, session.user_id)] = 0
                 idx_set[kid] = new
             else:
                 idx_del.append(kid)
-        open_key, idx_key = k.open(partition), k.index(partition)
+        open_key, idx_key, who_key = k.open(partition), k.index(partition), k.who(partition)
         _chunked(pipe.hdel, open_key, open_del)
         _chunked_items(pipe, open_key, [x for pair in open_set.items() for x in pair])
-        if set_rem or set_add:
-            args: list[Any] = [len(set_rem)]
-            for members in itertools.chain(set_rem.values(), set_add.values()):
-                args += (len(members), *members)
-            pipe.eval(SETS_LUA, len(set_rem) + len(set_add), *set_rem, *set_add, *args)
+        _chunked(pipe.zrem, who_key, who_del)
+        for start in range(0, len(who_add), WRITE_CHUNK):
+            pipe.zadd(who_key, dict(itertools.islice(who_add.items(), start, start + WRITE_CHUNK)))
         _chunked(pipe.hdel, idx_key, idx_del)
         _chunked_items(pipe, idx_key, [x for pair in idx_set.items() for x in pair])
 
@@ -719,9 +739,9 @@ class RedisStore:
             open_key = self.keys.open(partition)
             pairs: list[tuple[str, str]]
             if project is not None:
-                members = self.keys.user(partition, project, user_id) if user_id is not None \
-                    else self.keys.project(partition, project)
-                refs = [session_ref(s.decode(), project) for s in await self.client.smembers(members)]
+                low, high = who_range(who_prefix(project, user_id))
+                members = await self.client.zrangebylex(self.keys.who(partition), low, high)
+                refs = [session_ref(parse_who_member(m)[0], project) for m in members]
                 kids = await self.client.hmget(open_key, refs) if refs else []
                 pairs = [(ref, kid.decode()) for ref, kid in zip(refs, kids, strict=True) if kid is not None]
             elif user_id is not None:

@@ -29,7 +29,7 @@ from pipeline.core.timefmt import format_ms
 from pipeline.exceptions import FencedError
 from pipeline.store import codec
 from pipeline.store.base import Commit, SessionStore
-from pipeline.store.keys import Keys, keyid, parse_keyid
+from pipeline.store.keys import Keys, keyid, parse_keyid, parse_who_member, who_member, who_prefix
 from pipeline.store.memory import MemoryStore
 from pipeline.store.redis import RedisStore
 
@@ -747,13 +747,8 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
         k.history_record(0, "shop-alice:shop"): b"string",
         k.states(0): b"hash",
         k.states(5): b"hash",
-        k.project(0, "shop"): b"set",
-        k.project(0, "blog"): b"set",
-        k.project(5, "shop"): b"set",
-        k.user(0, "shop", "bob"): b"set",
-        k.user(0, "blog", "alice"): b"set",
-        k.user(5, "shop", "alice"): b"set",
-        k.user(5, "shop", "carol"): b"set",
+        k.who(0): b"zset",
+        k.who(5): b"zset",
     }
     # the sessions' event logs: one hash per partition, one field per chunk
     expected[k.log(0)] = expected[k.log(5)] = b"hash"
@@ -794,9 +789,11 @@ async def test_redis_key_layout_matches_keys_module(backend: Backend) -> None:
         keyid(user_key("alice", "blog")).encode(): b"10:4:blog-aliceblogalice",
     }
     assert value(k.index(5))[keyid(anon).encode()] == b"9:4:anon-0001shop"
-    assert value(k.project(0, "shop")) == {b"shop-bob"}
-    assert value(k.project(5, "shop")) == {b"manual-0001", b"shop-carol", b"anon-0001"}
-    assert value(k.user(5, "shop", "alice")) == {b"manual-0001"}
+    # who: one member per open session, <len>:<project><len>:<user><session id>, sorted
+    assert value(k.who(0)) == [(b"4:blog5:aliceblog-alice", 0.0), (b"4:shop3:bobshop-bob", 0.0)]
+    assert value(k.who(5)) == [(b"4:shop0:anon-0001", 0.0), (b"4:shop5:alicemanual-0001", 0.0),
+                               (b"4:shop5:carolshop-carol", 0.0)]
+    assert value(k.meta(0))[b"who"] == b"1"
     assert value(k.outbox(0)) == [b"msg"]
     assert value(k.history(0)) == [(b"shop-alice:shop", float(T0 + 9 * MIN))]
     assert orjson.loads(value(k.history_record(0, "shop-alice:shop")))["session_id"] == "shop-alice"
@@ -830,7 +827,40 @@ async def test_redis_project_and_user_names_with_colons_stay_apart(backend: Back
     assert await put(store, 0, claim.epoch, {a: open_state(a, "s-a"), b: open_state(b, "s-b")})
     assert ids(await store.open_sessions(project="a", user_id="b:c")) == ["s-a"]
     assert ids(await store.open_sessions(project="a:b", user_id="c")) == ["s-b"]
-    assert backend.keys.user(0, "a", "b:c") != backend.keys.user(0, "a:b", "c")
+    assert who_member("s", "a", "b:c") != who_member("s", "a:b", "c")
+    assert not who_member("s", "a:b", "c").startswith(who_prefix("a"))
+
+
+@redis_only
+async def test_redis_index_sets_of_earlier_versions_move_into_who_on_claim(backend: Backend) -> None:
+    """Earlier versions indexed open sessions in a set per project and one per user; the
+    first claim of a partition whose meta has no ``who`` moves them into the zset."""
+    store = await _populate(backend)
+    k, client = backend.keys, store.client
+    now = await dump_keys(client, backend.prefix)
+    for partition in (0, 5):  # back to the earlier layout
+        for member in await client.zrange(k.who(partition), 0, -1):
+            sid, project, user = parse_who_member(member)
+            await client.sadd(k.legacy_project(partition, project), sid)
+            if user:
+                await client.sadd(k.legacy_user(partition, project, user), sid)
+        await client.delete(k.who(partition))
+        await client.hdel(k.meta(partition), "who")
+    assert await client.exists(k.legacy_user(5, "shop", "alice"))
+
+    upgraded = backend.store()
+    for partition in (0, 5):
+        await upgraded.claim(partition)
+    after = await dump_keys(client, backend.prefix)
+    for key in (k.meta(0).encode(), k.meta(5).encode()):  # the claims bumped the epochs
+        after[key][1].pop(b"epoch")
+        now[key][1].pop(b"epoch")
+    assert after == now
+    assert ids(await upgraded.open_sessions(project="shop", user_id="alice")) == ["manual-0001", "shop-alice"]
+    # moved once: a later claim finds who and leaves it
+    await client.zadd(k.who(0), {"marker": 0})
+    await upgraded.claim(0)
+    assert await client.zscore(k.who(0), "marker") == 0
 
 
 @redis_only

@@ -26,7 +26,7 @@ from pipeline.core.session import ENDED, KeyState, Session
 from pipeline.exceptions import FencedError
 from pipeline.store import codec
 from pipeline.store.base import Commit
-from pipeline.store.keys import keyid, parse_index_entry
+from pipeline.store.keys import keyid, parse_index_entry, parse_who_member, who_prefix, who_range
 from pipeline.store.redis import RedisStore
 from tests.unit.helpers import earlier_head
 
@@ -174,11 +174,15 @@ async def audit(store: RedisStore, held: dict[SessionKey, KeyState]) -> None:
     opened = await client.hgetall(k.open(0))
     assert {ref.decode(): kid.decode() for ref, kid in opened.items()} == {
         f"{sid}:{project}": kid for kid, (sid, project, _) in want.items()}
+    who = {parse_who_member(m) for m in await client.zrange(k.who(0), 0, -1)}
+    assert who == set(want.values())
     for project in ("shop", "blog"):
-        members = {m.decode() for m in await client.smembers(k.project(0, project))}
+        low, high = who_range(who_prefix(project))
+        members = {parse_who_member(m)[0] for m in await client.zrangebylex(k.who(0), low, high)}
         assert members == {sid for sid, p, _ in want.values() if p == project}
         for user in ("ann", "bob", "cy", *(f"u{i}" for i in range(6))):
-            members = {m.decode() for m in await client.smembers(k.user(0, project, user))}
+            low, high = who_range(who_prefix(project, user))
+            members = {parse_who_member(m)[0] for m in await client.zrangebylex(k.who(0), low, high)}
             assert members == {sid for sid, p, u in want.values() if p == project and u == user}
 
 
