@@ -31,6 +31,11 @@ the pin, run that test, re-read each use below against the new source.
    ``consumer_stopped_errors`` as faust's own loop does.
 5. :class:`SessionizerApp` overrides ``faust.App._new_transport()`` to put 4. in
    place of faust's aiokafka transport consumer.
+6. :class:`SessionizerApp` overrides ``faust.App._create_directories()``, which
+   faust calls when the app first starts (``App.on_first_start``), to create nothing: faust makes
+   ``<app id>-data/v1/tables`` in the working directory for its table stores, and
+   the worker keeps no table (its state is in Redis, ``store="memory://"``), so every
+   worker start left an empty directory tree wherever it was started.
 """
 
 from __future__ import annotations
@@ -133,7 +138,11 @@ class BatchTransport(faust_aiokafka.Transport):
 
 
 class SessionizerApp(faust.App):
-    """The worker's faust app: its transport's consumer is :class:`BatchConsumer` (use 5)."""
+    """The worker's faust app: its transport's consumer is :class:`BatchConsumer` (use 5),
+    and it makes no data directory (use 6)."""
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)
+
+    def _create_directories(self) -> None:
+        """Nothing on disk: the worker keeps no faust table (use 6)."""

@@ -124,6 +124,20 @@ def test_use_5_the_app_builds_its_transport() -> None:
         _fail("faust.transport.drivers.aiokafka.Transport.Consumer", 5, "is no longer its Consumer")
 
 
+def test_use_6_the_app_makes_its_directories_in_one_method(tmp_path: Any, monkeypatch: Any) -> None:
+    require_method(faust.App, "_create_directories", ["self"], 6, coroutine=False)
+    require_source(faust.App.on_first_start, "self._create_directories()", 6)
+    require_source(faust.App._create_directories, "self.conf.tabledir.mkdir(", 6)
+    # a worker app started in a directory leaves nothing there
+    monkeypatch.chdir(tmp_path)
+    app = build_app(Settings(web_port=1))
+    asyncio.run(app.on_first_start())
+    assert list(tmp_path.iterdir()) == []
+    # what faust itself does there: the directory the override keeps out
+    faust.App._create_directories(app)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{app.conf.id}-data"]
+
+
 def test_a_worker_app_wires_its_consumer_through_the_overrides() -> None:
     """The overrides are the ones faust calls: the app's consumer is the batch consumer,
     its thread the batch thread, both with the private attributes the uses read."""
