@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from pipeline.exceptions import ConfigError, ServiceStartError
+from pipeline.topics import ensure_topics
 from sessionizer_client.closing import ClosesOnExit
 
 __all__ = [
@@ -710,51 +711,10 @@ def create_topics(
     (compare it with what you asked for if an existing topic could differ).
     *configs* default to ``{"retention.ms": "-1"}``.
     """
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
     wanted = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, partitions)
-    if not wanted:
-        return {}
     topic_configs = dict(configs) if configs is not None else {"retention.ms": "-1"}
-    deadline = time.monotonic() + timeout
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="sessionizer-admin",
-            request_timeout_ms=int(timeout * 1000),
-        )
-    except KafkaError as exc:
-        raise ServiceStartError(
-            f"cannot reach Kafka at {bootstrap} to create topics: {exc}"
-        ) from exc
-    try:
-        for name, count in wanted.items():
-            new = NewTopic(name, count, replication, topic_configs=topic_configs)
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([new])
-        while True:
-            found: dict[str, int] = {}
-            for info in admin.describe_topics(list(wanted)):
-                name = info.get("name", info.get("topic"))
-                parts = info.get("partitions") or []
-                if info.get("error_code", 0) == 0 and parts:
-                    found[name] = len(parts)
-            if set(wanted) <= set(found):
-                return {name: found[name] for name in wanted}
-            if time.monotonic() >= deadline:
-                missing = sorted(set(wanted) - set(found))
-                raise ServiceStartError(
-                    f"topics {missing} not visible on {bootstrap} after {timeout:.0f}s"
-                )
-            time.sleep(0.05)
-    except KafkaError as exc:
-        raise ServiceStartError(
-            f"creating topics {sorted(wanted)} on {bootstrap} failed: {exc}"
-        ) from exc
-    finally:
-        admin.close()
+    return ensure_topics(bootstrap, wanted, replication=replication,
+                         configs=lambda _name: topic_configs, timeout=timeout)
 
 
 @atexit.register

@@ -7,13 +7,13 @@ import contextlib
 import functools
 import gc
 import logging
-import time
 from typing import Any
 
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import BrokerUnavailable, ConfigError, ServiceStartError
 from pipeline.security import check_redis, kafka_python_options, kafka_security
 from pipeline.store.connection import pool_options, redis_client
+from pipeline.topics import ensure_topics
 
 
 def topic_retention_ms(settings: Settings) -> dict[str, int]:
@@ -30,42 +30,14 @@ def topic_retention_ms(settings: Settings) -> dict[str, int]:
 def create_topics(settings: Settings, wanted: dict[str, int], timeout: float) -> dict[str, int]:
     """Create the missing topics of ``wanted`` (``{name: partitions}``) with the worker's
     Kafka security settings and retention (:func:`topic_retention_ms`); ``{name: partition
-    count}`` as the broker reports them (an existing topic keeps its count and its configs).
-    Like :func:`pipeline.devtools.services.create_topics`."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    deadline = time.monotonic() + timeout
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id="sessionizer-admin",
-        request_timeout_ms=int(timeout * 1000),
-        **kafka_python_options(settings),
-    )
+    count}`` as the broker reports them (an existing topic keeps its count and its configs)."""
     retention = topic_retention_ms(settings)
-    try:
-        for name, count in wanted.items():
-            configs = {"retention.ms": str(retention.get(name, settings.events_retention_ms))}
-            new = NewTopic(name, count, settings.topic_replication, topic_configs=configs)
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([new])
-        while True:
-            found: dict[str, int] = {}
-            for info in admin.describe_topics(list(wanted)):
-                name = info.get("name", info.get("topic"))
-                parts: list[Any] = info.get("partitions") or []
-                if info.get("error_code", 0) == 0 and parts:
-                    found[name] = len(parts)
-            if set(wanted) <= set(found):
-                return {name: found[name] for name in wanted}
-            if time.monotonic() >= deadline:
-                raise ServiceStartError(
-                    f"topics {sorted(set(wanted) - set(found))} not visible after {timeout:.0f}s"
-                )
-            time.sleep(0.05)
-    finally:
-        admin.close()
+
+    def configs(name: str) -> dict[str, str]:
+        return {"retention.ms": str(retention.get(name, settings.events_retention_ms))}
+
+    return ensure_topics(settings.kafka_bootstrap, wanted, replication=settings.topic_replication,
+                         configs=configs, timeout=timeout, admin_options=kafka_python_options(settings))
 
 
 def check_schema() -> None:
