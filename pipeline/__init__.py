@@ -8,6 +8,7 @@ The package root keeps what every layer shares; the rest lives in subpackages
 - :mod:`pipeline.logs` - log output and the Prometheus registry.
 - :mod:`pipeline.security` - Kafka and Redis connection security (with
   :mod:`pipeline.credentials`, :mod:`pipeline.access` and :mod:`pipeline.ratelimit`).
+- :mod:`pipeline.topics` - creating Kafka topics.
 - :mod:`pipeline.core` - the pure sessionizer (no I/O); :mod:`pipeline.store`,
   :mod:`pipeline.worker`, :mod:`pipeline.gateway`, :mod:`pipeline.report`,
   :mod:`pipeline.export`, :mod:`pipeline.client` build on it.
@@ -30,4 +31,5 @@ __all__ = [
     "logs",
     "ratelimit",
     "security",
+    "topics",
 ]

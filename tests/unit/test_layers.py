@@ -7,7 +7,7 @@ Layers, lowest first:
 0. ``pipeline.exceptions``: the exception tree; imports nothing of pipeline.
 1. ``pipeline.core``: the pure domain; imports the exceptions and itself only.
 2. the root: ``pipeline`` (its ``__init__``), ``config``, ``logs``, ``security``,
-   ``credentials``, ``access``, ``ratelimit``; configuration builds the core's
+   ``topics``, ``credentials``, ``access``, ``ratelimit``; configuration builds the core's
    ``SessionRules``, so the root sits above the core.
 3. ``pipeline.store``: session state in Redis (or memory).
 4. the services: ``worker``, ``report``, ``export``, ``client``; peers that never
@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "pipeline"
 
-ROOT_MODULES = frozenset({"config", "logs", "security", "credentials", "access", "ratelimit"})
+ROOT_MODULES = frozenset({"config", "logs", "security", "topics", "credentials", "access", "ratelimit"})
 SERVICES = frozenset({"worker", "report", "export", "client"})
 LAYER_NAMES = ("exceptions", "core", "root", "store", "services", "gateway", "devtools", "cli")
 
