@@ -191,6 +191,12 @@ def _chunked_items(pipe: Any, key: str, items: list[Any]) -> None:
         pipe.hset(key, items=items[start:start + 2 * WRITE_CHUNK])
 
 
+def _chunked_scores(pipe: Any, key: str, scores: Mapping[str, float]) -> None:
+    """ZADD ``key`` the ``{member: score}`` of ``scores``, WRITE_CHUNK members a command."""
+    for start in range(0, len(scores), WRITE_CHUNK):
+        pipe.zadd(key, dict(itertools.islice(scores.items(), start, start + WRITE_CHUNK)))
+
+
 @dataclass(slots=True)
 class _Writes:
     """What a commit writes whatever the read before it finds (see :meth:`RedisStore.commit`)."""
@@ -293,9 +299,7 @@ class RedisStore:
                         if user:
                             legacy.add(k.legacy_user(partition, project, user))
                     pipe.multi()
-                    for start in range(0, len(members), WRITE_CHUNK):
-                        pipe.zadd(k.who(partition),
-                                  dict(itertools.islice(members.items(), start, start + WRITE_CHUNK)))
+                    _chunked_scores(pipe, k.who(partition), members)
                     _chunked(pipe.delete, None, sorted(legacy))
                     pipe.hset(meta, "who", 1)
                     await pipe.execute()
@@ -635,8 +639,7 @@ class RedisStore:
                 if written is None or not _due_holds(written, due, clock):
                     dues[kid] = due
                     known_dues[kid] = due
-        for start in range(0, len(dues), WRITE_CHUNK):
-            pipe.zadd(due_key, dict(itertools.islice(dues.items(), start, start + WRITE_CHUNK)))
+        _chunked_scores(pipe, due_key, dues)
         _chunked(pipe.zrem, due_key, undue)
         self._write_index(pipe, partition, checked, entries, olds, opened)
         outbox = k.outbox(partition)
@@ -688,8 +691,7 @@ class RedisStore:
         _chunked(pipe.hdel, open_key, open_del)
         _chunked_items(pipe, open_key, [x for pair in open_set.items() for x in pair])
         _chunked(pipe.zrem, who_key, who_del)
-        for start in range(0, len(who_add), WRITE_CHUNK):
-            pipe.zadd(who_key, dict(itertools.islice(who_add.items(), start, start + WRITE_CHUNK)))
+        _chunked_scores(pipe, who_key, who_add)
         _chunked(pipe.hdel, idx_key, idx_del)
         _chunked_items(pipe, idx_key, [x for pair in idx_set.items() for x in pair])
 
