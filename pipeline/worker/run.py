@@ -122,12 +122,14 @@ def preflight(settings: Settings) -> dict[str, int]:
             more[settings.updates_topic] = partitions
         counts.update(create_topics(settings, more, timeout=15))
     except (KafkaError, OSError, TimeoutError, ServiceStartError) as exc:
+        # what kafka-python raised, also when topic creation wrapped it (topics.ensure_topics)
+        failed = type(exc.__cause__ or exc).__name__
         secured = (
             f", the SESSIONIZER_KAFKA_SECURITY_PROTOCOL ({security.protocol}) / _SASL_* / _SSL_* settings"
             if security.protocol != "PLAINTEXT" else ""
         )
         raise BrokerUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc.__class__.__name__}); "
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({failed}); "
             f"check SESSIONIZER_KAFKA_BOOTSTRAP{secured} and that the broker is running"
         ) from None
     if counts[settings.repartition_topic] != counts[settings.events_topic]:
